@@ -1,0 +1,450 @@
+"""The PostgreSQL task broker (design: ``../shared/reference/broker-design.md``; docs/broker.md).
+
+- The queue holds *chunks*: a task is many asset ids for one ``(job, stage, stage_version)``.
+- Claims are batched: ``FOR UPDATE SKIP LOCKED`` inside a ``MATERIALIZED`` CTE (no over-claiming
+  through a re-executed LIMIT subquery).
+- Every state change of a leased task is fenced by its ``lease_id``: a worker whose lease was
+  reclaimed cannot complete, fail or release the task any more.
+- Liveness: per-worker heartbeats plus a per-task deadline; ``sweep()`` reclaims tasks of dead
+  workers and tasks past their deadline, retries them with exponential back-off and jitter, bisects a
+  chunk that keeps crashing its worker and dead-letters what is left after ``max_attempts``.
+- ``complete()`` deletes the task, writes the stage's result rows, enqueues the survivors for the next
+  stage and logs the attempt in **one** transaction: at-least-once execution, exactly-once effect.
+- All lease arithmetic uses the database's clock (``now()``), never the worker's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, Engine, text
+
+from curation.config import BrokerTiming
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Lease:
+    task_id: int
+    job_id: int
+    stage: str
+    stage_version: str
+    attempt: int
+    lease_id: str
+    asset_ids: tuple[int, ...]
+    dedupe_key: str
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class NextStage:
+    stage: str
+    stage_version: str
+    max_runtime_s: float
+
+
+@dataclass
+class SweepReport:
+    promoted: int = 0
+    reclaimed: int = 0
+    bisected: int = 0
+    dead: int = 0
+    jobs_completed: int = 0
+    details: list[str] = field(default_factory=list)
+
+
+WriteResults = Callable[[Connection], int]
+"""Writes a task's result and item-error rows inside the completion transaction; returns n_ok."""
+
+
+def chunked(ids: Sequence[int], size: int) -> list[list[int]]:
+    return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
+
+
+_CLAIM = text(
+    """
+    WITH picked AS MATERIALIZED (
+        SELECT task_id FROM tasks
+        WHERE stage = :stage AND state = 'ready' AND run_after <= now()
+        ORDER BY priority, task_id
+        LIMIT :n
+        FOR UPDATE SKIP LOCKED)
+    UPDATE tasks t
+    SET state = 'leased', attempt = t.attempt + 1, lease_id = gen_random_uuid(), lease_owner = :worker,
+        claimed_at = now(), deadline_at = now() + t.max_runtime_s * interval '1 second'
+    FROM picked
+    WHERE t.task_id = picked.task_id
+    RETURNING t.task_id, t.job_id, t.stage, t.stage_version, t.attempt, t.lease_id::text,
+              t.asset_ids, t.dedupe_key, t.max_attempts
+    """
+)
+
+_ENQUEUE = text(
+    """
+    INSERT INTO tasks (job_id, stage, stage_version, asset_ids, dedupe_key, max_attempts, max_runtime_s, priority)
+    SELECT :job_id, :stage, :stage_version, ids::bigint[], key, :max_attempts, :max_runtime_s, :priority
+    FROM unnest(CAST(:ids AS text[]), CAST(:keys AS text[])) AS u(ids, key)
+    ON CONFLICT ON CONSTRAINT tasks_dedupe_key DO NOTHING
+    """
+)
+
+_LOG_ATTEMPT = text(
+    """
+    INSERT INTO task_attempts (task_id, job_id, stage, attempt, lease_id, worker_id, claimed_at, outcome,
+                               error, n_items, n_ok)
+    VALUES (:task_id, :job_id, :stage, :attempt, CAST(:lease_id AS uuid), :worker_id, :claimed_at, :outcome,
+            :error, :n_items, :n_ok)
+    """
+)
+
+_FINISH_JOB = text(
+    """
+    UPDATE jobs SET status = 'completed', finished_at = now()
+    WHERE job_id = :job_id AND status = 'running'
+      AND NOT EXISTS (SELECT 1 FROM tasks WHERE job_id = :job_id)
+    """
+)
+
+
+def _pg_array(ids: Sequence[int]) -> str:
+    return "{" + ",".join(str(int(i)) for i in ids) + "}"
+
+
+def enqueue(
+    conn: Connection,
+    *,
+    job_id: int,
+    stage: str,
+    stage_version: str,
+    chunks: Sequence[tuple[str, Sequence[int]]],
+    max_attempts: int,
+    max_runtime_s: float,
+    priority: int = 100,
+) -> int:
+    """Insert one task per ``(dedupe_key, asset_ids)`` chunk; a chunk already enqueued under the same
+    dedupe key is skipped (idempotent). Returns the number of tasks inserted."""
+    chunks = [(k, ids) for k, ids in chunks if len(ids) > 0]
+    if not chunks:
+        return 0
+    result = conn.execute(
+        _ENQUEUE,
+        {
+            "job_id": job_id,
+            "stage": stage,
+            "stage_version": stage_version,
+            "ids": [_pg_array(ids) for _, ids in chunks],
+            "keys": [k for k, _ in chunks],
+            "max_attempts": max_attempts,
+            "max_runtime_s": max_runtime_s,
+            "priority": priority,
+        },
+    )
+    return result.rowcount
+
+
+def _finish_job_if_drained(conn: Connection, job_id: int) -> bool:
+    # Lock the job row first: of two concurrent last completions, the second one to take the lock
+    # sees the first one's delete (fresh snapshot per statement) and finishes the job.
+    conn.execute(text("SELECT 1 FROM jobs WHERE job_id = :j FOR UPDATE"), {"j": job_id})
+    return conn.execute(_FINISH_JOB, {"job_id": job_id}).rowcount > 0
+
+
+class Broker:
+    """Broker operations for one worker process (or a test harness). Thread-safe: every call takes
+    its own connection from the engine's pool."""
+
+    def __init__(self, engine: Engine, timing: BrokerTiming | None = None):
+        self.engine = engine
+        self.timing = timing or BrokerTiming.from_env()
+
+    # --- workers -----------------------------------------------------------------------------
+
+    def register_worker(self, stage: str, host: str, pid: int, ray_node_id: str | None = None) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(
+                text(
+                    "INSERT INTO workers (stage, host, pid, ray_node_id) VALUES (:s, :h, :p, :r) RETURNING worker_id"
+                ),
+                {"s": stage, "h": host, "p": pid, "r": ray_node_id},
+            ).scalar_one()
+
+    def heartbeat(self, worker_id: int) -> bool:
+        """Record that the worker is alive; returns True when it has been asked to stop."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                text(
+                    "UPDATE workers SET last_heartbeat = now() WHERE worker_id = :w AND stopped_at IS NULL "
+                    "RETURNING stop_requested"
+                ),
+                {"w": worker_id},
+            ).first()
+        return True if row is None else bool(row[0])
+
+    def worker_stopped(self, worker_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text("UPDATE workers SET stopped_at = now() WHERE worker_id = :w"), {"w": worker_id})
+
+    def mark_worker_dead(self, worker_id: int) -> None:
+        """Declare a worker dead now (its supervisor saw the process die): the next sweep reclaims its
+        leases without waiting for the heartbeat timeout."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE workers SET stopped_at = coalesce(stopped_at, now()) WHERE worker_id = :w"),
+                {"w": worker_id},
+            )
+
+    def request_stop(self, worker_ids: Sequence[int]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE workers SET stop_requested = true WHERE worker_id = ANY(:ids)"),
+                {"ids": list(worker_ids)},
+            )
+
+    # --- the task life cycle -------------------------------------------------------------------
+
+    def claim(self, worker_id: int, stage: str, n: int = 1) -> list[Lease]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(_CLAIM, {"stage": stage, "n": n, "worker": worker_id}).all()
+        return [
+            Lease(
+                task_id=r[0], job_id=r[1], stage=r[2], stage_version=r[3], attempt=r[4], lease_id=r[5],
+                asset_ids=tuple(r[6]), dedupe_key=r[7], max_attempts=r[8],
+            )
+            for r in rows
+        ]
+
+    def complete(
+        self,
+        lease: Lease,
+        worker_id: int,
+        write_results: WriteResults,
+        *,
+        survivors: Sequence[int] = (),
+        next_stage: NextStage | None = None,
+    ) -> bool:
+        """Finish a leased task in one transaction: fenced delete, result rows, enqueue of the
+        survivors for the next stage, attempt log, job completion. Returns False (and writes nothing
+        but a ``fenced_out`` attempt) when the lease is no longer ours."""
+        with self.engine.begin() as conn:
+            claimed = conn.execute(
+                text(
+                    "DELETE FROM tasks WHERE task_id = :t AND lease_id = CAST(:l AS uuid) AND state = 'leased' "
+                    "RETURNING claimed_at"
+                ),
+                {"t": lease.task_id, "l": lease.lease_id},
+            ).first()
+            if claimed is not None:
+                n_ok = write_results(conn)
+                if next_stage is not None and survivors:
+                    enqueue(
+                        conn, job_id=lease.job_id, stage=next_stage.stage, stage_version=next_stage.stage_version,
+                        chunks=[(lease.dedupe_key, list(survivors))], max_attempts=lease.max_attempts,
+                        max_runtime_s=next_stage.max_runtime_s,
+                    )
+                conn.execute(
+                    _LOG_ATTEMPT,
+                    self._attempt_row(lease, worker_id, claimed[0], "ok", None, len(lease.asset_ids), n_ok),
+                )
+                _finish_job_if_drained(conn, lease.job_id)
+                return True
+        self._log_fenced_out(lease, worker_id, "complete")
+        return False
+
+    def fail(self, lease: Lease, worker_id: int, error: str) -> str:
+        """A task-level failure (not a per-item one). Retried with back-off, dead-lettered once
+        ``max_attempts`` are used up. Returns 'scheduled', 'dead' or 'fenced_out'."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT claimed_at FROM tasks WHERE task_id = :t AND lease_id = CAST(:l AS uuid) "
+                    "AND state = 'leased' FOR UPDATE"
+                ),
+                {"t": lease.task_id, "l": lease.lease_id},
+            ).first()
+            if row is not None:
+                if lease.attempt >= lease.max_attempts:
+                    self._dead_letter(conn, lease.task_id, f"failed {lease.attempt} times: {error}", "task_failed")
+                    outcome = "dead"
+                else:
+                    self._schedule_retry(conn, lease.task_id, error)
+                    outcome = "scheduled"
+                conn.execute(
+                    _LOG_ATTEMPT,
+                    self._attempt_row(lease, worker_id, row[0], "dead" if outcome == "dead" else "error", error,
+                                      len(lease.asset_ids), 0),
+                )
+                if outcome == "dead":
+                    _finish_job_if_drained(conn, lease.job_id)
+                return outcome
+        self._log_fenced_out(lease, worker_id, "fail")
+        return "fenced_out"
+
+    def release(self, lease: Lease, worker_id: int) -> bool:
+        """Give a leased task back unprocessed (graceful shutdown): it becomes ready again at once and
+        the attempt it used is refunded."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                text(
+                    """
+                    UPDATE tasks t SET state = 'ready', attempt = greatest(t.attempt - 1, 0), lease_id = NULL,
+                        lease_owner = NULL, deadline_at = NULL, run_after = now()
+                    FROM (SELECT task_id, claimed_at FROM tasks WHERE task_id = :t
+                          AND lease_id = CAST(:l AS uuid) AND state = 'leased' FOR UPDATE) old
+                    WHERE t.task_id = old.task_id
+                    RETURNING old.claimed_at
+                    """
+                ),
+                {"t": lease.task_id, "l": lease.lease_id},
+            ).first()
+            if row is not None:
+                conn.execute(_LOG_ATTEMPT, self._attempt_row(lease, worker_id, row[0], "released", None, None, None))
+                return True
+        return False
+
+    # --- the reclaim sweep ---------------------------------------------------------------------
+
+    def sweep(self, *, bisect_after_crashes: int = 2) -> SweepReport:
+        """Promote due retries, reclaim tasks of dead workers and tasks past their deadline, bisect
+        chunks that keep crashing, dead-letter the exhausted ones, finish drained jobs. Safe to run
+        from many processes at once (``SKIP LOCKED``)."""
+        report = SweepReport()
+        with self.engine.begin() as conn:
+            report.promoted = conn.execute(
+                text(
+                    """
+                    UPDATE tasks SET state = 'ready' WHERE task_id IN (
+                        SELECT task_id FROM tasks WHERE state = 'scheduled' AND run_after <= now()
+                        ORDER BY run_after LIMIT 10000 FOR UPDATE SKIP LOCKED)
+                    """
+                )
+            ).rowcount
+        with self.engine.begin() as conn:
+            victims = conn.execute(
+                text(
+                    """
+                    SELECT t.task_id, t.job_id, t.stage, t.stage_version, t.attempt, t.lease_id::text, t.asset_ids,
+                           t.dedupe_key, t.max_attempts, t.crashes, t.lease_owner, t.claimed_at, t.max_runtime_s,
+                           CASE WHEN w.worker_id IS NULL OR w.stopped_at IS NOT NULL
+                                     OR w.last_heartbeat < now() - :timeout * interval '1 second'
+                                THEN 'reclaimed_dead_worker' ELSE 'reclaimed_deadline' END AS why
+                    FROM tasks t LEFT JOIN workers w ON w.worker_id = t.lease_owner
+                    WHERE t.state = 'leased'
+                      AND (w.worker_id IS NULL OR w.stopped_at IS NOT NULL
+                           OR w.last_heartbeat < now() - :timeout * interval '1 second'
+                           OR t.deadline_at < now())
+                    ORDER BY t.task_id
+                    FOR UPDATE OF t SKIP LOCKED
+                    """
+                ),
+                {"timeout": self.timing.worker_timeout_s},
+            ).all()
+            for v in victims:
+                lease = Lease(v.task_id, v.job_id, v.stage, v.stage_version, v.attempt, v.lease_id,
+                              tuple(v.asset_ids), v.dedupe_key, v.max_attempts)
+                crashes = v.crashes + 1
+                conn.execute(_LOG_ATTEMPT, self._attempt_row(lease, v.lease_owner, v.claimed_at, v.why, v.why,
+                                                            len(v.asset_ids), None))
+                report.reclaimed += 1
+                if len(v.asset_ids) > 1 and (crashes >= bisect_after_crashes or v.attempt >= v.max_attempts):
+                    self._bisect(conn, v)
+                    report.bisected += 1
+                    report.details.append(f"task {v.task_id}: bisected after {crashes} crashes")
+                elif v.attempt >= v.max_attempts:
+                    self._dead_letter(
+                        conn, v.task_id, f"worker crashed or timed out on all {v.attempt} attempts", "worker_crash"
+                    )
+                    report.dead += 1
+                    report.details.append(f"task {v.task_id}: dead-lettered")
+                else:
+                    conn.execute(
+                        text("UPDATE tasks SET crashes = :c WHERE task_id = :t"), {"c": crashes, "t": v.task_id}
+                    )
+                    self._schedule_retry(conn, v.task_id, v.why)
+        with self.engine.begin() as conn:
+            drained = conn.execute(
+                text(
+                    "SELECT job_id FROM jobs j WHERE status = 'running' "
+                    "AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.job_id)"
+                )
+            ).scalars().all()
+            for job_id in drained:
+                report.jobs_completed += int(_finish_job_if_drained(conn, job_id))
+        return report
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _schedule_retry(self, conn: Connection, task_id: int, error: str) -> None:
+        conn.execute(
+            text(
+                """
+                UPDATE tasks SET state = 'scheduled', lease_id = NULL, lease_owner = NULL, claimed_at = NULL,
+                    deadline_at = NULL, last_error = :err,
+                    run_after = now() + least(:cap, :base * power(2, attempt - 1))
+                                        * (0.9 + random() * 0.2) * interval '1 second'
+                WHERE task_id = :t
+                """
+            ),
+            {"t": task_id, "err": error[:2000], "base": self.timing.backoff_base_s, "cap": self.timing.backoff_max_s},
+        )
+
+    def _dead_letter(self, conn: Connection, task_id: int, reason: str, error_class: str) -> None:
+        """Move a task to ``dead_tasks`` and give each of its assets an item error, so every asset
+        still ends with exactly one terminal row."""
+        conn.execute(
+            text(
+                """
+                WITH gone AS (DELETE FROM tasks WHERE task_id = :t RETURNING *),
+                     dead AS (INSERT INTO dead_tasks (task_id, job_id, stage, stage_version, asset_ids, dedupe_key,
+                                                      attempt, reason)
+                              SELECT task_id, job_id, stage, stage_version, asset_ids, dedupe_key, attempt, :reason
+                              FROM gone RETURNING *)
+                INSERT INTO item_errors (asset_id, stage, stage_version, job_id, error_class, message, attempt)
+                SELECT a, dead.stage, dead.stage_version, dead.job_id, :cls, :reason, dead.attempt
+                FROM dead, unnest(dead.asset_ids) AS a
+                ON CONFLICT DO NOTHING
+                """
+            ),
+            {"t": task_id, "reason": reason[:2000], "cls": error_class},
+        )
+
+    def _bisect(self, conn: Connection, v) -> None:
+        ids = list(v.asset_ids)
+        half = len(ids) // 2
+        conn.execute(text("DELETE FROM tasks WHERE task_id = :t"), {"t": v.task_id})
+        conn.execute(
+            text(
+                """
+                INSERT INTO tasks (job_id, stage, stage_version, asset_ids, dedupe_key, max_attempts, max_runtime_s,
+                                   run_after)
+                SELECT :job, :stage, :ver, CAST(ids AS bigint[]), key, :max_attempts, :runtime, now()
+                FROM unnest(CAST(:ids AS text[]), CAST(:keys AS text[])) AS u(ids, key)
+                ON CONFLICT ON CONSTRAINT tasks_dedupe_key DO NOTHING
+                """
+            ),
+            {
+                "job": v.job_id, "stage": v.stage, "ver": v.stage_version, "max_attempts": v.max_attempts,
+                "runtime": v.max_runtime_s,
+                "ids": [_pg_array(ids[:half]), _pg_array(ids[half:])],
+                "keys": [f"{v.dedupe_key}/0", f"{v.dedupe_key}/1"],
+            },
+        )
+
+    @staticmethod
+    def _attempt_row(lease: Lease, worker_id, claimed_at, outcome, error, n_items, n_ok) -> dict:
+        return {
+            "task_id": lease.task_id, "job_id": lease.job_id, "stage": lease.stage, "attempt": lease.attempt,
+            "lease_id": lease.lease_id, "worker_id": worker_id, "claimed_at": claimed_at, "outcome": outcome,
+            "error": error, "n_items": n_items, "n_ok": n_ok,
+        }
+
+    def _log_fenced_out(self, lease: Lease, worker_id: int, what: str) -> None:
+        log.warning("task %s: lease %s is no longer ours; %s fenced out", lease.task_id, lease.lease_id, what)
+        with self.engine.begin() as conn:
+            conn.execute(
+                _LOG_ATTEMPT,
+                self._attempt_row(lease, worker_id, None, "fenced_out", f"{what} after the lease was reclaimed",
+                                  len(lease.asset_ids), 0),
+            )

@@ -1,0 +1,420 @@
+"""The ``curation`` command line. ``curation --help`` lists every verb; each has its own ``--help``.
+
+The database is ``CURATION_DATABASE_URL`` when set, else the embedded PostgreSQL under
+``CURATION_HOME`` (default ``./.curation``), started and migrated on demand. Ray is ``--address``
+(or ``CURATION_RAY_ADDRESS``) when given, else a local Ray started for the command.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from sqlalchemy import Engine, text
+
+from curation.config import Settings
+from curation.spec import SpecError, load_spec
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+db_app = typer.Typer(no_args_is_help=True, help="Manage the database: schema migrations, the embedded server.")
+app.add_typer(db_app, name="db")
+console = Console()
+err = Console(stderr=True)
+
+AddressOpt = typer.Option(None, "--address", help="Ray cluster to join (default: CURATION_RAY_ADDRESS or local Ray)")
+
+
+def _engine() -> Engine:
+    from curation.db import database_url, make_engine
+
+    return make_engine(database_url(), pool_size=2, application_name="curation-cli")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+def _submit(spec_path: Path) -> tuple[Engine, int]:
+    from curation.planner import submit as plan_submit
+
+    try:
+        spec = load_spec(spec_path)
+        engine = _engine()
+        sub = plan_submit(engine, spec, base=spec_path.resolve().parent)
+    except SpecError as exc:
+        _fail(f"invalid job spec {spec_path}:\n{exc}")
+    console.print(f"job [bold]{sub.job_id}[/] ({spec.name}): {sub.n_assets} assets in {sub.n_tasks} tasks")
+    return engine, sub.job_id
+
+
+@app.command()
+def submit(
+    spec: Path = typer.Argument(..., help="job spec (YAML)"),
+    wait: bool = typer.Option(False, "--wait", help="show progress until the job ends, then the funnel"),
+) -> None:
+    """Validate SPEC, record the job and enqueue its first stage. Nothing is enqueued if the spec is
+    invalid. Workers started with `curation worker` (or `curation run`) process it."""
+    engine, job_id = _submit(spec)
+    if wait:
+        _wait(engine, job_id, supervisor=None)
+        _finish(engine, job_id)
+
+
+@app.command()
+def run(
+    spec: Path = typer.Argument(..., help="job spec (YAML)"),
+    address: Optional[str] = AddressOpt,
+    workers: Optional[int] = typer.Option(None, "--workers", help="actors per stage (default: from resources)"),
+) -> None:
+    """Submit SPEC, start a pool of Ray workers per stage, show live progress, export, print the funnel."""
+    engine, job_id = _submit(spec)
+    supervisor = _start_workers(engine, job_id, address, workers)
+    try:
+        _wait(engine, job_id, supervisor=supervisor)
+    finally:
+        supervisor.stop()
+    _finish(engine, job_id)
+
+
+def _start_workers(engine: Engine, job_id: int, address: Optional[str], workers: Optional[int]):
+    from curation.spec import JobSpec
+    from workers.runtime import Supervisor, default_pool_size, install_sigterm, ray_init
+    from workers.stage import get_stage
+
+    with engine.connect() as conn:
+        spec = JobSpec.model_validate(conn.execute(text("SELECT spec FROM jobs WHERE job_id=:j"), {"j": job_id}).scalar_one())
+    ray_init(address or Settings.from_env().ray_address)
+    pools = {}
+    for stage in spec.stages:
+        cls = get_stage(stage.name)
+        pools[stage.name] = workers or stage.workers or default_pool_size(cls, len(spec.stages))
+    console.print("starting workers: " + ", ".join(f"{k} x{v}" for k, v in pools.items()))
+    supervisor = Supervisor(database_url=engine.url.render_as_string(hide_password=False), pools=pools)
+    install_sigterm(lambda: setattr(supervisor, "_stopping", True))
+    supervisor.start()
+    return supervisor
+
+
+def _progress_table(status) -> Table:
+    table = Table(title=f"job {status.job_id} · {status.name} · {status.status} · {status.n_assets} assets")
+    for col in ("stage", "scored", "errors", "queued", "running"):
+        table.add_column(col, justify="right" if col != "stage" else "left")
+    for s in status.stages:
+        table.add_row(s.stage, str(s.scored), str(s.errors), str(s.queued), str(s.running))
+    if status.dead_tasks:
+        table.caption = f"{status.dead_tasks} dead-lettered task(s)"
+    return table
+
+
+def _wait(engine: Engine, job_id: int, supervisor) -> None:
+    from curation.broker import Broker
+    from curation.report import job_status
+
+    broker = Broker(engine)
+    last_sweep = 0.0
+    with Live(console=console, refresh_per_second=2, transient=False) as live:
+        while True:
+            with engine.connect() as conn:
+                status = job_status(conn, job_id)
+            live.update(_progress_table(status))
+            if status.status != "running":
+                break
+            if supervisor is not None:
+                if supervisor._stopping:
+                    console.print("stopping workers (signal received); the job stays queued")
+                    break
+                for event in supervisor.watch(0.5):
+                    console.print(event)
+            else:
+                time.sleep(0.5)
+            if time.monotonic() - last_sweep > broker.timing.sweep_s:
+                last_sweep = time.monotonic()
+                broker.sweep()
+
+
+def _finish(engine: Engine, job_id: int) -> None:
+    from curation.export import export_slice
+    from curation.report import error_summary, funnel
+
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT status, spec FROM jobs WHERE job_id=:j"), {"j": job_id}).one()
+    if row.status == "completed" and row.spec.get("export"):
+        exp = row.spec["export"]
+        result = export_slice(engine, predicate=exp["where"], output=exp["output"], job_id=job_id,
+                              rows_per_file=exp.get("rows_per_file", 100_000))
+        console.print(f"exported {result.n_rows} rows in {len(result.files)} Parquet file(s) to [bold]{result.output}[/]")
+    with engine.connect() as conn:
+        f = funnel(conn, job_id)
+        errors = error_summary(conn, job_id)
+    _print_funnel(f)
+    if errors:
+        table = Table(title="item errors")
+        for col in ("stage", "class", "count", "example"):
+            table.add_column(col)
+        for stage, cls, n, example in errors:
+            table.add_row(stage, cls, str(n), example[:90])
+        console.print(table)
+
+
+def _print_funnel(f) -> None:
+    table = Table(title="filter funnel")
+    table.add_column("step")
+    table.add_column("assets", justify="right")
+    table.add_column("", justify="left")
+    top = max(f.listed, 1)
+    for name, n in f.rows():
+        if n is None:
+            table.add_row(name, "-", "")
+            continue
+        table.add_row(name, str(n), "█" * max(1 if n else 0, round(40 * n / top)))
+    console.print(table)
+
+
+@app.command()
+def status(job: Optional[int] = typer.Argument(None, help="job id (default: list recent jobs)")) -> None:
+    """Progress of one job per stage, or a list of recent jobs."""
+    from curation.report import error_summary, funnel, job_status
+
+    engine = _engine()
+    with engine.connect() as conn:
+        if job is None:
+            rows = conn.execute(text(
+                "SELECT j.job_id, j.name, j.status, j.created_at, (SELECT count(*) FROM job_assets ja "
+                "WHERE ja.job_id=j.job_id) AS n FROM jobs j ORDER BY j.job_id DESC LIMIT 20")).all()
+            table = Table(title="jobs")
+            for col in ("job", "name", "status", "assets", "created"):
+                table.add_column(col)
+            for r in rows:
+                table.add_row(str(r.job_id), r.name, r.status, str(r.n), r.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+            console.print(table)
+            return
+        try:
+            st = job_status(conn, job)
+        except LookupError as exc:
+            _fail(str(exc), 1)
+        console.print(_progress_table(st))
+        _print_funnel(funnel(conn, job))
+        for stage, cls, n, example in error_summary(conn, job):
+            console.print(f"  {stage}: {n} × {cls} — e.g. {example[:100]}", highlight=False)
+
+
+@app.command()
+def cancel(job: int = typer.Argument(..., help="job id")) -> None:
+    """Cancel a job: its queued and running tasks are removed (running workers are fenced out and
+    write nothing); results already committed stay."""
+    engine = _engine()
+    with engine.begin() as conn:
+        n = conn.execute(text("UPDATE jobs SET status='cancelled', finished_at=now() WHERE job_id=:j "
+                              "AND status='running'"), {"j": job}).rowcount
+        if n == 0:
+            _fail(f"job {job} does not exist or is not running", 1)
+        removed = conn.execute(text("DELETE FROM tasks WHERE job_id=:j"), {"j": job}).rowcount
+    console.print(f"job {job} cancelled; {removed} task(s) removed")
+
+
+@app.command()
+def retry(job: int = typer.Argument(..., help="job id")) -> None:
+    """Re-run only the failed and dead-lettered items of a job: their item errors are cleared and
+    they are enqueued again at the stage where they failed."""
+    from curation.broker import chunked, enqueue
+    from curation.spec import JobSpec
+    from workers.stage import get_stage
+
+    engine = _engine()
+    with engine.begin() as conn:
+        row = conn.execute(text("SELECT spec FROM jobs WHERE job_id=:j FOR UPDATE"), {"j": job}).first()
+        if row is None:
+            _fail(f"no job {job}", 1)
+        spec = JobSpec.model_validate(row.spec)
+        failed = conn.execute(text(
+            "DELETE FROM item_errors e USING job_assets ja WHERE ja.asset_id=e.asset_id AND ja.job_id=:j "
+            "RETURNING e.stage, e.asset_id"), {"j": job}).all()
+        conn.execute(text("DELETE FROM dead_tasks WHERE job_id=:j"), {"j": job})
+        by_stage: dict[str, list[int]] = {}
+        for stage, asset_id in failed:
+            by_stage.setdefault(stage, []).append(asset_id)
+        n_tasks = 0
+        stamp = int(time.time())
+        for stage, ids in by_stage.items():
+            cls = get_stage(stage)
+            chunks = [(f"retry{stamp}-{i}", c) for i, c in enumerate(chunked(sorted(ids), spec.chunk_size))]
+            n_tasks += enqueue(conn, job_id=job, stage=stage, stage_version=cls.stage_version(), chunks=chunks,
+                               max_attempts=spec.max_attempts, max_runtime_s=cls.max_runtime_s)
+        if n_tasks:
+            conn.execute(text("UPDATE jobs SET status='running', finished_at=NULL WHERE job_id=:j"), {"j": job})
+    console.print(f"job {job}: {len(failed)} failed item(s) re-enqueued in {n_tasks} task(s)")
+
+
+@app.command()
+def query(
+    sql: str = typer.Argument(..., help="one SQL statement, e.g. \"SELECT * FROM curated_images LIMIT 5\""),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json"),
+    timeout: float = typer.Option(60.0, "--timeout", help="statement timeout in seconds"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="print at most this many rows"),
+) -> None:
+    """Run read-only SQL (a READ ONLY transaction with a statement timeout). The curated view is
+    `curated_images`; see docs/curated-view.md."""
+    from curation.query import QueryError, run_query, to_csv, to_json
+
+    if fmt not in ("table", "csv", "json"):
+        _fail("--format must be table, csv or json")
+    try:
+        result = run_query(_engine(), sql, timeout_s=timeout, max_rows=limit)
+    except QueryError as exc:
+        _fail(f"query failed: {exc}", 1)
+    if fmt == "csv":
+        sys.stdout.write(to_csv(result))
+    elif fmt == "json":
+        sys.stdout.write(to_json(result) + "\n")
+    else:
+        from curation.query import _plain
+
+        table = Table(*result.columns)
+        for row in result.rows:
+            table.add_row(*[("" if v is None else str(_plain(v))) for v in row])
+        console.print(table)
+        console.print(f"{len(result.rows)} row(s)")
+
+
+@app.command()
+def export(
+    job: Optional[int] = typer.Argument(None, help="job id (default: all assets)"),
+    where: Optional[str] = typer.Option(None, "--where", help="SQL predicate over curated_images"),
+    output: Optional[str] = typer.Option(None, "--output", help="folder or s3:// prefix"),
+    rows_per_file: int = typer.Option(100_000, "--rows-per-file"),
+) -> None:
+    """Write a slice of curated_images to Parquet, grouped by shortest-side bucket and source. Uses the
+    job spec's export section unless --where/--output are given."""
+    from curation.export import ExportError, export_slice
+
+    engine = _engine()
+    if job is not None and (where is None or output is None):
+        with engine.connect() as conn:
+            spec = conn.execute(text("SELECT spec FROM jobs WHERE job_id=:j"), {"j": job}).scalar()
+        exp = (spec or {}).get("export") or {}
+        where = where or exp.get("where")
+        output = output or exp.get("output")
+    if not where or not output:
+        _fail("give --where and --output (or a job whose spec has an export section)")
+    try:
+        result = export_slice(engine, predicate=where, output=output, job_id=job, rows_per_file=rows_per_file)
+    except ExportError as exc:
+        _fail(str(exc), 1)
+    console.print(f"export {result.export_id}: {result.n_rows} rows in {len(result.files)} file(s) under {result.output}")
+    for f in result.files:
+        console.print(f"  {f['bucket']}/{f['source']}: {f['rows']} rows  {f['uri']}", highlight=False)
+
+
+@app.command()
+def worker(
+    address: Optional[str] = AddressOpt,
+    stages: str = typer.Option("probe,resolution,phash,edges", "--stages", help="comma-separated stages to serve"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="actors per stage (default: from resources)"),
+) -> None:
+    """Start (or join, with --address) Ray and serve the given stages for every job until SIGTERM or
+    Ctrl-C; then each worker finishes its task in hand and releases the rest."""
+    from curation.db import database_url
+    from workers.runtime import Supervisor, default_pool_size, install_sigterm, ray_init
+    from workers.stage import get_stage
+
+    url = database_url()
+    ray_init(address or Settings.from_env().ray_address)
+    refs = [s.strip() for s in stages.split(",") if s.strip()]
+    pools = {r: workers or default_pool_size(get_stage(r), len(refs)) for r in refs}
+    supervisor = Supervisor(database_url=url, pools=pools)
+    install_sigterm(lambda: setattr(supervisor, "_stopping", True))
+    supervisor.start()
+    console.print("serving " + ", ".join(f"{k} x{v}" for k, v in pools.items()) + " — Ctrl-C to stop")
+    while not supervisor._stopping:
+        for event in supervisor.watch(1.0):
+            console.print(event)
+    console.print("stopping: finishing tasks in hand, releasing the rest")
+    supervisor.stop()
+
+
+@app.command()
+def demo(
+    folder: Path = typer.Option(Path(".media/demo"), "--folder", help="where the demo photos go"),
+    output: Path = typer.Option(Path("out/demo"), "--output", help="where the Parquet export goes"),
+    address: Optional[str] = AddressOpt,
+) -> None:
+    """The quickstart job: fetch real photos from registry packages (scikit-image, Debian opencv-doc and
+    mate-backgrounds), add broken and duplicate copies, run probe → resolution → phash → edges on Ray,
+    export Parquet and print the funnel."""
+    import yaml
+
+    from curation.sample_media import MediaUnavailable, build_demo_folder
+
+    console.print(f"fetching sample photos into {folder} ...")
+    try:
+        counts = build_demo_folder(folder)
+    except MediaUnavailable as exc:
+        _fail(f"sample media unavailable: {exc}", 1)
+    console.print("  " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    spec = {
+        "name": "demo",
+        "modality": "image",
+        "source": {"uri": str(folder.resolve()), "name": "demo"},
+        "stages": [{"name": "probe"}, {"name": "resolution", "params": {"min_side": 256}},
+                   {"name": "phash", "params": {"max_distance": 8}}, {"name": "edges"}],
+        "chunk_size": 16,
+        "export": {"where": "is_unique AND bucket IS NOT NULL", "output": str(output.resolve())},
+    }
+    spec_path = folder.parent / "demo.yaml"
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    run(spec_path, address=address, workers=None)
+
+
+# --- database ---------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the Alembic migrations in db/migrations (idempotent). Runs by itself for the embedded database."""
+    from curation.db import database_url, make_engine, upgrade
+
+    revision = upgrade(make_engine(database_url(), pool_size=1))
+    console.print(f"database at revision {revision}")
+
+
+@db_app.command("url")
+def db_url() -> None:
+    """Print the database URL in use (starting the embedded server if needed)."""
+    from curation.db import database_url
+
+    print(database_url())
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL server (no effect on an external database)."""
+    from curation.embedded import EmbeddedPostgres
+
+    settings = Settings.from_env()
+    if settings.database_url:
+        _fail("CURATION_DATABASE_URL is set: nothing embedded to stop", 1)
+    EmbeddedPostgres(settings.home / "pg").stop()
+    console.print("embedded PostgreSQL stopped")
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("CURATION_LOG_LEVEL", "WARNING"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Settings read from the environment, with the embedded defaults.
+
+| variable                         | default            | meaning                                               |
+|----------------------------------|--------------------|-------------------------------------------------------|
+| ``CURATION_DATABASE_URL``        | (embedded)         | DSN of an external PostgreSQL >= 15 with pgvector >= 0.8 |
+| ``CURATION_HOME``                | ``./.curation``    | state folder: embedded database, logs                 |
+| ``CURATION_RAY_ADDRESS``         | (local Ray)        | same as ``--address``                                 |
+| ``CURATION_HEARTBEAT_S``         | 10                 | worker heartbeat period                               |
+| ``CURATION_WORKER_TIMEOUT_S``    | 60                 | a worker whose heartbeat is older is dead             |
+| ``CURATION_SWEEP_S``             | 15                 | reclaim sweep period                                  |
+| ``CURATION_BACKOFF_BASE_S``      | 10                 | retry back-off: base * 2**attempt, +-10 % jitter, <= 1 h |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS_DIR = REPO_ROOT / "db" / "migrations"
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not a number") from exc
+
+
+@dataclass(frozen=True)
+class BrokerTiming:
+    """Lease timing. All arithmetic on these happens on the database's clock."""
+
+    heartbeat_s: float = 10.0
+    worker_timeout_s: float = 60.0
+    sweep_s: float = 15.0
+    backoff_base_s: float = 10.0
+    backoff_max_s: float = 3600.0
+
+    @classmethod
+    def from_env(cls) -> "BrokerTiming":
+        return cls(
+            heartbeat_s=_float("CURATION_HEARTBEAT_S", cls.heartbeat_s),
+            worker_timeout_s=_float("CURATION_WORKER_TIMEOUT_S", cls.worker_timeout_s),
+            sweep_s=_float("CURATION_SWEEP_S", cls.sweep_s),
+            backoff_base_s=_float("CURATION_BACKOFF_BASE_S", cls.backoff_base_s),
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str | None
+    ray_address: str | None
+    timing: BrokerTiming
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        home = Path(os.environ.get("CURATION_HOME") or ".curation").resolve()
+        return cls(
+            home=home,
+            database_url=os.environ.get("CURATION_DATABASE_URL") or None,
+            ray_address=os.environ.get("CURATION_RAY_ADDRESS") or None,
+            timing=BrokerTiming.from_env(),
+        )

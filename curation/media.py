@@ -1,0 +1,126 @@
+"""Decoding media safely: a pixel-count guard against decompression bombs (checked on the header,
+before any pixel is decoded) and a wall-clock limit on decoding. Every failure is a ``MediaError``
+whose ``error_class`` names what is wrong with the file."""
+
+from __future__ import annotations
+
+import io
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+# We apply our own, configurable limit on the header instead of Pillow's global one.
+Image.MAX_IMAGE_PIXELS = None
+
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's historical default: ~ 9459 x 9459, 0.25 GiB as RGB
+DEFAULT_DECODE_TIMEOUT_S = 20.0
+
+
+class MediaError(Exception):
+    error_class = "corrupt_media"
+
+
+class EmptyFile(MediaError):
+    error_class = "empty_file"
+
+
+class NotAnImage(MediaError):
+    error_class = "not_an_image"
+
+
+class DecompressionBomb(MediaError):
+    error_class = "decompression_bomb"
+
+
+class DecodeTimeout(MediaError):
+    error_class = "decode_timeout"
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    format: str
+    width: int
+    height: int
+    mode: str
+
+
+@contextmanager
+def time_limit(seconds: float, what: str) -> Iterator[None]:
+    """Raise ``DecodeTimeout`` if the block runs longer than ``seconds``.
+
+    Uses SIGALRM, so it only interrupts in the main thread (where Ray runs a default actor's
+    methods). Pillow decodes in Python-level chunks, so the alarm is seen between chunks."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise DecodeTimeout(f"{what}: decoding took longer than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _open(data: bytes, what: str) -> Image.Image:
+    if len(data) == 0:
+        raise EmptyFile(f"{what}: file is empty (0 bytes)")
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise NotAnImage(f"{what}: not a recognised image format ({len(data)} bytes)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise MediaError(f"{what}: unreadable image header: {exc}") from exc
+
+
+def _check_pixels(img: Image.Image, max_pixels: int, what: str) -> None:
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise MediaError(f"{what}: invalid size {width}x{height}")
+    if width * height > max_pixels:
+        raise DecompressionBomb(
+            f"{what}: header claims {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,}"
+        )
+
+
+def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image") -> ImageHeader:
+    """Format, size and mode from the header alone (no pixel decoded)."""
+    img = _open(data, what)
+    _check_pixels(img, max_pixels, what)
+    return ImageHeader(format=img.format or "unknown", width=img.width, height=img.height, mode=img.mode)
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    timeout_s: float = DEFAULT_DECODE_TIMEOUT_S,
+    draft_size: int | None = None,
+    what: str = "image",
+) -> Image.Image:
+    """Fully decode the first frame to RGB.
+
+    ``draft_size`` lets JPEG decode at a reduced scale (DCT scaling, up to 8x fewer pixels) when the
+    caller only needs an image whose short side is about that size; other formats ignore it."""
+    img = _open(data, what)
+    _check_pixels(img, max_pixels, what)
+    try:
+        with time_limit(timeout_s, what):
+            if draft_size is not None and img.format == "JPEG":
+                img.draft("RGB", (draft_size, draft_size))
+            img.load()
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+    except MediaError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise MediaError(f"{what}: cannot decode {img.format or 'image'} data: {exc}") from exc
+    return img

@@ -1,0 +1,144 @@
+"""Turning a validated job spec into work: check that the source and the export are usable, list the
+source, record the job and its assets, and enqueue chunks for the first stage — all in one
+transaction, so a failed submission leaves nothing behind."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, text
+
+from curation import storage
+from curation.broker import chunked, enqueue
+from curation.spec import IMAGE_SUFFIXES, JobSpec, SpecError
+
+INSERT_BATCH = 10_000
+
+
+@dataclass(frozen=True)
+class Submission:
+    job_id: int
+    n_assets: int
+    n_tasks: int
+
+
+def _resolve_local(uri: str, base: Path) -> str:
+    if storage.is_s3(uri) or Path(uri).is_absolute():
+        return uri
+    return str((base / uri).resolve())
+
+
+def list_source(spec: JobSpec, base: Path = Path(".")) -> Iterator[str]:
+    """URIs of the source, in a stable order. A list file yields its URIs as written (relative local
+    paths are taken relative to the list file's folder)."""
+    src = spec.source
+    uri = _resolve_local(src.uri, base)
+    if src.is_list:
+        data = storage.read_bytes(uri)
+        list_base = Path(uri).parent if not storage.is_s3(uri) else None
+        if uri.lower().endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(io.BytesIO(data))
+            if "uri" not in table.column_names:
+                raise SpecError(f"source.uri: {src.uri} has no 'uri' column (columns: {', '.join(table.column_names)})")
+            lines = [u for u in table.column("uri").to_pylist() if u]
+        else:
+            lines = [ln.strip() for ln in data.decode("utf-8").splitlines()]
+            lines = [ln for ln in lines if ln and not ln.startswith("#")]
+        for line in lines:
+            yield _resolve_local(line, list_base) if list_base is not None else line
+        return
+    suffixes = tuple(s.lower() for s in (src.extensions or IMAGE_SUFFIXES))
+    for obj in storage.list_objects(uri):
+        if obj.uri.lower().endswith(suffixes):
+            yield obj.uri
+
+
+def check_export_predicate(conn: Connection, predicate: str) -> None:
+    """Plan (not run) the export query so a bad predicate fails at submission, naming the field."""
+    try:
+        with conn.begin_nested():
+            conn.execute(text(f"EXPLAIN SELECT * FROM curated_images WHERE ({predicate})"))
+    except Exception as exc:  # noqa: BLE001 - any planner error is the user's predicate
+        msg = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise SpecError(f"export.where: not a valid predicate over curated_images: {msg}") from None
+
+
+def _upsert_assets(conn: Connection, uris: list[str], source_id: int, kind: str) -> list[int]:
+    rows = conn.execute(
+        text(
+            """
+            WITH input AS (SELECT u AS uri, ord FROM unnest(CAST(:uris AS text[])) WITH ORDINALITY AS t(u, ord)),
+            ins AS (
+                INSERT INTO assets (uri, kind, source_id)
+                SELECT uri, :kind, :src FROM input
+                ON CONFLICT (uri, coalesce(start_frame, -1), coalesce(end_frame, -1)) DO NOTHING
+                RETURNING asset_id, uri),
+            found AS (
+                SELECT asset_id, uri FROM ins
+                UNION ALL
+                SELECT a.asset_id, a.uri FROM assets a JOIN input i ON i.uri = a.uri
+                WHERE a.start_frame IS NULL AND a.end_frame IS NULL)
+            SELECT f.asset_id FROM found f JOIN input i ON i.uri = f.uri ORDER BY i.ord
+            """
+        ),
+        {"uris": uris, "kind": kind, "src": source_id},
+    ).scalars().all()
+    return list(rows)
+
+
+def submit(engine: Engine, spec: JobSpec, *, base: Path = Path(".")) -> Submission:
+    """Validate what needs the outside world, then record and enqueue the job atomically."""
+    src_uri = _resolve_local(spec.source.uri, base)
+    if spec.source.is_list:
+        if not storage.exists(src_uri):
+            raise SpecError(f"source.uri: list file {spec.source.uri} does not exist")
+    elif not storage.prefix_reachable(src_uri):
+        raise SpecError(f"source.uri: {spec.source.uri} is not a readable folder or S3 prefix")
+    if spec.export is not None:
+        out = spec.export.output
+        if storage.is_s3(out) and not storage.prefix_reachable(out):
+            raise SpecError(f"export.output: bucket of {out} is not reachable")
+
+    uris = list(dict.fromkeys(list_source(spec, base)))  # de-duplicated, order kept
+    if not uris:
+        raise SpecError(f"source.uri: {spec.source.uri} lists no files with the expected suffixes")
+    first = spec.stage_classes()[0]
+    spec_json = spec.model_dump(mode="json")
+    with engine.begin() as conn:
+        if spec.export is not None:
+            check_export_predicate(conn, spec.export.where)
+        source_id = conn.execute(
+            text(
+                "INSERT INTO sources (name, uri) VALUES (:n, :u) "
+                "ON CONFLICT (name) DO UPDATE SET uri = excluded.uri RETURNING source_id"
+            ),
+            {"n": spec.source.source_name(), "u": src_uri},
+        ).scalar_one()
+        job_id = conn.execute(
+            text(
+                "INSERT INTO jobs (name, modality, spec, stages) VALUES (:n, :m, CAST(:s AS jsonb), :st) "
+                "RETURNING job_id"
+            ),
+            {"n": spec.name, "m": spec.modality, "s": json.dumps(spec_json), "st": [s.name for s in spec.stages]},
+        ).scalar_one()
+        asset_ids: list[int] = []
+        for batch in chunked(uris, INSERT_BATCH):
+            ids = _upsert_assets(conn, batch, source_id, spec.modality)
+            conn.execute(
+                text("INSERT INTO job_assets (job_id, asset_id) SELECT :j, unnest(CAST(:ids AS bigint[])) "
+                     "ON CONFLICT DO NOTHING"),
+                {"j": job_id, "ids": ids},
+            )
+            asset_ids.extend(ids)
+        chunks = [(f"c{i}", ids) for i, ids in enumerate(chunked(asset_ids, spec.chunk_size))]
+        n_tasks = enqueue(
+            conn, job_id=job_id, stage=spec.stages[0].name, stage_version=first.stage_version(), chunks=chunks,
+            max_attempts=spec.max_attempts, max_runtime_s=first.max_runtime_s,
+        )
+    return Submission(job_id=job_id, n_assets=len(asset_ids), n_tasks=n_tasks)

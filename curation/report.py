@@ -1,0 +1,120 @@
+"""What a job is doing and what it produced: per-stage progress and the filter funnel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, text
+
+
+@dataclass(frozen=True)
+class StageProgress:
+    stage: str
+    scored: int  # assets with a result row
+    errors: int  # assets with an item error
+    queued: int  # assets in ready/scheduled tasks
+    running: int  # assets in leased tasks
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job_id: int
+    name: str
+    status: str
+    n_assets: int
+    stages: list[StageProgress]
+    dead_tasks: int
+
+
+@dataclass(frozen=True)
+class Funnel:
+    listed: int
+    decoded: int
+    resolution_ok: int
+    unique: int
+    exported: int | None
+
+    def rows(self) -> list[tuple[str, int | None]]:
+        return [
+            ("listed", self.listed), ("decoded", self.decoded), ("resolution ok", self.resolution_ok),
+            ("unique", self.unique), ("exported", self.exported),
+        ]
+
+
+def job_status(conn: Connection, job_id: int) -> JobStatus:
+    from workers.stage import get_stage
+
+    job = conn.execute(
+        text("SELECT job_id, name, status, stages FROM jobs WHERE job_id = :j"), {"j": job_id}
+    ).first()
+    if job is None:
+        raise LookupError(f"no job {job_id}")
+    n_assets = conn.execute(text("SELECT count(*) FROM job_assets WHERE job_id = :j"), {"j": job_id}).scalar_one()
+    task_counts = {
+        (r.stage, r.state): r.n
+        for r in conn.execute(
+            text("SELECT stage, state, sum(cardinality(asset_ids))::bigint AS n FROM tasks WHERE job_id = :j "
+                 "GROUP BY stage, state"),
+            {"j": job_id},
+        )
+    }
+    stages = []
+    for ref in job.stages:
+        cls = get_stage(ref)
+        scored = conn.execute(
+            text(f"SELECT count(*) FROM {cls.result_table} r JOIN job_assets ja ON ja.asset_id = r.asset_id "
+                 "WHERE ja.job_id = :j AND r.stage_version = :v"),
+            {"j": job_id, "v": cls.stage_version()},
+        ).scalar_one()
+        errors = conn.execute(
+            text("SELECT count(*) FROM item_errors e JOIN job_assets ja ON ja.asset_id = e.asset_id "
+                 "WHERE ja.job_id = :j AND e.stage = :s AND e.stage_version = :v"),
+            {"j": job_id, "s": ref, "v": cls.stage_version()},
+        ).scalar_one()
+        stages.append(StageProgress(
+            stage=ref, scored=scored, errors=errors,
+            queued=int(task_counts.get((ref, "ready"), 0) + task_counts.get((ref, "scheduled"), 0)),
+            running=int(task_counts.get((ref, "leased"), 0)),
+        ))
+    dead = conn.execute(text("SELECT count(*) FROM dead_tasks WHERE job_id = :j"), {"j": job_id}).scalar_one()
+    return JobStatus(job.job_id, job.name, job.status, n_assets, stages, dead)
+
+
+def funnel(conn: Connection, job_id: int) -> Funnel:
+    spec = conn.execute(text("SELECT spec FROM jobs WHERE job_id = :j"), {"j": job_id}).scalar_one()
+    min_side = 256
+    for stage in spec["stages"]:
+        if stage["name"] == "resolution":
+            min_side = int(stage.get("params", {}).get("min_side", 256))
+    row = conn.execute(
+        text(
+            """
+            SELECT count(*) AS listed,
+                   count(*) FILTER (WHERE c.decoded) AS decoded,
+                   count(*) FILTER (WHERE c.decoded AND c.short_side >= :min_side) AS resolution_ok,
+                   count(*) FILTER (WHERE c.decoded AND c.short_side >= :min_side AND c.is_unique) AS unique_
+            FROM job_assets ja JOIN curated_images c ON c.asset_id = ja.asset_id
+            WHERE ja.job_id = :j
+            """
+        ),
+        {"j": job_id, "min_side": min_side},
+    ).one()
+    exported = conn.execute(
+        text("SELECT n_rows FROM exports WHERE job_id = :j ORDER BY export_id DESC LIMIT 1"), {"j": job_id}
+    ).scalar()
+    return Funnel(row.listed, row.decoded, row.resolution_ok, row.unique_, exported)
+
+
+def error_summary(conn: Connection, job_id: int, limit: int = 20) -> list[tuple[str, str, int, str]]:
+    """(stage, error class, count, one example message) for a job's item errors."""
+    return [
+        (r.stage, r.error_class, r.n, r.example)
+        for r in conn.execute(
+            text(
+                "SELECT e.stage, e.error_class, count(*) AS n, min(e.message) AS example FROM item_errors e "
+                "JOIN job_assets ja ON ja.asset_id = e.asset_id WHERE ja.job_id = :j "
+                "GROUP BY e.stage, e.error_class ORDER BY count(*) DESC LIMIT :l"
+            ),
+            {"j": job_id, "l": limit},
+        )
+    ]

@@ -1,0 +1,163 @@
+"""Real sample photos from registry packages, plus deliberately broken copies — for the demo job and
+the tests. Nothing binary is committed: the photos come from
+
+- scikit-image's bundled ``skimage/data`` images (a Python package, installed with the test extra);
+- Debian ``opencv-doc`` (``examples/data`` photos and the ``examples/text`` scene-text photos);
+- Debian ``mate-backgrounds`` (12 nature photos, and one artwork at three resolutions: a natural
+  near-duplicate set),
+
+fetched with ``apt-get download`` and unpacked with ``dpkg-deb -x`` into a git-ignored cache.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+import subprocess
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from curation.config import REPO_ROOT
+
+DEFAULT_CACHE = REPO_ROOT / ".media"
+DEBIAN_PACKAGES = ("opencv-doc", "mate-backgrounds")
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class MediaUnavailable(RuntimeError):
+    """The sample media cannot be had on this machine (the reason says why)."""
+
+
+def _apt_download(package: str, debs: Path) -> Path:
+    debs.mkdir(parents=True, exist_ok=True)
+    found = sorted(debs.glob(f"{package}_*.deb"))
+    if found:
+        return found[-1]
+    cmd = ["apt-get", "download", "-q", package]
+    proc = subprocess.run(cmd, cwd=debs, capture_output=True, text=True)
+    if proc.returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=debs, capture_output=True, text=True)
+    found = sorted(debs.glob(f"{package}_*.deb"))
+    if proc.returncode != 0 or not found:
+        raise MediaUnavailable(f"apt-get download {package} failed: {proc.stderr.strip()[-300:]}")
+    return found[-1]
+
+
+def debian_package(package: str, cache: Path = DEFAULT_CACHE) -> Path:
+    """Unpacked root of a Debian package (downloaded and extracted once into the cache)."""
+    root = cache / package
+    marker = root / ".unpacked"
+    if marker.exists():
+        return root
+    deb = _apt_download(package, cache / "debs")
+    if shutil.which("dpkg-deb") is None:
+        raise MediaUnavailable("dpkg-deb is not available to unpack .deb files")
+    root.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    marker.touch()
+    return root
+
+
+def skimage_photos() -> list[Path]:
+    try:
+        import skimage
+    except ImportError as exc:
+        raise MediaUnavailable("scikit-image is not installed (pip install -e '.[test]')") from exc
+    data = Path(skimage.__file__).parent / "data"
+    return sorted(p for p in data.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+
+
+def opencv_doc(cache: Path = DEFAULT_CACHE) -> Path:
+    return debian_package("opencv-doc", cache) / "usr/share/doc/opencv-doc/examples"
+
+
+def opencv_photos(cache: Path = DEFAULT_CACHE) -> list[Path]:
+    root = opencv_doc(cache)
+    data = sorted(p for p in (root / "data").iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+    text = sorted((root / "text").glob("scenetext0*.jpg"))
+    return data + text
+
+
+def mate_photos(cache: Path = DEFAULT_CACHE) -> list[Path]:
+    root = debian_package("mate-backgrounds", cache) / "usr/share/backgrounds/mate"
+    return sorted((root / "nature").glob("*.jpg")) + sorted((root / "abstract").glob("Elephants*.jpg"))
+
+
+# --- broken files ------------------------------------------------------------------------------
+
+
+def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` RGB pixels."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@dataclass(frozen=True)
+class BrokenFiles:
+    truncated_jpeg: Path
+    zero_byte: Path
+    text_as_jpeg: Path
+    png_bomb: Path
+
+    def all(self) -> list[Path]:
+        return [self.truncated_jpeg, self.zero_byte, self.text_as_jpeg, self.png_bomb]
+
+
+def write_broken_files(dest: Path, real_jpeg: Path) -> BrokenFiles:
+    dest.mkdir(parents=True, exist_ok=True)
+    data = real_jpeg.read_bytes()
+    files = BrokenFiles(
+        truncated_jpeg=dest / "broken_truncated.jpg",
+        zero_byte=dest / "broken_zero_byte.jpg",
+        text_as_jpeg=dest / "broken_text_file.jpg",
+        png_bomb=dest / "broken_bomb_30000x30000.png",
+    )
+    files.truncated_jpeg.write_bytes(data[: len(data) * 2 // 5])
+    files.zero_byte.write_bytes(b"")
+    files.text_as_jpeg.write_text("this is a text file, not a JPEG\n" * 20)
+    files.png_bomb.write_bytes(png_bomb())
+    return files
+
+
+def resized_copy(src: Path, dest: Path, scale: float = 0.5, quality: int = 70) -> Path:
+    """A resized, re-encoded (JPEG) copy: a near duplicate of ``src``."""
+    from PIL import Image
+
+    with Image.open(src) as img:
+        img = img.convert("RGB")
+        img = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=quality)
+    dest.write_bytes(buf.getvalue())
+    return dest
+
+
+def build_demo_folder(dest: Path, cache: Path = DEFAULT_CACHE, *, include_debian: bool = True) -> dict[str, int]:
+    """Fill ``dest`` with the real photos (flat, prefixed by origin), a near duplicate, an exact
+    duplicate and the four broken files. Returns counts by origin."""
+    dest.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    origins: list[tuple[str, list[Path]]] = [("skimage", skimage_photos())]
+    if include_debian:
+        origins += [("opencv", opencv_photos(cache)), ("mate", mate_photos(cache))]
+    for origin, photos in origins:
+        for p in photos:
+            target = dest / f"{origin}_{p.name}"
+            if not target.exists():
+                shutil.copyfile(p, target)
+        counts[origin] = len(photos)
+    jpeg = next(p for p in sorted(dest.glob("*.jpg")) if not p.name.startswith(("broken_", "copy_")))
+    resized_copy(dest / "skimage_astronaut.png", dest / "copy_astronaut_resized.jpg")
+    shutil.copyfile(jpeg, dest / f"copy_exact_{jpeg.name}")
+    write_broken_files(dest, jpeg)
+    counts["copies"] = 2
+    counts["broken"] = 4
+    return counts

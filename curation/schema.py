@@ -1,0 +1,292 @@
+"""SQLAlchemy models of the database. The Alembic migrations in ``db/migrations/`` create them; the
+two must agree (``tests/test_schema.py`` checks that the migrated database matches these models).
+
+Tables, by layer:
+
+- catalogue: ``sources``, ``jobs``, ``assets``, ``job_assets`` (which job listed which asset);
+- broker: ``tasks`` (small and hot), ``task_attempts`` (append-only ledger), ``dead_tasks``,
+  ``workers`` (heartbeats), ``item_errors`` (one row per failed ``(asset, stage, version)``);
+- stage results, one typed table per stage, primary key ``(asset_id, stage_version)``:
+  ``probe_results``, ``resolution_results``, ``phash_results`` (+ ``near_duplicates``),
+  ``edge_results``;
+- outputs: ``exports``.
+
+The view users slice on, ``curated_images``, is defined in the migrations and documented in
+``docs/curated-view.md``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pgvector.sqlalchemy import BIT
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _created() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+# --- catalogue -------------------------------------------------------------------------------
+
+
+class Source(Base):
+    __tablename__ = "sources"
+    source_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text, unique=True, nullable=False)
+    uri: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+JOB_STATES = ("running", "completed", "cancelled", "failed")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    job_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    modality: Mapped[str] = mapped_column(Text, nullable=False)
+    spec: Mapped[dict] = mapped_column(JSONB, nullable=False)
+    stages: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default="running")
+    created_at: Mapped[datetime] = _created()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (CheckConstraint(f"status IN {JOB_STATES}", name="jobs_status_check"),)
+
+
+class Asset(Base):
+    __tablename__ = "assets"
+    asset_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    uri: Mapped[str] = mapped_column(Text, nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.source_id"), nullable=False)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("assets.asset_id"))
+    start_frame: Mapped[int | None] = mapped_column(Integer)
+    end_frame: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _created()
+    __table_args__ = (
+        CheckConstraint("kind IN ('image', 'video', 'scene')", name="assets_kind_check"),
+        # one asset per (uri, time range): scenes of one video share the uri
+        Index(
+            "assets_uri_range_key", "uri", text("coalesce(start_frame, -1)"), text("coalesce(end_frame, -1)"),
+            unique=True,
+        ),
+    )
+
+
+class JobAsset(Base):
+    __tablename__ = "job_assets"
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.job_id", ondelete="CASCADE"), primary_key=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    __table_args__ = (Index("job_assets_asset_idx", "asset_id"),)
+
+
+# --- broker ----------------------------------------------------------------------------------
+
+TASK_STATES = ("ready", "scheduled", "leased")
+ATTEMPT_OUTCOMES = (
+    "ok", "error", "released", "reclaimed_dead_worker", "reclaimed_deadline", "fenced_out", "dead", "bisected",
+)
+
+
+class Task(Base):
+    """A chunk of asset ids for one ``(job, stage, stage_version)``. Finished tasks are deleted."""
+
+    __tablename__ = "tasks"
+    task_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    stage: Mapped[str] = mapped_column(Text, nullable=False)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
+    state: Mapped[str] = mapped_column(Text, nullable=False, server_default="ready")
+    priority: Mapped[int] = mapped_column(SmallInteger, nullable=False, server_default="100")
+    run_after: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    asset_ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), nullable=False)
+    dedupe_key: Mapped[str] = mapped_column(Text, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    crashes: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="5")
+    max_runtime_s: Mapped[float] = mapped_column(Double, nullable=False, server_default="600")
+    lease_id: Mapped[str | None] = mapped_column(UUID(as_uuid=False))
+    lease_owner: Mapped[int | None] = mapped_column(BigInteger)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    __table_args__ = (
+        CheckConstraint(f"state IN {TASK_STATES}", name="tasks_state_check"),
+        CheckConstraint("cardinality(asset_ids) > 0", name="tasks_asset_ids_check"),
+        UniqueConstraint("job_id", "stage", "stage_version", "dedupe_key", name="tasks_dedupe_key"),
+        Index("tasks_ready_idx", "stage", "priority", "task_id", postgresql_where=text("state = 'ready'")),
+        Index("tasks_leased_idx", "lease_owner", postgresql_where=text("state = 'leased'")),
+        Index("tasks_scheduled_idx", "run_after", postgresql_where=text("state = 'scheduled'")),
+        Index("tasks_job_idx", "job_id"),
+        {"postgresql_with": {"fillfactor": "80"}},
+    )
+
+
+class TaskAttempt(Base):
+    """Append-only ledger: one row per ended attempt (never updated)."""
+
+    __tablename__ = "task_attempts"
+    attempt_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    job_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    stage: Mapped[str] = mapped_column(Text, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    lease_id: Mapped[str | None] = mapped_column(UUID(as_uuid=False))
+    worker_id: Mapped[int | None] = mapped_column(BigInteger)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    outcome: Mapped[str] = mapped_column(Text, nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    n_items: Mapped[int | None] = mapped_column(Integer)
+    n_ok: Mapped[int | None] = mapped_column(Integer)
+    __table_args__ = (
+        CheckConstraint(f"outcome IN {ATTEMPT_OUTCOMES}", name="task_attempts_outcome_check"),
+        Index("task_attempts_task_idx", "task_id"),
+        Index("task_attempts_job_idx", "job_id", "stage"),
+    )
+
+
+class DeadTask(Base):
+    """Dead letter: a task that exhausted its attempts (after bisection down to one asset)."""
+
+    __tablename__ = "dead_tasks"
+    task_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    job_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    stage: Mapped[str] = mapped_column(Text, nullable=False)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
+    asset_ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), nullable=False)
+    dedupe_key: Mapped[str] = mapped_column(Text, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    died_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    __table_args__ = (Index("dead_tasks_job_idx", "job_id"),)
+
+
+class Worker(Base):
+    """One row per worker process. ``last_heartbeat`` is deliberately not indexed (HOT updates)."""
+
+    __tablename__ = "workers"
+    worker_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    stage: Mapped[str] = mapped_column(Text, nullable=False)
+    host: Mapped[str] = mapped_column(Text, nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    ray_node_id: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = _created()
+    last_heartbeat: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    stop_requested: Mapped[bool] = mapped_column(nullable=False, server_default=text("false"))
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    __table_args__ = ({"postgresql_with": {"fillfactor": "50"}},)
+
+
+class ItemError(Base):
+    """Why one asset has no result for one stage version. At most one row per key."""
+
+    __tablename__ = "item_errors"
+    asset_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    stage: Mapped[str] = mapped_column(Text, primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    job_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    error_class: Mapped[str] = mapped_column(Text, nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = _created()
+    __table_args__ = (Index("item_errors_job_idx", "job_id", "stage"),)
+
+
+# --- stage results ---------------------------------------------------------------------------
+
+
+class ProbeResult(Base):
+    __tablename__ = "probe_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    format: Mapped[str] = mapped_column(Text, nullable=False)
+    width: Mapped[int] = mapped_column(Integer, nullable=False)
+    height: Mapped[int] = mapped_column(Integer, nullable=False)
+    mode: Mapped[str] = mapped_column(Text, nullable=False)
+    bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    decode_ms: Mapped[float] = mapped_column(Double, nullable=False)
+    created_at: Mapped[datetime] = _created()
+    __table_args__ = (Index("probe_results_sha256_idx", "sha256"),)
+
+
+class ResolutionResult(Base):
+    __tablename__ = "resolution_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    short_side: Mapped[int] = mapped_column(Integer, nullable=False)
+    long_side: Mapped[int] = mapped_column(Integer, nullable=False)
+    aspect_ratio: Mapped[float] = mapped_column(Double, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class PhashResult(Base):
+    __tablename__ = "phash_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    phash: Mapped[str] = mapped_column(BIT(64), nullable=False)
+    created_at: Mapped[datetime] = _created()
+    __table_args__ = (
+        Index(
+            "phash_results_hnsw_idx", "phash", postgresql_using="hnsw",
+            postgresql_ops={"phash": "bit_hamming_ops"},
+        ),
+    )
+
+
+class NearDuplicate(Base):
+    """A pair of assets whose perceptual hashes are within the phash stage's ``max_distance``.
+    Stored in both directions so that "does a better-ranked neighbour exist" is one index probe."""
+
+    __tablename__ = "near_duplicates"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    other_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    distance: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class EdgeResult(Base):
+    __tablename__ = "edge_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    edge_density: Mapped[float] = mapped_column(Double, nullable=False)
+    edge_mean: Mapped[float] = mapped_column(Double, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+
+class Export(Base):
+    __tablename__ = "exports"
+    export_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.job_id"))
+    predicate: Mapped[str] = mapped_column(Text, nullable=False)
+    output_uri: Mapped[str] = mapped_column(Text, nullable=False)
+    n_rows: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    files: Mapped[list] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = _created()

@@ -1,0 +1,161 @@
+"""Job specs: the YAML a data engineer writes, validated before anything is enqueued.
+
+```yaml
+name: photos-2026-11
+modality: image
+source:
+  uri: ./media/photos          # a folder, an s3:// prefix, or a .txt / .parquet list of URIs
+  name: photos                 # the source name (a Parquet partition in the export)
+stages:
+  - name: probe
+    params: {max_pixels: 89478485, decode_timeout_s: 20}
+  - name: resolution
+    params: {min_side: 256}
+  - name: phash
+    params: {max_distance: 8}
+  - name: edges
+chunk_size: 64                 # assets per task
+max_attempts: 5
+export:
+  where: "is_unique AND bucket IS NOT NULL"
+  output: ./out/photos         # or s3://bucket/prefix
+```
+
+Every error names the field (``stages[1].params.min_side``) and says what is wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workers.stage import Stage, UnknownStage, get_stage
+
+LIST_SUFFIXES = (".txt", ".parquet")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+
+class SpecError(ValueError):
+    """A job spec is invalid; the message names each bad field."""
+
+
+class SourceSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    uri: str = Field(min_length=1, description="folder, s3:// prefix, or a .txt/.parquet list of URIs")
+    name: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    extensions: list[str] | None = Field(
+        None, description="file suffixes listed from a folder or prefix (default: image suffixes)"
+    )
+
+    @property
+    def is_list(self) -> bool:
+        return self.uri.lower().endswith(LIST_SUFFIXES)
+
+    def source_name(self) -> str:
+        if self.name:
+            return self.name
+        stem = Path(self.uri.rstrip("/")).name or "source"
+        return "".join(c if c.isalnum() or c in "_.-" else "_" for c in stem)
+
+
+class StageSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    workers: int | None = Field(None, ge=1, description="actors in this stage's pool (default: from resources)")
+
+
+class ExportSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    where: str = Field("is_unique AND bucket IS NOT NULL", min_length=1)
+    output: str = Field(min_length=1)
+    rows_per_file: int = Field(100_000, ge=1)
+
+    @field_validator("where")
+    @classmethod
+    def _no_statement_break(cls, v: str) -> str:
+        if ";" in v:
+            raise ValueError("must be a single SQL predicate (no ';')")
+        return v
+
+
+class JobSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    modality: Literal["image"]
+    source: SourceSpec
+    stages: list[StageSpec] = Field(min_length=1)
+    chunk_size: int = Field(64, ge=1, le=100_000)
+    max_attempts: int = Field(5, ge=1, le=100)
+    export: ExportSpec | None = None
+
+    @model_validator(mode="after")
+    def _stages_known_and_ordered(self) -> "JobSpec":
+        errors: list[str] = []
+        seen: list[str] = []
+        for i, stage in enumerate(self.stages):
+            where = f"stages[{i}]"
+            try:
+                cls = get_stage(stage.name)
+            except UnknownStage as exc:
+                errors.append(f"{where}.name: {exc.args[0]}")
+                continue
+            if self.modality not in cls.modalities:
+                errors.append(f"{where}.name: stage {stage.name!r} does not handle modality {self.modality!r}")
+            try:
+                cls.Params.model_validate(stage.params)
+            except ValidationError as exc:
+                for err in exc.errors():
+                    loc = ".".join(str(p) for p in err["loc"])
+                    errors.append(f"{where}.params.{loc}: {err['msg']} (stage {stage.name!r})")
+            for required in cls.requires:
+                if required not in seen:
+                    errors.append(f"{where}.name: stage {stage.name!r} needs stage {required!r} earlier in the list")
+            if cls.name in seen:
+                errors.append(f"{where}.name: stage {cls.name!r} is listed twice")
+            seen.append(cls.name)
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    def stage_classes(self) -> list[type[Stage]]:
+        return [get_stage(s.name) for s in self.stages]
+
+    def stage_params(self, index: int) -> BaseModel:
+        return get_stage(self.stages[index].name).Params.model_validate(self.stages[index].params)
+
+
+def _format(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(spec)"
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{loc}: {msg}" if not msg.startswith("stages[") else msg)
+    return "\n".join(part for line in lines for part in line.split("; "))
+
+
+def parse_spec(data: Any) -> JobSpec:
+    if not isinstance(data, dict):
+        raise SpecError("(spec): must be a YAML mapping with name, modality, source and stages")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format(exc)) from None
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    return parse_spec(data)

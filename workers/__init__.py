@@ -1,0 +1,1 @@
+"""The Ray side: the worker runtime and one module per curation stage."""

@@ -1,0 +1,77 @@
+"""edges — Sobel edge density, the weight-free half of the report's complexity score (§4.2:
+"a Sobel filter for detailed edge analysis ... filters out overly simple images (e.g., plain
+backgrounds)"). The SAM 2 mask half comes with the model-backed complexity stage.
+
+Scores, on the greyscale image resized so its short side is ``short_side`` px (default 256, so the
+score does not depend on the original resolution):
+- ``edge_density``: fraction of pixels whose normalised Sobel gradient magnitude (kornia) exceeds
+  ``threshold`` (default 0.1). Unitless, 0..1; a plain background is ~0, dense foliage ~0.5.
+- ``edge_mean``: mean gradient magnitude, unitless, 0..~1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from workers.stage import ItemFailure, Resources, Stage, StageItem
+
+
+class EdgesParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    short_side: int = Field(256, ge=16, le=4096, description="images are resized to this short side first (px)")
+    threshold: float = Field(0.1, gt=0, lt=1, description="gradient magnitude counted as an edge")
+
+
+@dataclass(frozen=True)
+class EdgeScores:
+    edge_density: float
+    edge_mean: float
+
+
+class EdgesStage(Stage):
+    name = "edges"
+    version = "1"
+    result_type = EdgeScores
+    result_table = "edge_results"
+    Params = EdgesParams
+    resources = Resources(cpus=1.0, memory_gb=1.5)
+    batch_size = 64
+    needs_image = True
+    requires = ("probe",)
+    image_draft_size = 256
+
+    def setup(self) -> None:
+        import kornia
+        import torch
+
+        torch.set_num_threads(1)
+        self._torch = torch
+        self._sobel = kornia.filters.sobel
+
+    def _grey(self, image: Image.Image) -> np.ndarray:
+        side = self.params.short_side
+        w, h = image.size
+        scale = side / min(w, h)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        return np.asarray(image.convert("L").resize(size, Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+
+    def process(self, items: Sequence[StageItem]) -> list[EdgeScores | ItemFailure]:
+        if not hasattr(self, "_sobel"):
+            self.setup()
+        out: list[EdgeScores | ItemFailure] = []
+        with self._torch.inference_mode():
+            for item in items:
+                grey = self._torch.from_numpy(self._grey(item.image))[None, None]
+                magnitude = self._sobel(grey, normalized=True)
+                out.append(
+                    EdgeScores(
+                        edge_density=round(float((magnitude > self.params.threshold).float().mean()), 6),
+                        edge_mean=round(float(magnitude.mean()), 6),
+                    )
+                )
+        return out

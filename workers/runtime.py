@@ -1,0 +1,480 @@
+"""The worker runtime: long-lived workers that loop claim -> fetch -> process -> commit, and the
+supervisor that runs them as Ray actors, one pool per stage.
+
+- A ``StageWorker`` loads its stage (and its models) once, registers itself in ``workers``, heartbeats
+  from a background thread (which also runs the reclaim sweep), and processes tasks until asked to
+  stop. Tasks carry asset ids only; the worker fetches the media from storage itself.
+- Per-item failures (missing object, corrupt file, an exception from the stage on one item) become
+  ``item_errors`` rows; the rest of the chunk completes.
+- A lost database connection is retried with back-off (``with_reconnect``), so a restarted PostgreSQL
+  only pauses the work.
+- Stopping (SIGTERM to ``curation worker``/``run``, or ``stop_requested`` in the database): the task in
+  hand is finished, leases not yet started are released without using an attempt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import Connection, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from curation import storage
+from curation.broker import Broker, Lease, NextStage
+from curation.config import REPO_ROOT, BrokerTiming
+from curation.db import make_engine, with_reconnect
+from curation.media import DEFAULT_MAX_PIXELS, MediaError, decode_image
+from curation.schema import Base
+from curation.spec import JobSpec
+from curation.storage import StorageError
+from workers.stage import ItemFailure, Stage, StageItem, get_stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _JobPlan:
+    spec: JobSpec
+    stage_refs: list[str]
+
+
+@dataclass
+class WorkerStats:
+    tasks: int = 0
+    items_ok: int = 0
+    item_errors: int = 0
+    fenced_out: int = 0
+    task_failures: int = 0
+    released: int = 0
+
+
+def _result_table(stage_cls: type[Stage]):
+    return Base.metadata.tables[stage_cls.result_table]
+
+
+def load_results(conn: Connection, stage_cls: type[Stage], asset_ids: Sequence[int]) -> dict[int, Any]:
+    """Stored results of ``stage_cls`` (its current version) for the given assets, as result objects."""
+    if not asset_ids:
+        return {}
+    table = _result_table(stage_cls)
+    cols = stage_cls.result_columns()
+    rows = conn.execute(
+        table.select().where(table.c.asset_id.in_(list(asset_ids)),
+                             table.c.stage_version == stage_cls.stage_version())
+    ).mappings().all()
+    return {r["asset_id"]: stage_cls.result_type(**{c: r[c] for c in cols}) for r in rows}
+
+
+class StageWorker:
+    """One worker process for one stage. Used as a Ray actor by the supervisor, or directly."""
+
+    def __init__(
+        self,
+        database_url: str,
+        stage_ref: str,
+        *,
+        timing: BrokerTiming | None = None,
+        claim_batch: int = 1,
+        sweep: bool = True,
+    ):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        self.stage_ref = stage_ref
+        self.stage_cls = get_stage(stage_ref)
+        self.timing = timing or BrokerTiming.from_env()
+        self.engine = make_engine(database_url, pool_size=2, application_name=f"curation-{self.stage_cls.name}")
+        self.broker = Broker(self.engine, self.timing)
+        self.claim_batch = claim_batch
+        self._stages: dict[str, Stage] = {}
+        self._jobs: dict[int, _JobPlan] = {}
+        self._stop = threading.Event()
+        self.stats = WorkerStats()
+        node_id = None
+        try:
+            import ray
+
+            if ray.is_initialized():
+                node_id = ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001 - running outside Ray
+            node_id = None
+        self.worker_id = with_reconnect(
+            lambda: self.broker.register_worker(stage_ref, socket.gethostname(), os.getpid(), node_id),
+            what="register worker",
+        )
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, args=(sweep,), daemon=True)
+        self._heartbeat.start()
+
+    # --- small accessors used by the supervisor and the tests ------------------------------------
+
+    def info(self) -> dict:
+        return {"worker_id": self.worker_id, "pid": os.getpid(), "stage": self.stage_ref}
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # --- background: heartbeat + sweep --------------------------------------------------------------
+
+    def _heartbeat_loop(self, sweep: bool) -> None:
+        last_sweep = 0.0
+        while not self._stop.is_set():
+            try:
+                if self.broker.heartbeat(self.worker_id):
+                    self._stop.set()
+                    break
+                if sweep and time.monotonic() - last_sweep >= self.timing.sweep_s:
+                    last_sweep = time.monotonic()
+                    self.broker.sweep()
+            except Exception as exc:  # noqa: BLE001 - the database may be restarting; keep trying
+                log.warning("heartbeat of worker %s failed: %s", self.worker_id, exc.__class__.__name__)
+            self._stop.wait(self.timing.heartbeat_s)
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def run(self, *, idle_exit_s: float | None = None) -> dict:
+        """Claim and process tasks until stopped (or idle for ``idle_exit_s``). Returns counters."""
+        idle_since = time.monotonic()
+        delay = 0.05
+        try:
+            while not self._stop.is_set():
+                leases = with_reconnect(
+                    lambda: self.broker.claim(self.worker_id, self.stage_ref, self.claim_batch), what="claim"
+                )
+                if not leases:
+                    if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                        break
+                    self._stop.wait(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 1.0)
+                    continue
+                delay = 0.05
+                for i, lease in enumerate(leases):
+                    if self._stop.is_set():
+                        for rest in leases[i:]:
+                            if self.broker.release(rest, self.worker_id):
+                                self.stats.released += 1
+                        break
+                    self.process_task(lease)
+                idle_since = time.monotonic()
+        finally:
+            self._stop.set()
+            try:
+                self.broker.worker_stopped(self.worker_id)
+            except Exception:  # noqa: BLE001
+                log.warning("could not record the stop of worker %s", self.worker_id)
+        return dataclasses.asdict(self.stats)
+
+    def _plan(self, job_id: int) -> _JobPlan:
+        plan = self._jobs.get(job_id)
+        if plan is None:
+            with self.engine.connect() as conn:
+                raw = conn.execute(text("SELECT spec FROM jobs WHERE job_id = :j"), {"j": job_id}).scalar_one()
+            spec = JobSpec.model_validate(raw)
+            plan = _JobPlan(spec=spec, stage_refs=[s.name for s in spec.stages])
+            self._jobs[job_id] = plan
+        return plan
+
+    def _stage_instance(self, plan: _JobPlan, ref: str) -> tuple[Stage, int]:
+        index = plan.stage_refs.index(ref)
+        params = plan.spec.stage_params(index)
+        key = f"{ref}|{json.dumps(params.model_dump(mode='json'), sort_keys=True)}"
+        stage = self._stages.get(key)
+        if stage is None:
+            stage = get_stage(ref)(params)
+            stage.setup()
+            self._stages[key] = stage
+        return stage, index
+
+    def process_task(self, lease: Lease) -> None:
+        try:
+            plan = with_reconnect(lambda: self._plan(lease.job_id), what="load job")
+            stage, index = self._stage_instance(plan, lease.stage)
+            outcome = self._run_stage(lease, plan, stage, index)
+        except Exception as exc:  # noqa: BLE001 - a task-level failure: retried with back-off
+            log.exception("task %s (%s) failed", lease.task_id, lease.stage)
+            self.stats.task_failures += 1
+            with_reconnect(
+                lambda: self.broker.fail(lease, self.worker_id, f"{exc.__class__.__name__}: {exc}"), what="fail"
+            )
+            return
+        self.stats.tasks += 1
+        if not outcome:
+            self.stats.fenced_out += 1
+
+    def _inputs(self, conn: Connection, stage: Stage, plan: _JobPlan, asset_ids: Sequence[int]):
+        uris = dict(conn.execute(
+            text("SELECT asset_id, uri FROM assets WHERE asset_id = ANY(:ids)"), {"ids": list(asset_ids)}
+        ).all())
+        priors: dict[str, dict[int, Any]] = {}
+        for required in stage.requires:
+            ref = next(r for r in plan.stage_refs if get_stage(r).name == required)
+            priors[required] = load_results(conn, get_stage(ref), asset_ids)
+        return uris, priors
+
+    def _run_stage(self, lease: Lease, plan: _JobPlan, stage: Stage, index: int) -> bool:
+        ids = list(lease.asset_ids)
+        version = stage.stage_version()
+
+        def read_state():
+            with self.engine.connect() as conn:
+                done = load_results(conn, type(stage), ids)
+                failed = set(conn.execute(
+                    text("SELECT asset_id FROM item_errors WHERE asset_id = ANY(:ids) AND stage = :s "
+                         "AND stage_version = :v"),
+                    {"ids": ids, "s": lease.stage, "v": version},
+                ).scalars())
+                uris, priors = self._inputs(conn, stage, plan, ids)
+            return done, failed, uris, priors
+
+        done, failed, uris, priors = with_reconnect(read_state, what="read task inputs")
+        todo = [a for a in ids if a not in done and a not in failed]
+        results: dict[int, Any] = {}
+        items: list[StageItem] = []
+        for asset_id in todo:
+            item = StageItem(asset_id=asset_id, uri=uris[asset_id])
+            missing = [name for name, got in priors.items() if asset_id not in got]
+            if missing:
+                results[asset_id] = ItemFailure("missing_prior", f"no {', '.join(missing)} result for this asset")
+                continue
+            item.prior = {name: got[asset_id] for name, got in priors.items()}
+            failure = self._fetch(stage, item)
+            if failure is not None:
+                results[asset_id] = failure
+                continue
+            items.append(item)
+        for batch_start in range(0, len(items), stage.batch_size):
+            batch = items[batch_start : batch_start + stage.batch_size]
+            for item, result in zip(batch, self._process_batch(stage, batch)):
+                results[item.asset_id] = result
+            for item in batch:  # free decoded pixels early
+                item.data = None
+                item.image = None
+
+        survivors = [a for a in ids if a in done and stage.keep(done[a])]
+        survivors += [a for a in todo if not isinstance(results[a], ItemFailure) and stage.keep(results[a])]
+        survivors.sort(key=ids.index)
+        next_stage = None
+        if index + 1 < len(plan.stage_refs):
+            nxt = get_stage(plan.stage_refs[index + 1])
+            next_stage = NextStage(plan.stage_refs[index + 1], nxt.stage_version(), nxt.max_runtime_s)
+
+        write = self._writer(lease, stage, results)
+        ok = with_reconnect(
+            lambda: self.broker.complete(lease, self.worker_id, write, survivors=survivors, next_stage=next_stage),
+            what="complete",
+        )
+        if ok:
+            self.stats.items_ok += sum(1 for r in results.values() if not isinstance(r, ItemFailure))
+            self.stats.item_errors += sum(1 for r in results.values() if isinstance(r, ItemFailure))
+        return ok
+
+    def _fetch(self, stage: Stage, item: StageItem) -> ItemFailure | None:
+        if not (stage.needs_bytes or stage.needs_image):
+            return None
+        try:
+            item.data = storage.read_bytes(item.uri)
+            if stage.needs_image:
+                probe = item.prior.get("probe")  # the probe already applied the job's pixel limit
+                limit = probe.width * probe.height if probe is not None else DEFAULT_MAX_PIXELS
+                item.image = decode_image(
+                    item.data, max_pixels=limit, draft_size=stage.image_draft_size,
+                    what=f"asset {item.asset_id} ({item.uri})",
+                )
+        except (StorageError, MediaError) as exc:
+            return ItemFailure(exc.error_class, str(exc))
+        return None
+
+    @staticmethod
+    def _process_batch(stage: Stage, batch: list[StageItem]) -> list[Any]:
+        """The whole batch at once; if the stage raises, item by item so that only the items that
+        raise get an error."""
+        try:
+            out = stage.process(batch)
+            if len(out) != len(batch):
+                raise RuntimeError(f"stage {stage.name} returned {len(out)} results for {len(batch)} items")
+            return out
+        except Exception:  # noqa: BLE001 - isolate the failing items below
+            pass
+        out = []
+        for item in batch:
+            try:
+                out.append(stage.process([item])[0])
+            except Exception as exc:  # noqa: BLE001 - recorded as an item error
+                out.append(ItemFailure(f"stage_error:{exc.__class__.__name__}", f"{exc}"[:2000]))
+        return out
+
+    def _writer(self, lease: Lease, stage: Stage, results: dict[int, Any]) -> Callable[[Connection], int]:
+        version = stage.stage_version()
+        table = _result_table(type(stage))
+        rows = [
+            {"asset_id": a, "stage_version": version, **dataclasses.asdict(r)}
+            for a, r in results.items() if not isinstance(r, ItemFailure)
+        ]
+        errors = [
+            {"asset_id": a, "stage": lease.stage, "stage_version": version, "job_id": lease.job_id,
+             "error_class": r.error_class[:200], "message": r.message.replace("\x00", "")[:4000],
+             "attempt": lease.attempt}
+            for a, r in results.items() if isinstance(r, ItemFailure)
+        ]
+
+        def write(conn: Connection) -> int:
+            if rows:
+                conn.execute(pg_insert(table).values(rows).on_conflict_do_nothing())
+                for indexer in stage.indexers:
+                    indexer(conn, version, [r["asset_id"] for r in rows], stage.params)
+            if errors:
+                conn.execute(pg_insert(Base.metadata.tables["item_errors"]).values(errors).on_conflict_do_nothing())
+            return len(rows)
+
+        return write
+
+
+# --- the supervisor -----------------------------------------------------------------------------
+
+
+def ray_init(address: str | None = None, *, num_cpus: int | None = None, log_to_driver: bool = False) -> None:
+    """Join ``address`` or start a local Ray. Workers inherit our import path (custom stages) and the
+    CURATION_* / AWS_* settings."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: v for k, v in os.environ.items() if k.startswith(("CURATION_", "AWS_"))}
+    paths = [str(REPO_ROOT), os.getcwd()] + [p for p in sys.path if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    kwargs: dict[str, Any] = dict(
+        runtime_env={"env_vars": env}, logging_level=logging.ERROR, log_to_driver=log_to_driver,
+        include_dashboard=False,
+    )
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 4), **kwargs)
+
+
+def default_pool_size(stage_cls: type[Stage], n_stages: int) -> int:
+    """Actors for a stage when the spec does not say: an equal share of the cluster's CPUs (GPUs
+    for GPU stages), divided by what one actor declares; at least one."""
+    import ray
+
+    resources = ray.cluster_resources()
+    if stage_cls.resources.gpus > 0:
+        share = resources.get("GPU", 0.0) / n_stages
+        return max(1, int(share // stage_cls.resources.gpus))
+    share = resources.get("CPU", 1.0) / n_stages
+    return max(1, int(share // max(stage_cls.resources.cpus, 0.01)))
+
+
+@dataclass
+class _Slot:
+    stage_ref: str
+    actor: Any = None
+    run_ref: Any = None
+    worker_id: int | None = None
+    pid: int | None = None
+    restarts: int = 0
+
+
+@dataclass
+class Supervisor:
+    """Runs one pool of ``StageWorker`` actors per stage; restarts actors that die (after telling the
+    broker, so their leases are reclaimed at once); stops them gracefully."""
+
+    database_url: str
+    pools: dict[str, int]
+    timing: BrokerTiming = field(default_factory=BrokerTiming.from_env)
+    claim_batch: int = 1
+    slots: list[_Slot] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.broker = Broker(make_engine(self.database_url, pool_size=1, application_name="curation-supervisor"),
+                             self.timing)
+        self._stopping = False
+
+    def _start(self, slot: _Slot) -> None:
+        import ray
+
+        cls = get_stage(slot.stage_ref)
+        actor_cls = ray.remote(StageWorker)
+        slot.actor = actor_cls.options(
+            num_cpus=cls.resources.cpus, num_gpus=cls.resources.gpus,
+            memory=int(cls.resources.memory_gb * 2**30) if cls.resources.memory_gb else None,
+            max_restarts=0, max_task_retries=0,
+        ).remote(self.database_url, slot.stage_ref, timing=self.timing, claim_batch=self.claim_batch)
+        info = ray.get(slot.actor.info.remote(), timeout=300)
+        slot.worker_id, slot.pid = info["worker_id"], info["pid"]
+        slot.run_ref = slot.actor.run.remote()
+
+    def start(self) -> None:
+        for ref, n in self.pools.items():
+            for _ in range(n):
+                self.slots.append(_Slot(ref))
+        for slot in self.slots:
+            self._start(slot)
+
+    def watch(self, timeout_s: float = 0.5) -> list[str]:
+        """Wait a little for actors to end; restart the ones that died. Returns events to show."""
+        import ray
+        from ray.exceptions import RayActorError, RayError
+
+        events: list[str] = []
+        live = [s for s in self.slots if s.run_ref is not None]
+        if not live:
+            time.sleep(timeout_s)
+            return events
+        ready, _ = ray.wait([s.run_ref for s in live], num_returns=len(live), timeout=timeout_s)
+        for slot in live:
+            if slot.run_ref not in ready:
+                continue
+            try:
+                ray.get(slot.run_ref)
+                slot.run_ref = None  # stopped on request
+            except (RayActorError, RayError) as exc:
+                events.append(f"{slot.stage_ref} worker {slot.worker_id} (pid {slot.pid}) died: "
+                              f"{exc.__class__.__name__}")
+                if slot.worker_id is not None:
+                    self.broker.mark_worker_dead(slot.worker_id)
+                    self.broker.sweep()
+                slot.run_ref = None
+                if not self._stopping:
+                    slot.restarts += 1
+                    self._start(slot)
+                    events.append(f"{slot.stage_ref}: started worker {slot.worker_id} (pid {slot.pid})")
+        return events
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Ask every worker to stop (finish the task in hand, release the rest) and wait."""
+        import ray
+
+        self._stopping = True
+        ids = [s.worker_id for s in self.slots if s.worker_id is not None and s.run_ref is not None]
+        if ids:
+            with_reconnect(lambda: self.broker.request_stop(ids), what="request stop", give_up_after_s=30)
+        deadline = time.monotonic() + timeout_s
+        while any(s.run_ref is not None for s in self.slots) and time.monotonic() < deadline:
+            self.watch(0.5)
+        for slot in self.slots:
+            if slot.actor is not None:
+                ray.kill(slot.actor)
+            slot.actor = None
+            slot.run_ref = None
+
+
+def install_sigterm(handler: Callable[[], None]) -> None:
+    """Route SIGTERM (and SIGINT) to a graceful stop in the driver."""
+
+    def _on_signal(signum, frame):
+        handler()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)

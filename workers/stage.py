@@ -1,0 +1,128 @@
+"""The stage contract and the stage registry.
+
+A stage is pure: it receives a batch of ``StageItem`` (asset id, URI and, as the stage declares,
+the raw bytes, the decoded image and the results of earlier stages) and returns, for each item, a
+typed result (a dataclass whose fields are the columns of the stage's result table) or an
+``ItemFailure``. It never talks to the database or to storage; the runtime does both.
+
+Scores are always stored. ``keep()`` only decides whether an asset goes on to the *next* stage of
+the job (a cheap gate in front of expensive stages); keeping or dropping for a dataset is a SQL
+predicate over the ``curated_images`` view.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Connection
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one actor of the stage's pool needs (Ray resources)."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    memory_gb: float = 1.0
+
+
+@dataclass
+class StageItem:
+    asset_id: int
+    uri: str
+    data: bytes | None = None
+    image: Any = None  # PIL.Image.Image, RGB
+    prior: dict[str, Any] = field(default_factory=dict)  # earlier stage name -> its result dataclass
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    """One item could not be scored. ``error_class`` is a short machine-readable category."""
+
+    error_class: str
+    message: str
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Indexer = Callable[[Connection, str, Sequence[int], BaseModel], None]
+"""Runs in the completion transaction after the stage's rows are written: (conn, stage_version,
+asset ids with a result, params). Lives in ``curation/`` so stage modules stay free of SQL."""
+
+
+class Stage(ABC):
+    name: ClassVar[str]
+    version: ClassVar[str]
+    modalities: ClassVar[frozenset[str]] = frozenset({"image"})
+    result_type: ClassVar[type]
+    result_table: ClassVar[str]
+    Params: ClassVar[type[BaseModel]] = NoParams
+    resources: ClassVar[Resources] = Resources()
+    batch_size: ClassVar[int] = 32
+    max_runtime_s: ClassVar[float] = 600.0
+    needs_bytes: ClassVar[bool] = False
+    needs_image: ClassVar[bool] = False
+    image_draft_size: ClassVar[int | None] = None  # decode JPEG at reduced scale when enough
+    requires: ClassVar[tuple[str, ...]] = ()  # earlier stages whose results ``prior`` must hold
+    indexers: ClassVar[tuple[Indexer, ...]] = ()
+
+    def __init__(self, params: BaseModel | None = None):
+        self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def stage_version(cls) -> str:
+        return f"{cls.name}@{cls.version}"
+
+    @classmethod
+    def result_columns(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls.result_type)]
+
+    def setup(self) -> None:
+        """Load models once per actor. Default: nothing to load."""
+
+    @abstractmethod
+    def process(self, items: Sequence[StageItem]) -> list[Any]:
+        """One result (``result_type``) or ``ItemFailure`` per item, in order."""
+
+    def keep(self, result: Any) -> bool:
+        """Whether the asset goes on to the next stage of the job."""
+        return True
+
+
+_BUILTIN = {
+    "probe": "workers.probe:ProbeStage",
+    "resolution": "workers.resolution:ResolutionStage",
+    "phash": "workers.phash:PhashStage",
+    "edges": "workers.edges:EdgesStage",
+}
+
+
+class UnknownStage(KeyError):
+    pass
+
+
+def builtin_stage_names() -> list[str]:
+    return list(_BUILTIN)
+
+
+def get_stage(name: str) -> type[Stage]:
+    """A built-in stage by name, or a custom one by import path ``package.module:ClassName``."""
+    target = _BUILTIN.get(name, name if ":" in name else None)
+    if target is None:
+        raise UnknownStage(f"unknown stage {name!r}; built-in stages: {', '.join(_BUILTIN)}")
+    module_name, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UnknownStage(f"cannot import stage {name!r}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        raise UnknownStage(f"{name!r} is not a Stage subclass")
+    return cls
