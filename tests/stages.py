@@ -1,0 +1,39 @@
+"""Stages used only by the tests, loaded by import path (``tests.stages:SlowProbe``) like any custom
+stage. They are the real probe with a delay, or with a real process crash on one asset."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from pydantic import Field
+
+from workers.probe import ProbeParams, ProbeStage
+
+
+class SlowProbeParams(ProbeParams):
+    sleep_s: float = Field(0.2, ge=0)
+
+
+class SlowProbe(ProbeStage):
+    """The probe, sleeping ``sleep_s`` per item so a test can act while tasks are in flight."""
+
+    Params = SlowProbeParams
+    batch_size = 1
+
+    def process(self, items):
+        out = []
+        for item in items:
+            time.sleep(self.params.sleep_s)
+            out.append(self._probe_one(item))
+        return out
+
+
+class CrashingProbe(ProbeStage):
+    """The probe, but the worker process dies (``os._exit``, like a segfaulting decoder) whenever a
+    batch contains an asset whose URI contains ``poison``."""
+
+    def process(self, items):
+        if any("poison" in item.uri for item in items):
+            os._exit(17)
+        return super().process(items)
