@@ -16,8 +16,13 @@ def submit_spec(engine: Engine, spec: dict) -> int:
 
 
 def job_state(engine: Engine, job_id: int) -> str:
-    with engine.connect() as conn:
-        return conn.execute(text("SELECT status FROM jobs WHERE job_id=:j"), {"j": job_id}).scalar_one()
+    from curation.db import with_reconnect
+
+    def read() -> str:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT status FROM jobs WHERE job_id=:j"), {"j": job_id}).scalar_one()
+
+    return with_reconnect(read, what="read job state", give_up_after_s=60)
 
 
 def run_until_done(

@@ -67,7 +67,7 @@ class EdgesStage(Stage):
         with self._torch.inference_mode():
             for item in items:
                 grey = self._torch.from_numpy(self._grey(item.image))[None, None]
-                magnitude = self._sobel(grey, normalized=True)
+                magnitude = self._sobel(grey, normalized=True, eps=0.0)
                 out.append(
                     EdgeScores(
                         edge_density=round(float((magnitude > self.params.threshold).float().mean()), 6),

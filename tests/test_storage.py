@@ -1,0 +1,34 @@
+"""Storage over local paths and a real S3 server (SeaweedFS on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import pytest
+
+from curation import storage
+
+
+def test_s3_round_trip_list_and_missing_key(s3_bucket):
+    base = f"s3://{s3_bucket}/photos"
+    storage.write_bytes(f"{base}/b.jpg", b"bbb")
+    storage.write_bytes(f"{base}/a/x.jpg", b"a")
+    listed = list(storage.list_objects(base))
+    assert [o.uri for o in listed] == [f"{base}/a/x.jpg", f"{base}/b.jpg"]
+    assert [o.size for o in listed] == [1, 3]
+    assert storage.read_bytes(f"{base}/b.jpg") == b"bbb"
+    assert storage.exists(f"{base}/b.jpg") and not storage.exists(f"{base}/nope.jpg")
+    assert storage.prefix_reachable(base)
+    with pytest.raises(storage.MissingObject) as info:
+        storage.read_bytes(f"{base}/nope.jpg")
+    assert info.value.error_class == "missing_input" and "nope.jpg" in str(info.value)
+    assert not storage.prefix_reachable("s3://no-such-bucket-here/x")
+
+
+def test_local_round_trip_and_missing_file(tmp_path):
+    target = storage.join(str(tmp_path), "deep", "f.bin")
+    storage.write_bytes(target, b"123")
+    assert storage.read_bytes(target) == b"123"
+    assert [o.uri for o in storage.list_objects(str(tmp_path))] == [target]
+    with pytest.raises(storage.MissingObject):
+        storage.read_bytes(str(tmp_path / "missing.jpg"))
+    with pytest.raises(storage.MissingObject):
+        list(storage.list_objects(str(tmp_path / "missing")))
