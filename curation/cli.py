@@ -103,7 +103,7 @@ def _start_workers(engine: Engine, job_id: int, address: Optional[str], workers:
         pools[stage.name] = workers or stage.workers or default_pool_size(cls, len(spec.stages))
     console.print("starting workers: " + ", ".join(f"{k} x{v}" for k, v in pools.items()))
     supervisor = Supervisor(database_url=engine.url.render_as_string(hide_password=False), pools=pools)
-    install_sigterm(lambda: setattr(supervisor, "_stopping", True))
+    install_sigterm(supervisor.request_stop)
     supervisor.start()
     return supervisor
 
@@ -133,7 +133,7 @@ def _wait(engine: Engine, job_id: int, supervisor) -> None:
             if status.status != "running":
                 break
             if supervisor is not None:
-                if supervisor._stopping:
+                if supervisor.stopping:
                     console.print("stopping workers (signal received); the job stays queued")
                     break
                 for event in supervisor.watch(0.5):
@@ -323,6 +323,7 @@ def worker(
     address: Optional[str] = AddressOpt,
     stages: str = typer.Option("probe,resolution,phash,edges", "--stages", help="comma-separated stages to serve"),
     workers: Optional[int] = typer.Option(None, "--workers", help="actors per stage (default: from resources)"),
+    claim_batch: int = typer.Option(1, "--claim-batch", min=1, help="tasks each worker claims at a time"),
 ) -> None:
     """Start (or join, with --address) Ray and serve the given stages for every job until SIGTERM or
     Ctrl-C; then each worker finishes its task in hand and releases the rest."""
@@ -334,11 +335,11 @@ def worker(
     ray_init(address or Settings.from_env().ray_address)
     refs = [s.strip() for s in stages.split(",") if s.strip()]
     pools = {r: workers or default_pool_size(get_stage(r), len(refs)) for r in refs}
-    supervisor = Supervisor(database_url=url, pools=pools)
-    install_sigterm(lambda: setattr(supervisor, "_stopping", True))
+    supervisor = Supervisor(database_url=url, pools=pools, claim_batch=claim_batch)
+    install_sigterm(supervisor.request_stop)
     supervisor.start()
     console.print("serving " + ", ".join(f"{k} x{v}" for k, v in pools.items()) + " — Ctrl-C to stop")
-    while not supervisor._stopping:
+    while not supervisor.stopping:
         for event in supervisor.watch(1.0):
             console.print(event)
     console.print("stopping: finishing tasks in hand, releasing the rest")

@@ -209,3 +209,38 @@ def test_crashing_chunk_is_bisected_to_the_bad_asset(engine, db_url, ray_local, 
         crashes = conn.execute(text("SELECT count(*) FROM task_attempts WHERE job_id=:j "
                                     "AND outcome='reclaimed_dead_worker'"), {"j": job}).scalar_one()
         assert crashes >= 5
+
+
+def test_sigterm_finishes_the_task_in_hand_and_releases_the_rest(engine, db_url, photo_dir):
+    """`curation worker` gets SIGTERM while a worker holds three leases: the one it is processing
+    completes, the two it has not started go back to ready with their attempt refunded."""
+    import subprocess
+    import sys
+
+    job = _slow_job(engine, photo_dir, chunk=1, sleep_s=3.0)
+    env = dict(os.environ, CURATION_DATABASE_URL=db_url)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "curation.cli", "worker", "--stages", "tests.stages:SlowProbe", "--workers", "1",
+         "--claim-batch", "3"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with engine.connect() as conn:
+                leased = conn.execute(text("SELECT count(*) FROM tasks WHERE state='leased'")).scalar_one()
+            if leased == 3:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    with engine.connect() as conn:
+        outcomes = sorted(conn.execute(text("SELECT outcome FROM task_attempts WHERE job_id=:j"), {"j": job}).scalars())
+        assert outcomes == ["ok", "released", "released"], outcomes
+        assert conn.execute(text("SELECT count(*) FROM tasks WHERE state='leased'")).scalar_one() == 0
+        assert conn.execute(text("SELECT count(*) FROM tasks WHERE attempt > 0")).scalar_one() == 0
+        assert conn.execute(text("SELECT count(*) FROM probe_results")).scalar_one() == 1
+        assert conn.execute(text("SELECT count(*) FROM workers WHERE stopped_at IS NULL")).scalar_one() == 0

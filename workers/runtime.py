@@ -399,7 +399,11 @@ class Supervisor:
     def __post_init__(self) -> None:
         self.broker = Broker(make_engine(self.database_url, pool_size=1, application_name="curation-supervisor"),
                              self.timing)
-        self._stopping = False
+        self.stopping = False
+
+    def request_stop(self) -> None:
+        """Called from a signal handler: the driver's loop sees ``stopping`` and calls ``stop()``."""
+        self.stopping = True
 
     def _start(self, slot: _Slot) -> None:
         import ray
@@ -446,7 +450,7 @@ class Supervisor:
                     self.broker.mark_worker_dead(slot.worker_id)
                     self.broker.sweep()
                 slot.run_ref = None
-                if not self._stopping:
+                if not self.stopping:
                     slot.restarts += 1
                     self._start(slot)
                     events.append(f"{slot.stage_ref}: started worker {slot.worker_id} (pid {slot.pid})")
@@ -456,7 +460,7 @@ class Supervisor:
         """Ask every worker to stop (finish the task in hand, release the rest) and wait."""
         import ray
 
-        self._stopping = True
+        self.stopping = True
         ids = [s.worker_id for s in self.slots if s.worker_id is not None and s.run_ref is not None]
         if ids:
             with_reconnect(lambda: self.broker.request_stop(ids), what="request stop", give_up_after_s=30)
