@@ -7,11 +7,11 @@ The database is ``CURATION_DATABASE_URL`` when set, else the embedded PostgreSQL
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from sqlalchemy import Engine, text
+
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")  # platformdirs, imported by Ray
 
 from curation.config import Settings
 from curation.spec import SpecError, load_spec
@@ -143,18 +145,23 @@ def _wait(engine: Engine, job_id: int, supervisor) -> None:
             if time.monotonic() - last_sweep > broker.timing.sweep_s:
                 last_sweep = time.monotonic()
                 broker.sweep()
+    console.print()
 
 
 def _finish(engine: Engine, job_id: int) -> None:
-    from curation.export import export_slice
+    from curation.export import ExportError, export_slice
     from curation.report import error_summary, funnel
 
     with engine.connect() as conn:
         row = conn.execute(text("SELECT status, spec FROM jobs WHERE job_id=:j"), {"j": job_id}).one()
     if row.status == "completed" and row.spec.get("export"):
         exp = row.spec["export"]
-        result = export_slice(engine, predicate=exp["where"], output=exp["output"], job_id=job_id,
-                              rows_per_file=exp.get("rows_per_file", 100_000))
+        try:
+            result = export_slice(engine, predicate=exp["where"], output=exp["output"], job_id=job_id,
+                                  rows_per_file=exp.get("rows_per_file", 100_000),
+                                  overwrite=exp.get("overwrite", False))
+        except ExportError as exc:
+            _fail(f"export failed: {exc} (the job's results are kept; re-run `curation export {job_id}`)", 1)
         console.print(f"exported {result.n_rows} rows in {len(result.files)} Parquet file(s) to [bold]{result.output}[/]")
     with engine.connect() as conn:
         f = funnel(conn, job_id)
@@ -295,6 +302,7 @@ def export(
     where: Optional[str] = typer.Option(None, "--where", help="SQL predicate over curated_images"),
     output: Optional[str] = typer.Option(None, "--output", help="folder or s3:// prefix"),
     rows_per_file: int = typer.Option(100_000, "--rows-per-file"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace Parquet files already under --output"),
 ) -> None:
     """Write a slice of curated_images to Parquet, grouped by shortest-side bucket and source. Uses the
     job spec's export section unless --where/--output are given."""
@@ -310,7 +318,8 @@ def export(
     if not where or not output:
         _fail("give --where and --output (or a job whose spec has an export section)")
     try:
-        result = export_slice(engine, predicate=where, output=output, job_id=job, rows_per_file=rows_per_file)
+        result = export_slice(engine, predicate=where, output=output, job_id=job, rows_per_file=rows_per_file,
+                              overwrite=overwrite)
     except ExportError as exc:
         _fail(str(exc), 1)
     console.print(f"export {result.export_id}: {result.n_rows} rows in {len(result.files)} file(s) under {result.output}")
@@ -372,7 +381,7 @@ def demo(
         "stages": [{"name": "probe"}, {"name": "resolution", "params": {"min_side": 256}},
                    {"name": "phash", "params": {"max_distance": 8}}, {"name": "edges"}],
         "chunk_size": 16,
-        "export": {"where": "is_unique AND bucket IS NOT NULL", "output": str(output.resolve())},
+        "export": {"where": "is_unique AND bucket IS NOT NULL", "output": str(output.resolve()), "overwrite": True},
     }
     spec_path = folder.parent / "demo.yaml"
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))

@@ -41,9 +41,18 @@ def export_slice(
     job_id: int | None = None,
     rows_per_file: int = 100_000,
     timeout_s: float = 3600.0,
+    overwrite: bool = False,
 ) -> ExportResult:
+    """Write the slice; ``output`` must hold no Parquet files yet, unless ``overwrite`` (then the
+    Parquet files already there are deleted first, so readers never see two exports mixed)."""
     if ";" in predicate:
         raise ExportError("the predicate must be a single SQL expression (no ';')")
+    if storage.is_s3(output) or storage.exists(output):
+        stale = [o.uri for o in storage.list_objects(output) if o.uri.endswith(".parquet")]
+        if stale and not overwrite:
+            raise ExportError(f"{output} already holds {len(stale)} Parquet file(s); choose another output or overwrite")
+        for uri in stale:
+            storage.delete(uri)
     with engine.begin() as conn:
         export_id = conn.execute(text("SELECT nextval(pg_get_serial_sequence('exports', 'export_id'))")).scalar_one()
     scope = "AND c.asset_id IN (SELECT asset_id FROM job_assets WHERE job_id = :job)" if job_id is not None else ""

@@ -19,6 +19,7 @@ max_attempts: 5
 export:
   where: "is_unique AND bucket IS NOT NULL"
   output: ./out/photos         # or s3://bucket/prefix
+  overwrite: false             # true: replace the Parquet files already there
 ```
 
 Every error names the field (``stages[1].params.min_side``) and says what is wrong.
@@ -73,6 +74,7 @@ class ExportSpec(BaseModel):
     where: str = Field("is_unique AND bucket IS NOT NULL", min_length=1)
     output: str = Field(min_length=1)
     rows_per_file: int = Field(100_000, ge=1)
+    overwrite: bool = Field(False, description="replace the Parquet files already under output")
 
     @field_validator("where")
     @classmethod

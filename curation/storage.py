@@ -127,6 +127,15 @@ def list_objects(prefix: str) -> Iterator[ObjectInfo]:
                 yield ObjectInfo(str(path.resolve()), path.stat().st_size)
 
 
+def delete(uri: str) -> None:
+    """Remove one object or file (no error if it is already gone)."""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        s3_client().delete_object(Bucket=bucket, Key=key)
+        return
+    _local_path(uri).unlink(missing_ok=True)
+
+
 def exists(uri: str) -> bool:
     if is_s3(uri):
         from botocore.exceptions import ClientError

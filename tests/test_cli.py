@@ -101,6 +101,13 @@ def test_export_command_writes_buckets(engine, db_url, photo_dir, skimage_dir, t
     assert "rows in" in out
     buckets = sorted(p.name for p in (tmp_path / "o").iterdir())
     assert buckets == ["1024", "256", "512"]
+    first = sorted(p.name for p in (tmp_path / "o").rglob("*.parquet"))
+    again = cli(db_url, "export", str(job), "--where", "bucket IS NOT NULL", "--output", str(tmp_path / "o"),
+                check=False)
+    assert again.returncode != 0 and "already holds" in again.stderr  # never mixes two exports
+    cli(db_url, "export", str(job), "--where", "bucket = 512", "--output", str(tmp_path / "o"), "--overwrite")
+    second = sorted(p.relative_to(tmp_path / "o").parts[0] for p in (tmp_path / "o").rglob("*.parquet"))
+    assert second == ["512"] and len(first) == 3
     bad = cli(db_url, "export", str(job), "--where", "nonsense_column = 1", "--output", str(tmp_path / "p"),
               check=False)
     assert bad.returncode != 0 and "nonsense_column" in bad.stderr
