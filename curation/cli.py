@@ -123,14 +123,19 @@ def _progress_table(status) -> Table:
 
 def _wait(engine: Engine, job_id: int, supervisor) -> None:
     from curation.broker import Broker
+    from curation.db import with_reconnect
     from curation.report import job_status
 
     broker = Broker(engine)
     last_sweep = 0.0
+
+    def read_status():
+        with engine.connect() as conn:
+            return job_status(conn, job_id)
+
     with Live(console=console, refresh_per_second=2, transient=False) as live:
         while True:
-            with engine.connect() as conn:
-                status = job_status(conn, job_id)
+            status = with_reconnect(read_status, what="read progress")
             live.update(_progress_table(status))
             if status.status != "running":
                 break
@@ -144,7 +149,7 @@ def _wait(engine: Engine, job_id: int, supervisor) -> None:
                 time.sleep(0.5)
             if time.monotonic() - last_sweep > broker.timing.sweep_s:
                 last_sweep = time.monotonic()
-                broker.sweep()
+                with_reconnect(broker.sweep, what="sweep")
     console.print()
 
 

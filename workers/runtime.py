@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +101,7 @@ class StageWorker:
         self._stages: dict[str, Stage] = {}
         self._jobs: dict[int, _JobPlan] = {}
         self._stop = threading.Event()
+        self._io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch")
         self.stats = WorkerStats()
         node_id = None
         try:
@@ -241,22 +243,25 @@ class StageWorker:
         results: dict[int, Any] = {}
         items: list[StageItem] = []
         for asset_id in todo:
-            item = StageItem(asset_id=asset_id, uri=uris[asset_id])
             missing = [name for name, got in priors.items() if asset_id not in got]
             if missing:
                 results[asset_id] = ItemFailure("missing_prior", f"no {', '.join(missing)} result for this asset")
                 continue
-            item.prior = {name: got[asset_id] for name, got in priors.items()}
-            failure = self._fetch(stage, item)
-            if failure is not None:
-                results[asset_id] = failure
-                continue
-            items.append(item)
+            items.append(StageItem(asset_id=asset_id, uri=uris[asset_id],
+                                   prior={name: got[asset_id] for name, got in priors.items()}))
+        # media is fetched one batch at a time (bounded memory), the bytes of a batch concurrently
+        # (I/O releases the GIL); decoding stays on this thread, where its time limit works
         for batch_start in range(0, len(items), stage.batch_size):
             batch = items[batch_start : batch_start + stage.batch_size]
-            for item, result in zip(batch, self._process_batch(stage, batch)):
+            ready: list[StageItem] = []
+            for item, failure in zip(batch, self._fetch_batch(stage, batch)):
+                if failure is None:
+                    ready.append(item)
+                else:
+                    results[item.asset_id] = failure
+            for item, result in zip(ready, self._process_batch(stage, ready) if ready else []):
                 results[item.asset_id] = result
-            for item in batch:  # free decoded pixels early
+            for item in batch:  # free the pixels before the next batch
                 item.data = None
                 item.image = None
 
@@ -278,21 +283,35 @@ class StageWorker:
             self.stats.item_errors += sum(1 for r in results.values() if isinstance(r, ItemFailure))
         return ok
 
-    def _fetch(self, stage: Stage, item: StageItem) -> ItemFailure | None:
+    def _fetch_batch(self, stage: Stage, batch: list[StageItem]) -> list[ItemFailure | None]:
+        """Fill ``data`` (and ``image``) of each item as the stage declares; an ItemFailure per item
+        that cannot be read or decoded."""
         if not (stage.needs_bytes or stage.needs_image):
-            return None
-        try:
-            item.data = storage.read_bytes(item.uri)
+            return [None] * len(batch)
+
+        def read(item: StageItem) -> bytes | ItemFailure:
+            try:
+                return storage.read_bytes(item.uri)
+            except StorageError as exc:
+                return ItemFailure(exc.error_class, str(exc))
+
+        out: list[ItemFailure | None] = []
+        for item, data in zip(batch, self._io_pool.map(read, batch)):
+            if isinstance(data, ItemFailure):
+                out.append(data)
+                continue
+            item.data = data
             if stage.needs_image:
                 probe = item.prior.get("probe")  # the probe already applied the job's pixel limit
                 limit = probe.width * probe.height if probe is not None else DEFAULT_MAX_PIXELS
-                item.image = decode_image(
-                    item.data, max_pixels=limit, draft_size=stage.image_draft_size,
-                    what=f"asset {item.asset_id} ({item.uri})",
-                )
-        except (StorageError, MediaError) as exc:
-            return ItemFailure(exc.error_class, str(exc))
-        return None
+                try:
+                    item.image = decode_image(data, max_pixels=limit, draft_size=stage.image_draft_size,
+                                              what=f"asset {item.asset_id} ({item.uri})")
+                except MediaError as exc:
+                    out.append(ItemFailure(exc.error_class, str(exc)))
+                    continue
+            out.append(None)
+        return out
 
     @staticmethod
     def _process_batch(stage: Stage, batch: list[StageItem]) -> list[Any]:
@@ -447,8 +466,9 @@ class Supervisor:
                 events.append(f"{slot.stage_ref} worker {slot.worker_id} (pid {slot.pid}) died: "
                               f"{exc.__class__.__name__}")
                 if slot.worker_id is not None:
-                    self.broker.mark_worker_dead(slot.worker_id)
-                    self.broker.sweep()
+                    wid = slot.worker_id
+                    with_reconnect(lambda: self.broker.mark_worker_dead(wid), what="mark worker dead")
+                    with_reconnect(self.broker.sweep, what="sweep")
                 slot.run_ref = None
                 if not self.stopping:
                     slot.restarts += 1
