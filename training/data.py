@@ -1,0 +1,191 @@
+"""The streaming latent loader of report §6.1.2.
+
+A background thread streams tar shards (local or S3) in a seeded order and unpacks them; the
+trainer's side fills one queue per (modality, aspect bucket) and forms each batch from a single queue,
+popping latents until the sum of their temporal lengths reaches ``t_max``. Images are videos of length
+1 but always come in image-only batches; ``image_share`` sets the share of image steps.
+
+Shards are split across ``rank``/``world`` (and data-loader workers) after the seeded shuffle, so the
+order is deterministic for a seed. ``state_dict()`` captures the epoch, the shards consumed, the keys
+waiting in each queue and the RNG; ``load_state_dict()`` resumes mid-epoch and yields exactly the batches
+the uninterrupted run would have yielded.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from training.shards import Sample, ShardError, read_index, read_shard
+
+
+@dataclass
+class Batch:
+    modality: str
+    bucket: tuple[int, int]
+    keys: list[str]
+    latents: list[torch.Tensor]  # each [T, h, w, C]; T may differ between videos of one batch
+    metas: list[dict] = field(default_factory=list)
+
+    @property
+    def total_frames(self) -> int:
+        return sum(x.shape[0] for x in self.latents)
+
+    def stacked(self) -> torch.Tensor:
+        """[B, T, h, w, C] when every latent has the same length (always true for images)."""
+        return torch.stack(self.latents)
+
+
+@dataclass
+class _Item:
+    shard: str
+    sample: Sample
+
+    @property
+    def frames(self) -> int:
+        return int(self.sample.latent.shape[0])
+
+
+class LatentLoader:
+    def __init__(self, shards: Sequence[str], *, t_max: int, image_share: float = 0.5, seed: int = 0,
+                 rank: int = 0, world: int = 1, prefetch: int = 4, drop_last: bool = False):
+        if t_max < 1:
+            raise ValueError("t_max must be >= 1")
+        if not 0.0 <= image_share <= 1.0:
+            raise ValueError("image_share must be in [0, 1]")
+        self.shards = sorted(shards)
+        self.t_max, self.image_share, self.seed = t_max, image_share, seed
+        self.rank, self.world, self.prefetch, self.drop_last = rank, world, prefetch, drop_last
+        self._state = {"epoch": 0, "shards_done": 0, "queued": {}, "rng": None, "batches": 0}
+        for uri in self.shards:  # fail early, naming the file, if an index is missing or unreadable
+            read_index(uri)
+
+    # --- order ---------------------------------------------------------------------------------
+
+    def shard_order(self, epoch: int) -> list[str]:
+        order = list(self.shards)
+        random.Random(self.seed * 100_003 + epoch).shuffle(order)
+        return order[self.rank :: self.world]
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {k: (v if k != "queued" else {q: list(map(list, items)) for q, items in v.items()})
+                for k, v in self._state.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._state = {"epoch": int(state["epoch"]), "shards_done": int(state["shards_done"]),
+                       "queued": {q: [tuple(i) for i in items] for q, items in state["queued"].items()},
+                       "rng": state["rng"], "batches": int(state["batches"])}
+
+    def set_epoch(self, epoch: int) -> None:
+        self._state = {"epoch": epoch, "shards_done": 0, "queued": {}, "rng": None, "batches": 0}
+
+    # --- iteration -----------------------------------------------------------------------------
+
+    def _stream(self, uris: list[str], out: queue.Queue, stop: threading.Event) -> None:
+        for uri in uris:
+            if stop.is_set():
+                return
+            try:
+                out.put((uri, list(read_shard(uri))))
+            except ShardError as exc:
+                out.put((uri, exc))
+                return
+        out.put(None)
+
+    def __iter__(self) -> Iterator[Batch]:
+        state = self._state
+        order = self.shard_order(state["epoch"])
+        rng = random.Random(self.seed * 7919 + state["epoch"] * 31 + self.rank)
+        if state["rng"] is not None:
+            rng.setstate(_rng_from_json(state["rng"]))
+        queues: OrderedDict[str, deque[_Item]] = OrderedDict()
+        self._restore_queues(queues, state["queued"])
+
+        pending = order[state["shards_done"]:]
+        loaded: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        worker = threading.Thread(target=self._stream, args=(pending, loaded, stop), daemon=True)
+        worker.start()
+        exhausted = False
+        try:
+            while True:
+                want_image = rng.random() < self.image_share
+                name = self._ready_queue(queues, want_image)
+                while name is None and not exhausted:
+                    got = loaded.get()
+                    if got is None:
+                        exhausted = True
+                        break
+                    uri, samples = got
+                    if isinstance(samples, ShardError):
+                        raise samples
+                    for s in samples:
+                        bucket = tuple(s.meta["bucket"])
+                        qname = f"{s.meta['modality']}:{bucket[0]}x{bucket[1]}"
+                        queues.setdefault(qname, deque()).append(_Item(uri, s))
+                    state["shards_done"] += 1
+                    name = self._ready_queue(queues, want_image)
+                if name is None:  # end of the epoch: what is left, as partial batches
+                    name = next((q for q, items in queues.items() if items), None)
+                    if name is None or self.drop_last:
+                        break
+                batch = self._pop_batch(queues[name], name)
+                state["batches"] += 1
+                state["rng"] = _rng_to_json(rng.getstate())
+                state["queued"] = {q: [(i.shard, i.sample.key) for i in items] for q, items in queues.items() if items}
+                yield batch
+        finally:
+            stop.set()
+        self.set_epoch(state["epoch"] + 1)
+
+    def _ready_queue(self, queues, want_image: bool) -> str | None:
+        """The queue (of the wanted modality if it has one ready, else any) holding a full batch."""
+        ready = [q for q, items in queues.items() if sum(i.frames for i in items) >= self.t_max]
+        preferred = [q for q in ready if q.startswith("image:") == want_image]
+        return (preferred or ready or [None])[0]
+
+    def _pop_batch(self, items: deque[_Item], name: str) -> Batch:
+        modality, dims = name.split(":")
+        h, w = (int(v) for v in dims.split("x"))
+        chosen: list[_Item] = []
+        frames = 0
+        while items and (not chosen or frames + items[0].frames <= self.t_max):
+            item = items.popleft()
+            chosen.append(item)
+            frames += item.frames
+            if frames >= self.t_max:
+                break
+        return Batch(modality=modality, bucket=(h, w), keys=[i.sample.key for i in chosen],
+                     latents=[torch.from_numpy(np.asarray(i.sample.latent, dtype=np.float32)) for i in chosen],
+                     metas=[i.sample.meta for i in chosen])
+
+    def _restore_queues(self, queues, queued: dict) -> None:
+        by_shard: dict[str, set[str]] = {}
+        for items in queued.values():
+            for shard, key in items:
+                by_shard.setdefault(shard, set()).add(key)
+        found = {}
+        for shard, keys in by_shard.items():
+            for s in read_shard(shard):
+                if s.key in keys:
+                    found[(shard, s.key)] = s
+        for qname, items in queued.items():
+            queues[qname] = deque(_Item(shard, found[(shard, key)]) for shard, key in items)
+
+
+def _rng_to_json(state) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _rng_from_json(data) -> tuple:
+    return (data[0], tuple(data[1]), data[2])
