@@ -142,10 +142,21 @@ class LatentLoader:
                 state["batches"] += 1
                 state["rng"] = _rng_to_json(rng.getstate())
                 state["queued"] = {q: [(i.shard, i.sample.key) for i in items] for q, items in queues.items() if items}
+                if state["shards_done"] == len(order) and not self._more(queues):
+                    # the epoch's last batch: a state saved now resumes at the next epoch
+                    self.set_epoch(state["epoch"] + 1)
+                    yield batch
+                    return
                 yield batch
         finally:
             stop.set()
         self.set_epoch(state["epoch"] + 1)
+
+    def _more(self, queues) -> bool:
+        """Whether the queues still hold a batch to yield (after all shards are read)."""
+        if self.drop_last:
+            return any(sum(i.frames for i in items) >= self.t_max for items in queues.values())
+        return any(queues.values())
 
     def _ready_queue(self, queues, want_image: bool) -> str | None:
         """The queue (of the wanted modality if it has one ready, else any) holding a full batch."""
