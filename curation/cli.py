@@ -393,6 +393,120 @@ def demo(
     run(spec_path, address=address, workers=None)
 
 
+# --- latents and training -------------------------------------------------------------------------
+
+
+def _vae(vae: str):
+    from training.encode import load_image_vae, tiny_image_vae
+
+    if vae == "tiny":
+        err.print("[bold yellow]warning:[/] --vae tiny is a random-weight test VAE: its latents are for smoke runs "
+                  "only (recorded as vae 'tiny-random')")
+        return tiny_image_vae()
+    try:
+        return load_image_vae(vae)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot load the FLUX.1 VAE from {vae!r}: {exc}", 1)
+
+
+@app.command()
+def encode(
+    output: str = typer.Option(..., "--output", help="folder or s3:// prefix for the tar shards"),
+    vae: str = typer.Option(..., "--vae", help="local FLUX.1 folder (with vae/), or 'tiny' for a smoke run"),
+    where: str = typer.Option("is_unique AND bucket IS NOT NULL", "--where", help="predicate over curated_images"),
+    job: Optional[int] = typer.Option(None, "--job", help="only this job's assets"),
+    tier: str = typer.Option("low", "--tier", help="resolution tier: low, medium or high (report Table 4)"),
+    limit: Optional[int] = typer.Option(None, "--limit"),
+) -> None:
+    """Pre-encode a slice of images: nearest resolution bucket → VAE latents → tar shards of the report's
+    sizes (1024 / 256 / 64 latents per tar for low / medium / high); shards and latents are recorded."""
+    from curation.latents import encode_slice
+
+    model, info = _vae(vae)
+    result = encode_slice(_engine(), predicate=where, output=output, tier=tier, vae=model, vae_info=info,
+                          job_id=job, limit=limit)
+    console.print(f"{result.n_latents} latents in {len(result.shards)} shard(s) under {output}")
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="training config (YAML; keys of training.train.TrainConfig)"),
+    data: str = typer.Option(..., "--data", help="folder or s3:// prefix holding the .tar shards"),
+    out: Path = typer.Option(Path("runs/latest"), "--out", help="checkpoint folder"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in --out"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="stop after this many more steps"),
+) -> None:
+    """Train CrossDiT on latent shards (flow matching, AdamW, EMA) and write checkpoints to --out."""
+    from curation import storage
+    from training.train import Trainer, TrainConfig, describe
+
+    shards = [o.uri for o in storage.list_objects(data) if o.uri.endswith(".tar")]
+    if not shards:
+        _fail(f"no .tar shards under {data}", 1)
+    trainer = Trainer.resume(out, shards, out) if resume else Trainer(TrainConfig.load(config), shards, out)
+    console.print(describe(trainer))
+    trainer.train(steps, log=console.print)
+    console.print(f"checkpoint: {trainer.save()}")
+
+
+@app.command()
+def sample(
+    checkpoint: Path = typer.Argument(..., help="checkpoint file, or a run folder (its latest)"),
+    prompt: str = typer.Option(..., "--prompt"),
+    vae: str = typer.Option(..., "--vae", help="the VAE the shards were encoded with (folder, or 'tiny')"),
+    out: Path = typer.Option(Path("sample.png"), "--out", help="PNG to write"),
+    height: int = typer.Option(256, "--height"),
+    width: int = typer.Option(256, "--width"),
+    steps: int = typer.Option(50, "--steps"),
+    shift: float = typer.Option(3.0, "--shift", help="timestep shift (report: 3 for images, 10 for video)"),
+    guidance: float = typer.Option(3.5, "--guidance", help="classifier-free guidance weight"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Generate an image from a checkpoint's EMA weights (shifted Euler + CFG) and write a PNG."""
+    from training.sample import load_model, sample_image
+
+    model, cfg = load_model(checkpoint)
+    vae_model, info = _vae(vae)
+    _, image = sample_image(model, cfg, prompt, vae=vae_model, vae_info=info, height=height, width=width,
+                            steps=steps, shift=shift, guidance=guidance, seed=seed)
+    image.save(out)
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def soup(
+    checkpoints: list[Path] = typer.Argument(..., help="checkpoint files to average"),
+    out: Path = typer.Option(..., "--out", help="souped checkpoint to write"),
+    sizes: Optional[str] = typer.Option(None, "--sizes", help="comma-separated dataset sizes, one per checkpoint"),
+    weighting: str = typer.Option("sqrt_size", "--weighting", help="equal, size or sqrt_size (report §6.4)"),
+    use_ema: bool = typer.Option(True, "--ema/--no-ema", help="average the EMA weights (default) or the raw ones"),
+) -> None:
+    """Average SFT checkpoints (model souping). For the report's hierarchy, soup subdomains into domains,
+    then domains into the final model."""
+    import torch
+
+    from training.soup import soup as soup_states
+
+    states = [torch.load(p, map_location="cpu", weights_only=False) for p in checkpoints]
+    n = [float(x) for x in sizes.split(",")] if sizes else None
+    if n is not None and len(n) != len(states):
+        _fail("--sizes needs one number per checkpoint")
+    key = "ema" if use_ema else "model"
+    merged = soup_states([s[key] for s in states], n, weighting)
+    result = {**states[0], "model": merged, "ema": merged, "opt": None, "souped_from": [str(p) for p in checkpoints]}
+    torch.save(result, out)
+    console.print(f"souped {len(states)} checkpoints ({weighting}) into {out}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def estimate(ctx: typer.Context) -> None:
+    """Plan a run with the report's formulas: step time (eq. 1) and GPU memory (eq. 2).
+    Example: curation estimate video-lite --height 512 --width 768 --frames 121 --gpus 8."""
+    from training.estimate import main as estimate_main
+
+    estimate_main(ctx.args)
+
+
 # --- database ---------------------------------------------------------------------------------
 
 

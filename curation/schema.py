@@ -9,7 +9,7 @@ Tables, by layer:
 - stage results, one typed table per stage, primary key ``(asset_id, stage_version)``:
   ``probe_results``, ``resolution_results``, ``phash_results`` (+ ``near_duplicates``),
   ``edge_results``;
-- outputs: ``exports``.
+- outputs: ``exports``, ``shards`` and ``latents`` (VAE-latent tar shards, migration 0002).
 
 The view users slice on, ``curated_images``, is defined in the migrations and documented in
 ``docs/curated-view.md``.
@@ -289,4 +289,34 @@ class Export(Base):
     output_uri: Mapped[str] = mapped_column(Text, nullable=False)
     n_rows: Mapped[int] = mapped_column(BigInteger, nullable=False)
     files: Mapped[list] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class Shard(Base):
+    """A latent tar shard written by ``curation encode``."""
+
+    __tablename__ = "shards"
+    shard_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    uri: Mapped[str] = mapped_column(Text, unique=True, nullable=False)
+    modality: Mapped[str] = mapped_column(Text, nullable=False)
+    tier: Mapped[str] = mapped_column(Text, nullable=False)
+    bucket_height: Mapped[int] = mapped_column(Integer, nullable=False)
+    bucket_width: Mapped[int] = mapped_column(Integer, nullable=False)
+    n_samples: Mapped[int] = mapped_column(Integer, nullable=False)
+    bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    vae: Mapped[str] = mapped_column(Text, nullable=False)
+    scaling_factor: Mapped[float] = mapped_column(Double, nullable=False)
+    shift_factor: Mapped[float] = mapped_column(Double, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class Latent(Base):
+    """Where an asset's latent lives: shard, tar member, shape, VAE."""
+
+    __tablename__ = "latents"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    shard_id: Mapped[int] = mapped_column(ForeignKey("shards.shard_id"), primary_key=True)
+    member: Mapped[str] = mapped_column(Text, nullable=False)
+    shape: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
+    vae: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = _created()

@@ -25,7 +25,7 @@ os.environ.update({
 })
 
 ALL_TABLES = (
-    "exports, edge_results, near_duplicates, phash_results, resolution_results, probe_results, item_errors, "
+    "latents, shards, exports, edge_results, near_duplicates, phash_results, resolution_results, probe_results, item_errors, "
     "workers, dead_tasks, task_attempts, tasks, job_assets, assets, jobs, sources"
 )
 

@@ -1,0 +1,56 @@
+"""The platform's encode step: a slice of ``curated_images`` → VAE latents in tar shards (via
+``training.encode``) → every shard and latent recorded in the database (``shards``, ``latents``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, text
+
+from training.encode import ImageRecord, encode_images
+from training.shards import ShardInfo, VaeInfo
+
+
+@dataclass
+class EncodeResult:
+    shards: list[ShardInfo]
+    n_latents: int
+
+
+def encode_slice(engine: Engine, *, predicate: str, output: str, tier: str, vae, vae_info: VaeInfo,
+                 job_id: int | None = None, limit: int | None = None,
+                 samples_per_tar: dict[str, int] | None = None) -> EncodeResult:
+    if ";" in predicate:
+        raise ValueError("the predicate must be a single SQL expression (no ';')")
+    scope = "AND c.asset_id IN (SELECT asset_id FROM job_assets WHERE job_id = :job)" if job_id is not None else ""
+    sql = (f"SELECT c.asset_id, c.uri, c.source FROM curated_images c WHERE ({predicate}) AND c.decoded {scope} "
+           "ORDER BY c.asset_id" + (" LIMIT :limit" if limit else ""))
+    with engine.connect() as conn:
+        with conn.begin():
+            conn.execute(text("SET TRANSACTION READ ONLY"))
+            rows = conn.execute(text(sql), {"job": job_id, "limit": limit}).all()
+    records = [ImageRecord(f"a{r.asset_id}", r.uri, {"asset_id": r.asset_id, "source": r.source}) for r in rows]
+    shards = encode_images(records, vae, vae_info, tier=tier, output=output, samples_per_tar=samples_per_tar)
+    with engine.begin() as conn:
+        for s in shards:
+            shard_id = conn.execute(
+                text(
+                    "INSERT INTO shards (uri, modality, tier, bucket_height, bucket_width, n_samples, bytes, vae, "
+                    "scaling_factor, shift_factor) VALUES (:u, :m, :t, :h, :w, :n, :b, :v, :sf, :sh) "
+                    "ON CONFLICT (uri) DO UPDATE SET n_samples = excluded.n_samples, bytes = excluded.bytes "
+                    "RETURNING shard_id"
+                ),
+                {"u": s.uri, "m": s.modality, "t": s.tier, "h": s.bucket[0], "w": s.bucket[1], "n": len(s.keys),
+                 "b": s.nbytes, "v": vae_info.name, "sf": vae_info.scaling_factor, "sh": vae_info.shift_factor},
+            ).scalar_one()
+            conn.execute(
+                text(
+                    "INSERT INTO latents (asset_id, shard_id, member, shape, vae) "
+                    "SELECT CAST(substr(k, 2) AS bigint), :sid, k || '.latent.npy', CAST(sh AS integer[]), :v "
+                    "FROM unnest(CAST(:keys AS text[]), CAST(:shapes AS text[])) AS u(k, sh) "
+                    "ON CONFLICT DO NOTHING"
+                ),
+                {"sid": shard_id, "v": vae_info.name, "keys": list(s.keys),
+                 "shapes": ["{" + ",".join(str(d) for d in shape) + "}" for shape in s.shapes]},
+            )
+    return EncodeResult(shards, sum(len(s.keys) for s in shards))
