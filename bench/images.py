@@ -1,0 +1,104 @@
+"""Image pipeline throughput against the physical limit of this machine: decoding.
+
+On the same real photos (the demo set: scikit-image, Debian opencv-doc and mate-backgrounds), in one
+process, one core's worth of work:
+  decode-only  read the file + full Pillow decode to RGB (what any pipeline must at least do)
+  pipeline     probe → resolution → phash → edges exactly as the workers run them: the probe's full
+               decode and sha256; resolution from the probe; phash and edges each read the file again
+               and decode it in JPEG draft mode at the size they need
+and prints images/s, the ratio, and the share of pipeline time spent reading+decoding vs in stage
+compute. (The broker and Ray add little per image at 64 images per task; see bench/broker.py.)
+
+  python bench/images.py [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from curation import storage  # noqa: E402
+from curation.media import MediaError, decode_image  # noqa: E402
+from curation.sample_media import build_demo_folder  # noqa: E402
+from workers.edges import EdgesStage  # noqa: E402
+from workers.phash import PhashStage  # noqa: E402
+from workers.probe import ProbeStage  # noqa: E402
+from workers.resolution import ResolutionStage  # noqa: E402
+from workers.stage import ItemFailure, StageItem  # noqa: E402
+
+
+def photos() -> list[str]:
+    folder = Path(".media/bench-photos")
+    build_demo_folder(folder)
+    return sorted(str(p) for p in folder.iterdir() if not p.name.startswith("broken_"))
+
+
+def decode_only(uris: list[str]) -> int:
+    n = 0
+    for uri in uris:
+        try:
+            decode_image(storage.read_bytes(uri))
+            n += 1
+        except MediaError:
+            pass
+    return n
+
+
+def pipeline(uris: list[str], stages, clock: dict) -> int:
+    probe, resolution, phash, edges = stages
+    n = 0
+    for i, uri in enumerate(uris):
+        t0 = time.perf_counter()
+        data = storage.read_bytes(uri)
+        clock["io"] += time.perf_counter() - t0
+        (p,) = probe.process([StageItem(i, uri, data=data)])  # full decode inside: counted as decode
+        clock["decode"] += p.decode_ms / 1000 if not isinstance(p, ItemFailure) else 0
+        if isinstance(p, ItemFailure):
+            continue
+        (r,) = resolution.process([StageItem(i, uri, prior={"probe": p})])
+        if not resolution.keep(r):
+            continue
+        for stage in (phash, edges):
+            t0 = time.perf_counter()
+            img = decode_image(storage.read_bytes(uri), max_pixels=p.width * p.height, draft_size=stage.image_draft_size)
+            t1 = time.perf_counter()
+            stage.process([StageItem(i, uri, image=img, prior={"probe": p})])
+            clock["decode"] += t1 - t0
+        n += 1
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    uris = photos()
+    stages = (ProbeStage(), ResolutionStage(), PhashStage(), EdgesStage())
+    stages[3].setup()
+    pipeline(uris[:5], stages, {"io": 0.0, "decode": 0.0})  # warm-up (imports, torch)
+    d_rates, p_rates, shares = [], [], []
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        decode_only(uris)
+        d_rates.append(len(uris) / (time.perf_counter() - t0))
+        clock = {"io": 0.0, "decode": 0.0}
+        t0 = time.perf_counter()
+        pipeline(uris, stages, clock)
+        total = time.perf_counter() - t0
+        p_rates.append(len(uris) / total)
+        shares.append((clock["io"] + clock["decode"]) / total)
+    d, p = statistics.median(d_rates), statistics.median(p_rates)
+    print(f"{len(uris)} real photos ({sum(Path(u).stat().st_size for u in uris) / 2**20:.0f} MiB), {args.runs} runs, one process")
+    print(f"decode-only  {d:8.1f} images/s")
+    print(f"pipeline     {p:8.1f} images/s  (probe → resolution → phash → edges)")
+    print(f"ratio pipeline / decode-only: {p / d:.2f}")
+    print(f"pipeline time reading + decoding: {statistics.median(shares) * 100:.0f} %, stage compute: "
+          f"{(1 - statistics.median(shares)) * 100:.0f} %")
+
+
+if __name__ == "__main__":
+    main()
