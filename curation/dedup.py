@@ -21,7 +21,7 @@ NEIGHBOURS_SEARCHED = 32
 def record_near_duplicates(conn: Connection, stage_version: str, asset_ids: Sequence[int], params: BaseModel) -> None:
     if not asset_ids:
         return
-    max_distance = int(getattr(params, "max_distance"))
+    max_distance = int(params.max_distance)
     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
     conn.execute(text("SET LOCAL hnsw.ef_search = 100"))
     conn.execute(text("SET LOCAL hnsw.iterative_scan = strict_order"))

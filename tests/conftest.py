@@ -139,9 +139,9 @@ def s3_server(tmp_path_factory):
         try:
             client.list_buckets()
             break
-        except Exception:  # noqa: BLE001 - still starting
+        except Exception as exc:  # noqa: BLE001 - still starting
             if time.monotonic() > deadline:
-                raise RuntimeError(f"weed mini did not start; see {data / 'weed.log'}")
+                raise RuntimeError(f"weed mini did not start; see {data / 'weed.log'}") from exc
             time.sleep(0.3)
     env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:8333", "AWS_ACCESS_KEY_ID": "test",
            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -3,7 +3,6 @@ the report's estimators."""
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 

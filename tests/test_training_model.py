@@ -255,7 +255,7 @@ def test_expanded_block_mask_matches_blocks():
 @pytest.mark.slow
 def test_cpu_nabla_equals_flex_attention_forward():
     """FlexAttention runs forward-only on CPU when compiled; it must equal the SDPA path."""
-    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+    pytest.importorskip("torch.nn.attention.flex_attention")
     from training.attention import flex_nabla_attention, nabla_attention
 
     q, k, grid = qk(side=16)

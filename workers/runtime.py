@@ -29,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import Connection, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -205,9 +204,8 @@ class StageWorker:
         except Exception as exc:  # noqa: BLE001 - a task-level failure: retried with back-off
             log.exception("task %s (%s) failed", lease.task_id, lease.stage)
             self.stats.task_failures += 1
-            with_reconnect(
-                lambda: self.broker.fail(lease, self.worker_id, f"{exc.__class__.__name__}: {exc}"), what="fail"
-            )
+            error = f"{exc.__class__.__name__}: {exc}"
+            with_reconnect(lambda: self.broker.fail(lease, self.worker_id, error), what="fail")
             return
         self.stats.tasks += 1
         if not outcome:
