@@ -134,7 +134,8 @@ def _slow_job(engine, photo_dir, *, chunk=2, sleep_s=0.4, stage="tests.stages:Sl
 
 
 def test_kill_9_worker_mid_task(engine, db_url, ray_local, photo_dir):
-    job = _slow_job(engine, photo_dir)
+    # 2 photos per task, 1 s each: a task claimed 0.2-0.8 s ago is certainly still in the worker's hands
+    job = _slow_job(engine, photo_dir, chunk=2, sleep_s=1.0)
     killed: list[int] = []
 
     def kill_a_busy_worker():
@@ -143,7 +144,8 @@ def test_kill_9_worker_mid_task(engine, db_url, ray_local, photo_dir):
         with engine.connect() as conn:
             row = conn.execute(text(
                 "SELECT w.pid, t.task_id FROM tasks t JOIN workers w ON w.worker_id = t.lease_owner "
-                "WHERE t.state='leased' AND t.claimed_at < now() - interval '0.3 s' LIMIT 1")).first()
+                "WHERE t.state='leased' AND t.claimed_at BETWEEN now() - interval '0.8 s' "
+                "AND now() - interval '0.2 s' LIMIT 1")).first()
         if row is not None:
             os.kill(row.pid, signal.SIGKILL)
             killed.append(row.task_id)
@@ -217,7 +219,7 @@ def test_sigterm_finishes_the_task_in_hand_and_releases_the_rest(engine, db_url,
     import subprocess
     import sys
 
-    job = _slow_job(engine, photo_dir, chunk=1, sleep_s=3.0)
+    job = _slow_job(engine, photo_dir, chunk=1, sleep_s=5.0)  # margin for the stop to arrive under load
     env = dict(os.environ, CURATION_DATABASE_URL=db_url)
     proc = subprocess.Popen(
         [sys.executable, "-m", "curation.cli", "worker", "--stages", "tests.stages:SlowProbe", "--workers", "1",
