@@ -25,10 +25,13 @@ warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")  # platformdirs, im
 
 from curation.config import Settings
 from curation.spec import SpecError, load_spec
+from workers.stage import builtin_stage_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 db_app = typer.Typer(no_args_is_help=True, help="Manage the database: schema migrations, the embedded server.")
 app.add_typer(db_app, name="db")
+models_app = typer.Typer(no_args_is_help=True, help="The model registry: list models and fetch their weights.")
+app.add_typer(models_app, name="models")
 console = Console()
 err = Console(stderr=True)
 
@@ -98,7 +101,7 @@ def _start_workers(engine: Engine, job_id: int, address: Optional[str], workers:
 
     with engine.connect() as conn:
         spec = JobSpec.model_validate(conn.execute(text("SELECT spec FROM jobs WHERE job_id=:j"), {"j": job_id}).scalar_one())
-    ray_init(address or Settings.from_env().ray_address)
+    ray_init(address or Settings.from_env().ray_address, stages=[s.name for s in spec.stages])
     pools = {}
     for stage in spec.stages:
         cls = get_stage(stage.name)
@@ -335,7 +338,7 @@ def export(
 @app.command()
 def worker(
     address: Optional[str] = AddressOpt,
-    stages: str = typer.Option("probe,resolution,phash,edges", "--stages", help="comma-separated stages to serve"),
+    stages: str = typer.Option(",".join(builtin_stage_names()), "--stages", help="comma-separated stages to serve"),
     workers: Optional[int] = typer.Option(None, "--workers", help="actors per stage (default: from resources)"),
     claim_batch: int = typer.Option(1, "--claim-batch", min=1, help="tasks each worker claims at a time"),
 ) -> None:
@@ -346,8 +349,8 @@ def worker(
     from workers.stage import get_stage
 
     url = database_url()
-    ray_init(address or Settings.from_env().ray_address)
     refs = [s.strip() for s in stages.split(",") if s.strip()]
+    ray_init(address or Settings.from_env().ray_address, stages=refs)
     pools = {r: workers or default_pool_size(get_stage(r), len(refs)) for r in refs}
     supervisor = Supervisor(database_url=url, pools=pools, claim_batch=claim_batch)
     install_sigterm(supervisor.request_stop)
@@ -367,8 +370,8 @@ def demo(
     address: Optional[str] = AddressOpt,
 ) -> None:
     """The quickstart job: fetch real photos from registry packages (scikit-image, Debian opencv-doc and
-    mate-backgrounds), add broken and duplicate copies, run probe → resolution → phash → edges on Ray,
-    export Parquet and print the funnel."""
+    mate-backgrounds), add broken and duplicate copies, run probe → resolution → phash → edges → quality
+    (BRISQUE) → text (PP-OCRv4) on Ray, export Parquet and print the funnel."""
     import yaml
 
     from curation.sample_media import MediaUnavailable, build_demo_folder
@@ -379,12 +382,22 @@ def demo(
     except MediaUnavailable as exc:
         _fail(f"sample media unavailable: {exc}", 1)
     console.print("  " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    from models.registry import REGISTRY, MissingWeights, pull
+
+    for name in REGISTRY:  # every model whose real weights can be had offline
+        try:
+            pull(name)
+        except MissingWeights as exc:
+            console.print(f"  {name}: weights not present — {exc}")
+    console.print("  not in this demo (weights not offline): watermark, TOPIQ/Q-Align, CRAFT, SAM 2, YOLOv8, "
+                  "CLIP — their stages are not built yet")
     spec = {
         "name": "demo",
         "modality": "image",
         "source": {"uri": str(folder.resolve()), "name": "demo"},
         "stages": [{"name": "probe"}, {"name": "resolution", "params": {"min_side": 256}},
-                   {"name": "phash", "params": {"max_distance": 8}}, {"name": "edges"}],
+                   {"name": "phash", "params": {"max_distance": 8}}, {"name": "edges"},
+                   {"name": "quality"}, {"name": "text"}],
         "chunk_size": 16,
         "export": {"where": "is_unique AND bucket IS NOT NULL", "output": str(output.resolve()), "overwrite": True},
     }
@@ -505,6 +518,39 @@ def estimate(ctx: typer.Context) -> None:
     from training.estimate import main as estimate_main
 
     estimate_main(ctx.args)
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every registered model: family, stages, source, licence, where its weights are expected, and
+    whether they are present and verified (sha256)."""
+    from models.registry import REGISTRY, status, weights_dir
+
+    console.print(f"weights dir: {weights_dir()}")
+    for name in REGISTRY:
+        st = status(name)
+        state = "[green]present, verified[/]" if st.present else f"[red]absent[/]: {st.reason}"
+        console.print(f"[bold]{name}[/]  ({st.spec.family}; stages: {', '.join(st.spec.stages)})", highlight=False)
+        console.print(f"  library: {st.spec.library}\n  source:  {st.spec.source}\n  licence: {st.spec.licence}",
+                      highlight=False, soft_wrap=True)
+        console.print(f"  weights: {state}", highlight=False, soft_wrap=True)
+        if not st.present:
+            console.print(f"  fetch:   {st.spec.pull_command}", highlight=False, soft_wrap=True)
+
+
+@models_app.command("pull")
+def models_pull(name: str = typer.Argument(..., help="model name (see `curation models list`)")) -> None:
+    """Fetch a model's weights from its source and verify their sha256."""
+    from models.registry import MissingWeights, pull
+
+    try:
+        st = pull(name)
+    except (KeyError, MissingWeights) as exc:
+        _fail(str(exc.args[0] if exc.args else exc), 1)
+    console.print(f"{name}: verified in {st.where}")
 
 
 # --- database ---------------------------------------------------------------------------------

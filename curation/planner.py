@@ -69,6 +69,21 @@ def check_export_predicate(conn: Connection, predicate: str) -> None:
         raise SpecError(f"export.where: not a valid predicate over curated_images: {msg}") from None
 
 
+def check_weights(spec: JobSpec) -> None:
+    """Every model a stage of the job loads must have verified weights, or the job is refused."""
+    from models.registry import status
+
+    problems = []
+    for i, (stage, cls) in enumerate(zip(spec.stages, spec.stage_classes())):
+        for model in cls.models:
+            st = status(model)
+            if not st.present:
+                problems.append(f"stages[{i}] ({stage.name}): weights of model {model!r} not present ({st.reason}) "
+                                f"— run `{st.spec.pull_command}`")
+    if problems:
+        raise SpecError("\n".join(problems))
+
+
 def _upsert_assets(conn: Connection, uris: list[str], source_id: int, kind: str) -> list[int]:
     rows = conn.execute(
         text(
@@ -105,6 +120,7 @@ def submit(engine: Engine, spec: JobSpec, *, base: Path = Path(".")) -> Submissi
         if storage.is_s3(out) and not storage.prefix_reachable(out):
             raise SpecError(f"export.output: bucket of {out} is not reachable")
 
+    check_weights(spec)
     uris = list(dict.fromkeys(list_source(spec, base)))  # de-duplicated, order kept
     if not uris:
         raise SpecError(f"source.uri: {spec.source.uri} lists no files with the expected suffixes")

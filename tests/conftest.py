@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 # Short broker timings so crash and restart tests finish in seconds. Set before anything reads them;
 # Ray workers inherit them (workers.runtime.ray_init passes CURATION_* on).
 os.environ.update({
+    "CURATION_WEIGHTS_DIR": tempfile.mkdtemp(prefix="curation-weights-"),  # starts empty: tests pull
     "CURATION_HEARTBEAT_S": "0.5",
     "CURATION_WORKER_TIMEOUT_S": "4",
     "CURATION_SWEEP_S": "1",
@@ -25,7 +27,7 @@ os.environ.update({
 })
 
 ALL_TABLES = (
-    "latents, shards, exports, edge_results, near_duplicates, phash_results, resolution_results, probe_results, item_errors, "
+    "text_results, quality_results, latents, shards, exports, edge_results, near_duplicates, phash_results, resolution_results, probe_results, item_errors, "
     "workers, dead_tasks, task_attempts, tasks, job_assets, assets, jobs, sources"
 )
 

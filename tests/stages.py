@@ -8,6 +8,7 @@ import time
 
 from pydantic import Field
 
+from workers.edges import EdgesStage
 from workers.probe import ProbeParams, ProbeStage
 
 
@@ -36,4 +37,13 @@ class CrashingProbe(ProbeStage):
     def process(self, items):
         if any("poison" in item.uri for item in items):
             os._exit(17)
+        return super().process(items)
+
+
+class RaisingEdges(EdgesStage):
+    """The edges stage, raising on images whose URI contains ``raise`` (a stage bug on one input)."""
+
+    def process(self, items):
+        if any("raise" in item.uri for item in items):
+            raise ValueError("this stage cannot handle " + ", ".join(i.uri for i in items if "raise" in i.uri))
         return super().process(items)

