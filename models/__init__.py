@@ -1,3 +1,2 @@
-"""Model loaders and the model registry (real weights + tiny test variants). Not built yet: the
-model-backed stages (watermark, quality, text, complexity, objects, CLIP) arrive with their issue; the
-stages of this release need no weights."""
+"""Model loaders and the model registry (``models/registry.py``). Each loader resolves its weights
+through the registry (sha256-verified) and reports the checksum for provenance."""
