@@ -9,6 +9,9 @@ process, one core's worth of work:
 and prints images/s, the ratio, and the share of pipeline time spent reading+decoding vs in stage
 compute. (The broker and Ray add little per image at 64 images per task; see bench/broker.py.)
 
+It then times the offline-real model stages (quality = BRISQUE, text = PP-OCRv4 detector) on the same
+photos, each on its own: images/s, and the share of time decoding vs in the model.
+
   python bench/images.py [--runs 3]
 """
 
@@ -27,8 +30,10 @@ from curation.sample_media import build_demo_folder  # noqa: E402
 from workers.edges import EdgesStage  # noqa: E402
 from workers.phash import PhashStage  # noqa: E402
 from workers.probe import ProbeStage  # noqa: E402
+from workers.quality import QualityStage  # noqa: E402
 from workers.resolution import ResolutionStage  # noqa: E402
 from workers.stage import ItemFailure, StageItem  # noqa: E402
+from workers.text import TextStage  # noqa: E402
 
 
 def photos() -> list[str]:
@@ -98,6 +103,31 @@ def main() -> None:
     print(f"ratio pipeline / decode-only: {p / d:.2f}")
     print(f"pipeline time reading + decoding: {statistics.median(shares) * 100:.0f} %, stage compute: "
           f"{(1 - statistics.median(shares)) * 100:.0f} %")
+    model_stages(uris)
+
+
+def model_stages(uris: list[str]) -> None:
+    from models.registry import pull
+
+    pull("brisque-live")
+    for stage in (QualityStage(), TextStage()):
+        stage.setup()
+        decode_s = model_s = 0.0
+        n = 0
+        for uri in uris:
+            t0 = time.perf_counter()
+            try:
+                img = decode_image(storage.read_bytes(uri), draft_size=stage.image_draft_size)
+            except MediaError:
+                continue
+            t1 = time.perf_counter()
+            stage.process([StageItem(0, uri, image=img)])
+            model_s += time.perf_counter() - t1
+            decode_s += t1 - t0
+            n += 1
+        total = decode_s + model_s
+        print(f"{stage.name:<8} ({stage.models[0]}): {n / total:6.1f} images/s; decoding {decode_s / total * 100:.0f} %, "
+              f"model {model_s / total * 100:.0f} %")
 
 
 if __name__ == "__main__":
