@@ -246,3 +246,27 @@ def test_sigterm_finishes_the_task_in_hand_and_releases_the_rest(engine, db_url,
         assert conn.execute(text("SELECT count(*) FROM tasks WHERE attempt > 0")).scalar_one() == 0
         assert conn.execute(text("SELECT count(*) FROM probe_results")).scalar_one() == 1
         assert conn.execute(text("SELECT count(*) FROM workers WHERE stopped_at IS NULL")).scalar_one() == 0
+
+
+def test_terminated_connections_are_survived(engine, db_url, ray_local, photo_dir):
+    """`pg_terminate_backend` on every worker connection, five times during the job (broker design
+    test B7): workers reconnect with back-off, nothing is lost or doubled."""
+    job = _slow_job(engine, photo_dir, sleep_s=1.0)  # ~8 s of work: room for several rounds
+    kills: list[int] = []
+    last = [0.0]
+
+    def terminate_worker_connections():
+        if len(kills) >= 5 or time.monotonic() - last[0] < 0.8:
+            return
+        last[0] = time.monotonic()
+        with engine.connect() as conn:
+            n = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                  "WHERE application_name LIKE 'curation-%' AND pid <> pg_backend_pid()")).scalar_one()
+        kills.append(n)
+
+    run_until_done(engine, db_url, job, {"tests.stages:SlowProbe": 2, "resolution": 1},
+                   on_tick=terminate_worker_connections)
+    assert len(kills) >= 3 and sum(kills) > 0, kills
+    outcome = assert_exactly_one_outcome(engine, job, "tests.stages:SlowProbe", "probe_results", "probe@1")
+    assert set(outcome.values()) == {"ok"}
+    assert_exactly_one_outcome(engine, job, "resolution", "resolution_results", "resolution@1")
