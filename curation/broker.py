@@ -224,10 +224,15 @@ class Broker:
         *,
         survivors: Sequence[int] = (),
         next_stage: NextStage | None = None,
+        survivor_chunks: Callable[[], Sequence[Sequence[int]]] | None = None,
     ) -> bool:
         """Finish a leased task in one transaction: fenced delete, result rows, enqueue of the
         survivors for the next stage, attempt log, job completion. Returns False (and writes nothing
-        but a ``fenced_out`` attempt) when the lease is no longer ours."""
+        but a ``fenced_out`` attempt) when the lease is no longer ours.
+
+        ``survivor_chunks`` replaces ``survivors`` for a stage that creates assets (the scene split):
+        it is called after ``write_results`` and returns the next stage's chunks, each enqueued as its
+        own task (dedupe key ``<this task's key>/<n>``)."""
         with self.engine.begin() as conn:
             claimed = conn.execute(
                 text(
@@ -238,11 +243,14 @@ class Broker:
             ).first()
             if claimed is not None:
                 n_ok = write_results(conn)
-                if next_stage is not None and survivors:
+                if survivor_chunks is not None:
+                    chunks = [(f"{lease.dedupe_key}/{i}", list(ids)) for i, ids in enumerate(survivor_chunks())]
+                else:
+                    chunks = [(lease.dedupe_key, list(survivors))]
+                if next_stage is not None and any(ids for _, ids in chunks):
                     enqueue(
                         conn, job_id=lease.job_id, stage=next_stage.stage, stage_version=next_stage.stage_version,
-                        chunks=[(lease.dedupe_key, list(survivors))], max_attempts=lease.max_attempts,
-                        max_runtime_s=next_stage.max_runtime_s,
+                        chunks=chunks, max_attempts=lease.max_attempts, max_runtime_s=next_stage.max_runtime_s,
                     )
                 conn.execute(
                     _LOG_ATTEMPT,

@@ -156,6 +156,10 @@ def _wait(engine: Engine, job_id: int, supervisor) -> None:
     console.print()
 
 
+def _view_of(spec: dict | None) -> str:
+    return "curated_scenes" if (spec or {}).get("modality") == "video" else "curated_images"
+
+
 def _finish(engine: Engine, job_id: int) -> None:
     from curation.export import ExportError, export_slice
     from curation.report import error_summary, funnel
@@ -166,6 +170,7 @@ def _finish(engine: Engine, job_id: int) -> None:
         exp = row.spec["export"]
         try:
             result = export_slice(engine, predicate=exp["where"], output=exp["output"], job_id=job_id,
+                                  view=_view_of(row.spec),
                                   rows_per_file=exp.get("rows_per_file", 100_000),
                                   overwrite=exp.get("overwrite", False))
         except ExportError as exc:
@@ -307,17 +312,20 @@ def query(
 @app.command()
 def export(
     job: Optional[int] = typer.Argument(None, help="job id (default: all assets)"),
-    where: Optional[str] = typer.Option(None, "--where", help="SQL predicate over curated_images"),
+    where: Optional[str] = typer.Option(None, "--where", help="SQL predicate over the view"),
     output: Optional[str] = typer.Option(None, "--output", help="folder or s3:// prefix"),
     rows_per_file: int = typer.Option(100_000, "--rows-per-file"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace Parquet files already under --output"),
+    view: Optional[str] = typer.Option(None, "--view", help="curated_images or curated_scenes "
+                                       "(default: from the job's modality, else curated_images)"),
 ) -> None:
-    """Write a slice of curated_images to Parquet, grouped by shortest-side bucket and source. Uses the
-    job spec's export section unless --where/--output are given."""
+    """Write a slice of curated_images (or curated_scenes) to Parquet, grouped by shortest-side bucket
+    and source. Uses the job spec's export section unless --where/--output are given."""
     from curation.export import ExportError, export_slice
 
     engine = _engine()
-    if job is not None and (where is None or output is None):
+    spec = None
+    if job is not None:
         with engine.connect() as conn:
             spec = conn.execute(text("SELECT spec FROM jobs WHERE job_id=:j"), {"j": job}).scalar()
         exp = (spec or {}).get("export") or {}
@@ -327,7 +335,7 @@ def export(
         _fail("give --where and --output (or a job whose spec has an export section)")
     try:
         result = export_slice(engine, predicate=where, output=output, job_id=job, rows_per_file=rows_per_file,
-                              overwrite=overwrite)
+                              overwrite=overwrite, view=view or _view_of(spec))
     except ExportError as exc:
         _fail(str(exc), 1)
     console.print(f"export {result.export_id}: {result.n_rows} rows in {len(result.files)} file(s) under {result.output}")

@@ -1,4 +1,5 @@
-"""Export a slice of ``curated_images`` to Parquet, grouped as the report stores it (§4.2):
+"""Export a slice of ``curated_images`` (or, for video, ``curated_scenes``) to Parquet, grouped as the
+report stores it (§4.2, §4.4):
 ``<output>/<bucket>/<source>/part-<export>-<n>.parquet`` where ``bucket`` is the shortest-side bucket
 (256 / 512 / 1024; ``below_256`` if the predicate lets smaller images through) and ``source`` the
 source name. Every score and hash is a column. The export is recorded in the ``exports`` table."""
@@ -33,11 +34,15 @@ def bucket_dir(bucket: int | None) -> str:
     return str(bucket) if bucket is not None else "below_256"
 
 
+EXPORT_VIEWS = ("curated_images", "curated_scenes")
+
+
 def export_slice(
     engine: Engine,
     *,
     predicate: str,
     output: str,
+    view: str = "curated_images",
     job_id: int | None = None,
     rows_per_file: int = 100_000,
     timeout_s: float = 3600.0,
@@ -47,6 +52,8 @@ def export_slice(
     Parquet files already there are deleted first, so readers never see two exports mixed)."""
     if ";" in predicate:
         raise ExportError("the predicate must be a single SQL expression (no ';')")
+    if view not in EXPORT_VIEWS:
+        raise ExportError(f"unknown view {view!r}; one of {', '.join(EXPORT_VIEWS)}")
     if storage.is_s3(output) or storage.exists(output):
         stale = [o.uri for o in storage.list_objects(output) if o.uri.endswith(".parquet")]
         if stale and not overwrite:
@@ -56,7 +63,7 @@ def export_slice(
     with engine.begin() as conn:
         export_id = conn.execute(text("SELECT nextval(pg_get_serial_sequence('exports', 'export_id'))")).scalar_one()
     scope = "AND c.asset_id IN (SELECT asset_id FROM job_assets WHERE job_id = :job)" if job_id is not None else ""
-    sql = f"SELECT c.* FROM curated_images c WHERE ({predicate}) {scope} ORDER BY c.asset_id"
+    sql = f"SELECT c.* FROM {view} c WHERE ({predicate}) {scope} ORDER BY c.asset_id"
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     counters: dict[tuple[str, str], int] = defaultdict(int)
     result = ExportResult(export_id=export_id, output=output, n_rows=0)

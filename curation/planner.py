@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, text
 
 from curation import storage
 from curation.broker import chunked, enqueue
-from curation.spec import IMAGE_SUFFIXES, JobSpec, SpecError
+from curation.spec import JobSpec, SpecError
 
 INSERT_BATCH = 10_000
 
@@ -53,20 +53,20 @@ def list_source(spec: JobSpec, base: Path = Path(".")) -> Iterator[str]:
         for line in lines:
             yield _resolve_local(line, list_base) if list_base is not None else line
         return
-    suffixes = tuple(s.lower() for s in (src.extensions or IMAGE_SUFFIXES))
+    suffixes = spec.suffixes()
     for obj in storage.list_objects(uri):
         if obj.uri.lower().endswith(suffixes):
             yield obj.uri
 
 
-def check_export_predicate(conn: Connection, predicate: str) -> None:
+def check_export_predicate(conn: Connection, predicate: str, view: str = "curated_images") -> None:
     """Plan (not run) the export query so a bad predicate fails at submission, naming the field."""
     try:
         with conn.begin_nested():
-            conn.execute(text(f"EXPLAIN SELECT * FROM curated_images WHERE ({predicate})"))
+            conn.execute(text(f"EXPLAIN SELECT * FROM {view} WHERE ({predicate})"))
     except Exception as exc:  # noqa: BLE001 - any planner error is the user's predicate
         msg = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-        raise SpecError(f"export.where: not a valid predicate over curated_images: {msg}") from None
+        raise SpecError(f"export.where: not a valid predicate over {view}: {msg}") from None
 
 
 def check_weights(spec: JobSpec) -> None:
@@ -128,7 +128,7 @@ def submit(engine: Engine, spec: JobSpec, *, base: Path = Path(".")) -> Submissi
     spec_json = spec.model_dump(mode="json")
     with engine.begin() as conn:
         if spec.export is not None:
-            check_export_predicate(conn, spec.export.where)
+            check_export_predicate(conn, spec.export.where, spec.view)
         source_id = conn.execute(
             text(
                 "INSERT INTO sources (name, uri) VALUES (:n, :u) "

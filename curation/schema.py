@@ -8,11 +8,13 @@ Tables, by layer:
   ``workers`` (heartbeats), ``item_errors`` (one row per failed ``(asset, stage, version)``);
 - stage results, one typed table per stage, primary key ``(asset_id, stage_version)``:
   ``probe_results``, ``resolution_results``, ``phash_results`` (+ ``near_duplicates``),
-  ``edge_results``, ``quality_results``, ``text_results`` (migration 0003);
+  ``edge_results``, ``quality_results``, ``text_results`` (migration 0003); for video (migration
+  0004) ``video_probe_results``, ``scene_split_results`` (the scenes themselves are ``assets`` of kind
+  ``scene``), ``video_hash_results`` (+ ``near_duplicates``), ``dynamics_results``, ``video_text_results``;
 - outputs: ``exports``, ``shards`` and ``latents`` (VAE-latent tar shards, migration 0002).
 
-The view users slice on, ``curated_images``, is defined in the migrations and documented in
-``docs/curated-view.md``.
+The views users slice on, ``curated_images`` and ``curated_scenes``, are defined in the migrations and
+documented in ``docs/curated-view.md``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from datetime import datetime
 from pgvector.sqlalchemy import BIT
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Double,
@@ -83,6 +86,8 @@ class Asset(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("assets.asset_id"))
     start_frame: Mapped[int | None] = mapped_column(Integer)
     end_frame: Mapped[int | None] = mapped_column(Integer)
+    start_s: Mapped[float | None] = mapped_column(Double)  # a scene's time range (migration 0004)
+    end_s: Mapped[float | None] = mapped_column(Double)
     created_at: Mapped[datetime] = _created()
     __table_args__ = (
         CheckConstraint("kind IN ('image', 'video', 'scene')", name="assets_kind_check"),
@@ -294,6 +299,86 @@ class TextResult(Base):
     stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
     text_boxes: Mapped[int] = mapped_column(Integer, nullable=False)
     text_area: Mapped[float] = mapped_column(Double, nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+# --- video stage results (migration 0004) -----------------------------------------------------
+
+
+class VideoProbeResult(Base):
+    __tablename__ = "video_probe_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    container: Mapped[str] = mapped_column(Text, nullable=False)
+    codec: Mapped[str] = mapped_column(Text, nullable=False)
+    width: Mapped[int] = mapped_column(Integer, nullable=False)
+    height: Mapped[int] = mapped_column(Integer, nullable=False)
+    fps: Mapped[float] = mapped_column(Double, nullable=False)
+    variable_frame_rate: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    frames: Mapped[int] = mapped_column(Integer, nullable=False)
+    duration_s: Mapped[float] = mapped_column(Double, nullable=False)
+    rotation: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    has_audio: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    probe_ms: Mapped[float] = mapped_column(Double, nullable=False)
+    created_at: Mapped[datetime] = _created()
+    __table_args__ = (Index("video_probe_results_sha256_idx", "sha256"),)
+
+
+class SceneSplitResult(Base):
+    """Per video: the cuts found and what the 2-60 s rule did. The scenes are rows of ``assets``."""
+
+    __tablename__ = "scene_split_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    detector: Mapped[str] = mapped_column(Text, nullable=False)
+    cut_frames: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
+    n_scenes: Mapped[int] = mapped_column(Integer, nullable=False)
+    n_dropped_short: Mapped[int] = mapped_column(Integer, nullable=False)
+    n_split_long: Mapped[int] = mapped_column(Integer, nullable=False)
+    frames: Mapped[int] = mapped_column(Integer, nullable=False)
+    analysis_ms: Mapped[float] = mapped_column(Double, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class VideoHashResult(Base):
+    __tablename__ = "video_hash_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    vhash: Mapped[str] = mapped_column(BIT(64), nullable=False)
+    frames_hashed: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = _created()
+    __table_args__ = (
+        Index(
+            "video_hash_results_hnsw_idx", "vhash", postgresql_using="hnsw",
+            postgresql_ops={"vhash": "bit_hamming_ops"},
+        ),
+    )
+
+
+class DynamicsResult(Base):
+    __tablename__ = "dynamics_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    ms_ssim_mean: Mapped[float | None] = mapped_column(Double)
+    ms_ssim_min: Mapped[float | None] = mapped_column(Double)
+    ms_ssim_max: Mapped[float | None] = mapped_column(Double)
+    pairs: Mapped[int] = mapped_column(Integer, nullable=False)
+    too_static: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    too_dynamic: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class VideoTextResult(Base):
+    __tablename__ = "video_text_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    text_boxes_mean: Mapped[float] = mapped_column(Double, nullable=False)
+    text_area_mean: Mapped[float] = mapped_column(Double, nullable=False)
+    frames_sampled: Mapped[int] = mapped_column(Integer, nullable=False)
     model: Mapped[str] = mapped_column(Text, nullable=False)
     weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = _created()

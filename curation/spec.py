@@ -33,6 +33,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from curation.video import VIDEO_SUFFIXES
 from workers.stage import Stage, UnknownStage, get_stage
 
 LIST_SUFFIXES = (".txt", ".parquet")
@@ -48,7 +49,7 @@ class SourceSpec(BaseModel):
     uri: str = Field(min_length=1, description="folder, s3:// prefix, or a .txt/.parquet list of URIs")
     name: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     extensions: list[str] | None = Field(
-        None, description="file suffixes listed from a folder or prefix (default: image suffixes)"
+        None, description="file suffixes listed from a folder or prefix (default: the modality's suffixes)"
     )
 
     @property
@@ -87,10 +88,13 @@ class ExportSpec(BaseModel):
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
-    modality: Literal["image"]
+    modality: Literal["image", "video"]
     source: SourceSpec
     stages: list[StageSpec] = Field(min_length=1)
-    chunk_size: int = Field(64, ge=1, le=100_000)
+    chunk_size: int = Field(64, ge=1, le=100_000, description="files per task for the first stage")
+    scene_seconds_per_task: float = Field(
+        120.0, gt=0, description="video: scenes of one video are handed on in tasks of about this many seconds"
+    )
     max_attempts: int = Field(5, ge=1, le=100)
     export: ExportSpec | None = None
 
@@ -122,6 +126,16 @@ class JobSpec(BaseModel):
         if errors:
             raise ValueError("; ".join(errors))
         return self
+
+    @property
+    def view(self) -> str:
+        """The SQL view the export predicate is written against."""
+        return "curated_scenes" if self.modality == "video" else "curated_images"
+
+    def suffixes(self) -> tuple[str, ...]:
+        if self.source.extensions:
+            return tuple(s.lower() for s in self.source.extensions)
+        return VIDEO_SUFFIXES if self.modality == "video" else IMAGE_SUFFIXES
 
     def stage_classes(self) -> list[type[Stage]]:
         return [get_stage(s.name) for s in self.stages]

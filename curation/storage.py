@@ -94,6 +94,29 @@ def read_bytes(uri: str) -> bytes:
         raise MissingObject(f"{uri}: permission denied") from exc
 
 
+def local_file(uri: str, scratch: Path) -> Path:
+    """A local path holding the object, for readers that need a file (video demuxers seek): the file
+    itself for a local URI, a download into the ``scratch`` folder for ``s3://``."""
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        bucket, key = _split_s3(uri)
+        scratch.mkdir(parents=True, exist_ok=True)
+        dest = scratch / f"{abs(hash(uri)):x}-{Path(key).name}"
+        try:
+            s3_client().download_file(bucket, key, str(dest))
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket", "AccessDenied", "403"):
+                raise MissingObject(f"{uri}: no such object ({code})") from exc
+            raise StorageError(f"{uri}: {code or exc}") from exc
+        return dest
+    path = _local_path(uri)
+    if not path.is_file():
+        raise MissingObject(f"{uri}: no such file")
+    return path
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     if is_s3(uri):
         bucket, key = _split_s3(uri)

@@ -20,14 +20,17 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -41,7 +44,7 @@ from curation.media import DEFAULT_MAX_PIXELS, MediaError, decode_image
 from curation.schema import Base
 from curation.spec import JobSpec
 from curation.storage import StorageError
-from workers.stage import ItemFailure, Stage, StageItem, get_stage
+from workers.stage import ItemFailure, Span, Stage, StageItem, get_stage
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,7 @@ class StageWorker:
         self._stop = threading.Event()
         self._io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch")
         self.stats = WorkerStats()
+        self._scratch: Path | None = None
         node_id = None
         try:
             import ray
@@ -213,14 +217,21 @@ class StageWorker:
             self.stats.fenced_out += 1
 
     def _inputs(self, conn: Connection, stage: Stage, plan: _JobPlan, asset_ids: Sequence[int]):
-        uris = dict(conn.execute(
-            text("SELECT asset_id, uri FROM assets WHERE asset_id = ANY(:ids)"), {"ids": list(asset_ids)}
-        ).all())
+        """Each asset's row (uri, parent, span) and the earlier results the stage requires. A scene's
+        prior comes from the scene itself, else from its parent video (e.g. ``video_probe``)."""
+        rows = {r.asset_id: r for r in conn.execute(
+            text("SELECT asset_id, uri, parent_id, start_frame, end_frame, start_s, end_s FROM assets "
+                 "WHERE asset_id = ANY(:ids)"), {"ids": list(asset_ids)}
+        )}
+        parents = {a: r.parent_id for a, r in rows.items() if r.parent_id is not None}
+        lookup = list(asset_ids) + sorted(set(parents.values()))
         priors: dict[str, dict[int, Any]] = {}
         for required in stage.requires:
             ref = next(r for r in plan.stage_refs if get_stage(r).name == required)
-            priors[required] = load_results(conn, get_stage(ref), asset_ids)
-        return uris, priors
+            got = load_results(conn, get_stage(ref), lookup)
+            priors[required] = {a: got.get(a, got.get(parents.get(a, -1))) for a in asset_ids
+                                if a in got or parents.get(a) in got}
+        return rows, priors
 
     def _run_stage(self, lease: Lease, plan: _JobPlan, stage: Stage, index: int) -> bool:
         ids = list(lease.asset_ids)
@@ -234,10 +245,10 @@ class StageWorker:
                          "AND stage_version = :v"),
                     {"ids": ids, "s": lease.stage, "v": version},
                 ).scalars())
-                uris, priors = self._inputs(conn, stage, plan, ids)
-            return done, failed, uris, priors
+                rows, priors = self._inputs(conn, stage, plan, ids)
+            return done, failed, rows, priors
 
-        done, failed, uris, priors = with_reconnect(read_state, what="read task inputs")
+        done, failed, rows, priors = with_reconnect(read_state, what="read task inputs")
         todo = [a for a in ids if a not in done and a not in failed]
         results: dict[int, Any] = {}
         items: list[StageItem] = []
@@ -246,7 +257,10 @@ class StageWorker:
             if missing:
                 results[asset_id] = ItemFailure("missing_prior", f"no {', '.join(missing)} result for this asset")
                 continue
-            items.append(StageItem(asset_id=asset_id, uri=uris[asset_id],
+            row = rows[asset_id]
+            span = (Span(row.start_frame, row.end_frame, row.start_s, row.end_s)
+                    if row.start_frame is not None and row.start_s is not None else None)
+            items.append(StageItem(asset_id=asset_id, uri=row.uri, span=span,
                                    prior={name: got[asset_id] for name, got in priors.items()}))
         # media is fetched one batch at a time (bounded memory), the bytes of a batch concurrently
         # (I/O releases the GIL); decoding stays on this thread, where its time limit works
@@ -260,9 +274,10 @@ class StageWorker:
                     results[item.asset_id] = failure
             for item, result in zip(ready, self._process_batch(stage, ready) if ready else []):
                 results[item.asset_id] = result
-            for item in batch:  # free the pixels before the next batch
+            for item in batch:  # free the pixels (and downloaded videos) before the next batch
                 item.data = None
                 item.image = None
+            self._drop_scratch()
 
         survivors = [a for a in ids if a in done and stage.keep(done[a])]
         survivors += [a for a in todo if not isinstance(results[a], ItemFailure) and stage.keep(results[a])]
@@ -273,8 +288,14 @@ class StageWorker:
             next_stage = NextStage(plan.stage_refs[index + 1], nxt.stage_version(), nxt.max_runtime_s)
 
         write = self._writer(lease, stage, results)
+        chunks = None
+        if stage.children_field is not None:
+            kept = {a for a in survivors}
+            write, chunks = self._children_writer(write, stage, results, kept, lease.job_id,
+                                                  plan.spec.scene_seconds_per_task)
         ok = with_reconnect(
-            lambda: self.broker.complete(lease, self.worker_id, write, survivors=survivors, next_stage=next_stage),
+            lambda: self.broker.complete(lease, self.worker_id, write, survivors=survivors, next_stage=next_stage,
+                                         survivor_chunks=chunks),
             what="complete",
         )
         if ok:
@@ -282,9 +303,36 @@ class StageWorker:
             self.stats.item_errors += sum(1 for r in results.values() if isinstance(r, ItemFailure))
         return ok
 
+    def _drop_scratch(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+    def _fetch_paths(self, batch: list[StageItem]) -> list[ItemFailure | None]:
+        """A local file per item; an S3 object is downloaded once per batch (scenes share their video)."""
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="curation-media-"))
+        paths: dict[str, str | ItemFailure] = {}
+        for uri in dict.fromkeys(item.uri for item in batch):
+            try:
+                paths[uri] = str(storage.local_file(uri, self._scratch))
+            except StorageError as exc:
+                paths[uri] = ItemFailure(exc.error_class, str(exc))
+        out: list[ItemFailure | None] = []
+        for item in batch:
+            got = paths[item.uri]
+            if isinstance(got, ItemFailure):
+                out.append(got)
+            else:
+                item.path = got
+                out.append(None)
+        return out
+
     def _fetch_batch(self, stage: Stage, batch: list[StageItem]) -> list[ItemFailure | None]:
         """Fill ``data`` (and ``image``) of each item as the stage declares; an ItemFailure per item
         that cannot be read or decoded."""
+        if stage.needs_path:
+            return self._fetch_paths(batch)
         if not (stage.needs_bytes or stage.needs_image):
             return [None] * len(batch)
 
@@ -334,8 +382,9 @@ class StageWorker:
     def _writer(self, lease: Lease, stage: Stage, results: dict[int, Any]) -> Callable[[Connection], int]:
         version = stage.stage_version()
         table = _result_table(type(stage))
+        columns = type(stage).result_columns()
         rows = [
-            {"asset_id": a, "stage_version": version, **dataclasses.asdict(r)}
+            {"asset_id": a, "stage_version": version, **{c: getattr(r, c) for c in columns}}
             for a, r in results.items() if not isinstance(r, ItemFailure)
         ]
         errors = [
@@ -355,6 +404,72 @@ class StageWorker:
             return len(rows)
 
         return write
+
+
+    @staticmethod
+    def _children_writer(
+        write: Callable[[Connection], int], stage: Stage, results: dict[int, Any], kept: set[int],
+        job_id: int, seconds_per_task: float,
+    ) -> tuple[Callable[[Connection], int], Callable[[], list[list[int]]]]:
+        """Wrap ``write``: also store the spans of each kept parent as ``scene`` assets (idempotent on
+        ``(uri, start_frame, end_frame)``) in the job, and hand the next stage chunks of scenes whose
+        total duration is about ``seconds_per_task`` (so one long video spreads over many tasks)."""
+        created: list[tuple[int, float]] = []
+
+        def write_all(conn: Connection) -> int:
+            n = write(conn)
+            for parent, result in results.items():
+                if isinstance(result, ItemFailure) or parent not in kept:
+                    continue
+                spans = list(getattr(result, stage.children_field) or [])
+                if not spans:
+                    continue
+                ids = conn.execute(_INSERT_SCENES, {
+                    "parent": parent, "job": job_id, "starts": [s.start_frame for s in spans], "ends": [s.end_frame for s in spans],
+                    "t0": [s.start_s for s in spans], "t1": [s.end_s for s in spans],
+                }).scalars().all()
+                created.extend(zip(ids, (s.duration_s for s in spans)))
+            return n
+
+        def chunks() -> list[list[int]]:
+            out: list[list[int]] = []
+            current: list[int] = []
+            total = 0.0
+            for asset_id, seconds in created:
+                current.append(asset_id)
+                total += seconds
+                if total >= seconds_per_task:
+                    out.append(current)
+                    current, total = [], 0.0
+            if current:
+                out.append(current)
+            return out
+
+        return write_all, chunks
+
+
+_INSERT_SCENES = text(
+    """
+    WITH parent AS (SELECT asset_id, uri, source_id FROM assets WHERE asset_id = :parent),
+    spans AS (
+        SELECT * FROM unnest(CAST(:starts AS int[]), CAST(:ends AS int[]), CAST(:t0 AS float8[]),
+                             CAST(:t1 AS float8[])) WITH ORDINALITY AS s(start_frame, end_frame, start_s, end_s, ord)),
+    ins AS (
+        INSERT INTO assets (uri, kind, source_id, parent_id, start_frame, end_frame, start_s, end_s)
+        SELECT p.uri, 'scene', p.source_id, p.asset_id, s.start_frame, s.end_frame, s.start_s, s.end_s
+        FROM spans s CROSS JOIN parent p
+        ON CONFLICT (uri, coalesce(start_frame, -1), coalesce(end_frame, -1)) DO NOTHING
+        RETURNING asset_id, start_frame, end_frame),
+    scene AS (
+        SELECT i.asset_id, s.ord FROM ins i JOIN spans s USING (start_frame, end_frame)
+        UNION
+        SELECT a.asset_id, s.ord FROM spans s JOIN assets a
+          ON a.uri = (SELECT uri FROM parent) AND a.start_frame = s.start_frame AND a.end_frame = s.end_frame),
+    member AS (
+        INSERT INTO job_assets (job_id, asset_id) SELECT :job, asset_id FROM scene ON CONFLICT DO NOTHING)
+    SELECT asset_id FROM scene ORDER BY ord
+    """
+)
 
 
 # --- the supervisor -----------------------------------------------------------------------------

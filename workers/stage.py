@@ -32,6 +32,21 @@ class Resources:
     memory_gb: float = 1.0
 
 
+@dataclass(frozen=True)
+class Span:
+    """The part of a video an asset is: a scene's frames ``[start_frame, end_frame)`` and times
+    ``[start_s, end_s)`` (seconds of the video's presentation timeline)."""
+
+    start_frame: int
+    end_frame: int
+    start_s: float
+    end_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
 @dataclass
 class StageItem:
     asset_id: int
@@ -39,6 +54,8 @@ class StageItem:
     data: bytes | None = None
     image: Any = None  # PIL.Image.Image, RGB
     prior: dict[str, Any] = field(default_factory=dict)  # earlier stage name -> its result dataclass
+    path: str | None = None  # a local file holding the media (stages with ``needs_path``)
+    span: Span | None = None  # for a scene: its range of the parent video
 
 
 @dataclass(frozen=True)
@@ -70,10 +87,15 @@ class Stage(ABC):
     max_runtime_s: ClassVar[float] = 600.0
     needs_bytes: ClassVar[bool] = False
     needs_image: ClassVar[bool] = False
+    needs_path: ClassVar[bool] = False  # a local file (videos: the demuxer seeks); S3 objects are downloaded
     image_draft_size: ClassVar[int | None] = None  # decode JPEG at reduced scale when enough
     requires: ClassVar[tuple[str, ...]] = ()  # earlier stages whose results ``prior`` must hold
     models: ClassVar[tuple[str, ...]] = ()  # registry names of the weights the stage loads (models/registry.py)
     indexers: ClassVar[tuple[Indexer, ...]] = ()
+    children_field: ClassVar[str | None] = None
+    """A stage that cuts its input into new assets (the scene split) names the result field holding
+    the ``Span`` list; the runtime stores them as assets of kind ``scene`` and the *scenes* go on to
+    the next stage. That field is not a column."""
 
     def __init__(self, params: BaseModel | None = None):
         self.params = params if params is not None else self.Params()
@@ -84,7 +106,7 @@ class Stage(ABC):
 
     @classmethod
     def result_columns(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls.result_type)]
+        return [f.name for f in dataclasses.fields(cls.result_type) if f.name != cls.children_field]
 
     def setup(self) -> None:
         """Load models once per actor. Default: nothing to load."""
@@ -105,6 +127,11 @@ _BUILTIN = {
     "edges": "workers.edges:EdgesStage",
     "quality": "workers.quality:QualityStage",
     "text": "workers.text:TextStage",
+    "video_probe": "workers.video_probe:VideoProbeStage",
+    "scenes": "workers.scenes:ScenesStage",
+    "video_hash": "workers.video_hash:VideoHashStage",
+    "dynamics": "workers.dynamics:DynamicsStage",
+    "video_text": "workers.video_text:VideoTextStage",
 }
 
 

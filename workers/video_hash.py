@@ -1,0 +1,85 @@
+"""video_hash — a perceptual hash per scene for video deduplication (report §4.4: "a video perceptual hash
+is computed for each scene. This hash is a fingerprint designed to be similar for visually alike
+videos, allowing for the identification and removal of identical or highly similar scenes").
+
+The hash: ``frames`` (16) evenly spaced frames of the scene, as luma at 64x64, are averaged into one
+temporal-mean picture, and its 64-bit DCT perceptual hash (``imagehash.phash``) is stored as
+``bit(64)``. Re-encoding and resizing barely move the mean picture; trimming a few seconds off a
+scene moves the sample points, not what they average over; two different shots average to different
+pictures. Hamming distance 0..64.
+
+After the hashes are written, scene pairs within ``max_distance`` (default 10 bits) of any
+earlier-hashed scene — this job or any other — are recorded in ``near_duplicates`` through pgvector's
+HNSW bit index, exactly as for images. ``curated_scenes.is_unique`` keeps one scene per group (the
+longer, then the sharper, then the earlier).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import imagehash
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from curation.dedup import near_duplicate_indexer
+from curation.media import MediaError
+from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times, frames_at
+from workers.stage import ItemFailure, Resources, Stage, StageItem
+
+FRAMES = 16
+HASH_SIDE = 64
+DEFAULT_MAX_DISTANCE = 10
+
+
+class VideoHashParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    frames: int = Field(FRAMES, ge=1, le=256, description="evenly spaced frames averaged into the hashed picture")
+    max_distance: int = Field(DEFAULT_MAX_DISTANCE, ge=0, le=32, description="Hamming bits for a near duplicate")
+    timeout_s: float = Field(DEFAULT_VIDEO_TIMEOUT_S, gt=0)
+
+
+@dataclass(frozen=True)
+class VideoHashScores:
+    vhash: str  # 64 characters of '0'/'1'
+    frames_hashed: int
+
+
+def video_hash_bits(frames: Sequence[np.ndarray]) -> str:
+    """The 64-bit hash of the temporal mean of luma frames (all of one size)."""
+    mean = np.mean(np.stack([f.astype(np.float32) for f in frames]), axis=0)
+    bits = imagehash.phash(Image.fromarray(np.clip(mean + 0.5, 0, 255).astype(np.uint8)), hash_size=8).hash.flatten()
+    return "".join("1" if b else "0" for b in bits)
+
+
+class VideoHashStage(Stage):
+    name = "video_hash"
+    version = "1"
+    modalities = frozenset({"video"})
+    result_type = VideoHashScores
+    result_table = "video_hash_results"
+    Params = VideoHashParams
+    resources = Resources(cpus=1.0, memory_gb=1.0)
+    batch_size = 8
+    max_runtime_s = 3600.0
+    needs_path = True
+    indexers = (near_duplicate_indexer("video_hash_results", "vhash", lock_key=4242004),)
+
+    def process(self, items: Sequence[StageItem]) -> list[VideoHashScores | ItemFailure]:
+        out: list[VideoHashScores | ItemFailure] = []
+        for item in items:
+            what = f"asset {item.asset_id} ({item.uri})"
+            if item.span is None:
+                out.append(ItemFailure("not_a_scene", f"{what}: video_hash runs on scenes (run the scenes stage first)"))
+                continue
+            times = evenly_spaced_times(item.span.start_s, item.span.end_s, self.params.frames)
+            try:
+                frames = frames_at(item.path, times, end_s=item.span.end_s, size=(HASH_SIDE, HASH_SIDE), gray=True,
+                                   timeout_s=self.params.timeout_s, what=what)
+            except MediaError as exc:
+                out.append(ItemFailure(exc.error_class, str(exc)))
+                continue
+            out.append(VideoHashScores(vhash=video_hash_bits([f.pixels for f in frames]), frames_hashed=len(frames)))
+        return out
