@@ -53,9 +53,11 @@ def run_until_done(
     return supervisor
 
 
-def assert_exactly_one_outcome(engine: Engine, job_id: int, stage: str, result_table: str, version: str) -> dict:
+def assert_exactly_one_outcome(engine: Engine, job_id: int, stage: str, result_table: str, version: str,
+                               *, scenes: bool = False) -> dict:
     """Every asset that reached ``stage`` has exactly one result row or exactly one item-error row
-    (never both, never none); no task of the job is left. Returns {asset_id: 'ok'|error_class}."""
+    (never both, never none); no task of the job is left. Returns {asset_id: 'ok'|error_class}.
+    ``scenes``: check the job's scenes instead of its listed files."""
     with engine.connect() as conn:
         left = conn.execute(text("SELECT count(*) FROM tasks WHERE job_id=:j"), {"j": job_id}).scalar_one()
         assert left == 0, f"{left} task(s) of job {job_id} left"
@@ -69,10 +71,11 @@ def assert_exactly_one_outcome(engine: Engine, job_id: int, stage: str, result_t
                           AND e.stage_version = :v) AS n_err,
                        (SELECT min(error_class) FROM item_errors e WHERE e.asset_id = ja.asset_id AND e.stage = :s
                           AND e.stage_version = :v) AS cls
-                FROM job_assets ja WHERE ja.job_id = :j
+                FROM job_assets ja JOIN assets a ON a.asset_id = ja.asset_id
+                WHERE ja.job_id = :j AND (a.kind = 'scene') = :scenes
                 """
             ),
-            {"j": job_id, "s": stage, "v": version},
+            {"j": job_id, "s": stage, "v": version, "scenes": scenes},
         ).all()
     outcome = {}
     for asset_id, n_ok, n_err, cls in rows:
