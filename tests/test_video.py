@@ -64,7 +64,7 @@ def _cuts(path: Path, **params) -> tuple[list[int], int]:
     info = probe_video(path)
     w = 256
     h = round(info.coded_height * w / info.coded_width / 2) * 2
-    frames = (f.pixels[:, :, ::-1] for f in iter_frames(path, size=(w, h)))
+    frames = (f.pixels for f in iter_frames(path, size=(w, h), bgr=True))
     return detect_cuts(frames, info.fps, make_detector(ScenesParams(**params)))
 
 

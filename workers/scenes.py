@@ -3,8 +3,8 @@ the PySceneDetect tool ... Each extracted scene has a duration constrained betwe
 
 Cut detection is PySceneDetect's own detector — ``ContentDetector`` (default; ``threshold`` 27, its
 default) or ``AdaptiveDetector`` (``adaptive_threshold`` 3, ``min_content_val`` 15) — fed frames that
-PyAV decodes with frame threading and scales in swscale to ``analysis_width`` pixels (256 by default,
-about what PySceneDetect's own automatic downscale gives). A cut at frame *k* means frame *k* is the
+PyAV decodes with frame threading and shrinks to ``analysis_width`` pixels (256 by default, about what
+PySceneDetect's own automatic downscale gives) before the colour conversion (``curation.video``). A cut at frame *k* means frame *k* is the
 first frame of a new scene.
 
 The report's constraint, as defaults: scenes shorter than ``min_scene_s`` = 2 s are dropped, scenes
@@ -143,10 +143,10 @@ class ScenesStage(Stage):
         size = (max(2, width // 2 * 2), max(2, round(coded_h * width / coded_w / 2) * 2))
 
         def frames():
-            for f in iter_frames(item.path, size=size, timeout_s=p.timeout_s, what=what,
-                                 max_pixels=coded_w * coded_h):
+            for f in iter_frames(item.path, size=size, bgr=True, timeout_s=p.timeout_s, what=what,
+                                 max_pixels=coded_w * coded_h):  # BGR: PySceneDetect's convention
                 times.append(f.time_s)
-                yield f.pixels[:, :, ::-1]  # RGB -> BGR, PySceneDetect's convention
+                yield f.pixels
 
         try:
             cuts, n = detect_cuts(frames(), probe.fps, make_detector(p))
