@@ -344,6 +344,27 @@ def export(
 
 
 @app.command()
+def similar(
+    asset: int = typer.Argument(..., help="asset id of an image or scene with a CLIP embedding"),
+    k: int = typer.Option(10, "--k", min=1, max=1000, help="neighbours to show (the asset itself first)"),
+    model: Optional[str] = typer.Option(None, "--model", help="CLIP model (default: the asset's latest)"),
+) -> None:
+    """Nearest neighbours by CLIP embedding (cosine), through the model's HNSW index in pgvector."""
+    from curation.embeddings import similar as nearest
+
+    engine = _engine()
+    try:
+        with engine.begin() as conn:
+            hits = nearest(conn, asset, k=k, model=model)
+    except LookupError as exc:
+        _fail(str(exc), 1)
+    table = Table("asset", "cosine", "uri")
+    for h in hits:
+        table.add_row(str(h.asset_id), f"{h.cosine:.4f}", h.uri)
+    console.print(table)
+
+
+@app.command()
 def worker(
     address: Optional[str] = AddressOpt,
     stages: str = typer.Option(",".join(builtin_stage_names()), "--stages", help="comma-separated stages to serve"),
@@ -406,8 +427,8 @@ def demo(
             pull(name)
         except MissingWeights as exc:
             console.print(f"  {name}: weights not present — {exc}")
-    console.print("  not in this demo (weights not offline): watermark, TOPIQ/Q-Align, CRAFT, SAM 2, YOLOv8, "
-                  "CLIP — their stages are not built yet")
+    console.print("  not in this demo: clip (built; its weights are not offline — see above); watermark, "
+                  "TOPIQ/Q-Align, CRAFT, SAM 2, YOLOv8 (weights not offline; stages not built yet)")
     spec = {
         "name": "demo",
         "modality": "image",
@@ -436,8 +457,8 @@ def _demo_video(folder: Path, output: Path, address: str | None) -> None:
     except (MediaUnavailable, MissingWeights) as exc:
         _fail(f"sample media or weights unavailable: {exc}", 1)
     console.print("  " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
-    console.print("  not in this demo (weights not offline): watermark, DOVER, Q-Align, CRAFT, YOLOv8, CLIP, "
-                  "VideoMAE motion — their stages are not built yet")
+    console.print("  not in this demo: video_clip (built; CLIP weights not offline: curation models pull "
+                  "clip-vit-b-32); watermark, DOVER, Q-Align, CRAFT, YOLOv8, VideoMAE motion (not built yet)")
     spec = {
         "name": "demo-video",
         "modality": "video",

@@ -75,7 +75,7 @@ def check_weights(spec: JobSpec) -> None:
 
     problems = []
     for i, (stage, cls) in enumerate(zip(spec.stages, spec.stage_classes())):
-        for model in cls.models:
+        for model in cls.models_for(spec.stage_params(i)):
             st = status(model)
             if not st.present:
                 problems.append(f"stages[{i}] ({stage.name}): weights of model {model!r} not present ({st.reason}) "

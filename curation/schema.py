@@ -11,6 +11,7 @@ Tables, by layer:
   ``edge_results``, ``quality_results``, ``text_results`` (migration 0003); for video (migration
   0004) ``video_probe_results``, ``scene_split_results`` (the scenes themselves are ``assets`` of kind
   ``scene``), ``video_hash_results`` (+ ``near_duplicates``), ``dynamics_results``, ``video_text_results``;
+  ``clip_results`` (images and scenes; pgvector embeddings, migration 0005);
 - outputs: ``exports``, ``shards`` and ``latents`` (VAE-latent tar shards, migration 0002).
 
 The views users slice on, ``curated_images`` and ``curated_scenes``, are defined in the migrations and
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pgvector.sqlalchemy import BIT
+from pgvector.sqlalchemy import BIT, Vector
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -381,6 +382,27 @@ class VideoTextResult(Base):
     frames_sampled: Mapped[int] = mapped_column(Integer, nullable=False)
     model: Mapped[str] = mapped_column(Text, nullable=False)
     weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class ClipResult(Base):
+    """CLIP embedding + zero-shot classes of an image (stage ``clip``) or a scene (``video_clip``)."""
+
+    __tablename__ = "clip_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    embedding: Mapped[list[float]] = mapped_column(Vector(), nullable=False)
+    location: Mapped[str] = mapped_column(Text, nullable=False)
+    location_p: Mapped[float] = mapped_column(Double, nullable=False)
+    style: Mapped[str] = mapped_column(Text, nullable=False)
+    style_p: Mapped[float] = mapped_column(Double, nullable=False)
+    main_subject: Mapped[str] = mapped_column(Text, nullable=False)
+    main_subject_p: Mapped[float] = mapped_column(Double, nullable=False)
+    place_type: Mapped[str] = mapped_column(Text, nullable=False)
+    place_type_p: Mapped[float] = mapped_column(Double, nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
+    taxonomy_sha256: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = _created()
 
 

@@ -29,7 +29,7 @@ class ModelSpec:
     source: str  # where ``pull`` fetches from
     licence: str
     stages: tuple[str, ...]
-    files: dict[str, str] = field(default_factory=dict)  # file name -> expected sha256
+    files: dict[str, str | None] = field(default_factory=dict)  # file name -> expected sha256 (None: not pinned)
     package: str | None = None  # weights ship inside this installed Python package, in ``package_dir``
     package_dir: str = ""
 
@@ -63,6 +63,16 @@ REGISTRY: dict[str, ModelSpec] = {
             files={"ch_PP-OCRv4_det_infer.onnx": "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9"},
             package="rapidocr_onnxruntime",
             package_dir="models",
+        ),
+        ModelSpec(
+            name="clip-vit-b-32",
+            family="clip",
+            library="open_clip (ViT-B-32)",
+            source="hf:laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+            licence="MIT",
+            stages=("clip", "video_clip"),
+            # not pinned: no copy could be checked offline; the digest is recorded at pull and in every row
+            files={"open_clip_pytorch_model.bin": None},
         ),
     )
 }
@@ -106,9 +116,10 @@ def status(name: str) -> ModelStatus:
         path = where / file
         if not path.exists():
             return ModelStatus(spec, where, False, f"{path} is missing")
-        if sha256_of(path) != expected:
+        if expected is not None and sha256_of(path) != expected:
             return ModelStatus(spec, where, False, f"{path}: sha256 differs from the registry")
-    return ModelStatus(spec, where, True, "verified")
+    pinned = all(v is not None for v in spec.files.values())
+    return ModelStatus(spec, where, True, "verified" if pinned else "present (sha256 not pinned)")
 
 
 def get(name: str) -> ModelSpec:
@@ -127,7 +138,7 @@ def require(name: str) -> ModelStatus:
 
 def files_digest(st: ModelStatus) -> str:
     """One checksum for provenance: sha256 over the model's files' sha256s, in name order."""
-    joined = "".join(st.spec.files[f] for f in sorted(st.spec.files))
+    joined = "".join(st.spec.files[f] or sha256_of(st.where / f) for f in sorted(st.spec.files))
     return hashlib.sha256(joined.encode()).hexdigest()
 
 
@@ -147,5 +158,17 @@ def pull(name: str) -> ModelStatus:
         dest.mkdir(parents=True, exist_ok=True)
         for file in spec.files:
             shutil.copyfile(src / file, dest / file)
+        return require(name)
+    if spec.source.startswith("hf:"):
+        repo = spec.source[3:]
+        dest = weights_dir() / spec.name
+        try:
+            from huggingface_hub import hf_hub_download
+
+            for file in spec.files:
+                hf_hub_download(repo, file, local_dir=dest)
+        except Exception as exc:  # noqa: BLE001 - offline, gated, or not found: say where to put the files
+            raise MissingWeights(f"{name}: cannot download {list(spec.files)} from the hub ({repo}): "
+                                 f"{exc.__class__.__name__}; place the files in {dest}") from None
         return require(name)
     raise MissingWeights(f"{name}: no automatic source; place the files {list(spec.files)} in {weights_dir() / name}")

@@ -24,10 +24,11 @@ os.environ.update({
     "CURATION_SWEEP_S": "1",
     "CURATION_BACKOFF_BASE_S": "0.2",
     "HF_HUB_OFFLINE": "1",
+    "CURATION_ALLOW_TINY_MODELS": "1",  # tests select tiny random-weight variants explicitly
 })
 
 ALL_TABLES = (
-    "video_text_results, dynamics_results, video_hash_results, scene_split_results, video_probe_results, "
+    "clip_results, video_text_results, dynamics_results, video_hash_results, scene_split_results, video_probe_results, "
     "text_results, quality_results, latents, shards, exports, edge_results, near_duplicates, phash_results, resolution_results, probe_results, item_errors, "
     "workers, dead_tasks, task_attempts, tasks, job_assets, assets, jobs, sources"
 )

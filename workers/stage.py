@@ -108,6 +108,12 @@ class Stage(ABC):
     def result_columns(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls.result_type) if f.name != cls.children_field]
 
+    @classmethod
+    def models_for(cls, params: BaseModel) -> tuple[str, ...]:
+        """The registry models this stage loads with these params (a stage whose model is a param
+        overrides this). Checked at submission: absent weights refuse the job."""
+        return cls.models
+
     def setup(self) -> None:
         """Load models once per actor. Default: nothing to load."""
 
@@ -132,6 +138,8 @@ _BUILTIN = {
     "video_hash": "workers.video_hash:VideoHashStage",
     "dynamics": "workers.dynamics:DynamicsStage",
     "video_text": "workers.video_text:VideoTextStage",
+    "clip": "workers.clip:ClipStage",
+    "video_clip": "workers.video_clip:VideoClipStage",
 }
 
 

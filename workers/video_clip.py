@@ -1,0 +1,62 @@
+"""video_clip — CLIP classes and a scene embedding from frame embeddings (report §4.4: "A CLIP-based
+classifier is used to classify the scene's location, style, main subject, and more detailed place
+categories by analyzing frame embeddings").
+
+``frames`` (5) evenly spaced frames of the scene are embedded; the scene embedding is their mean,
+L2-normalised, stored in pgvector like an image's; the zero-shot classes are taken from it. Same
+columns and table (``clip_results``) as the image ``clip`` stage; the stage version tells them apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+from pydantic import Field
+
+from curation.media import MediaError
+from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times, frames_at
+from workers.clip import ClipModelStage, ClipParams, ClipScores, clip_scores
+from workers.stage import ItemFailure, Resources, StageItem
+
+FRAMES = 5
+
+
+class VideoClipParams(ClipParams):
+    frames: int = Field(FRAMES, ge=1, le=64, description="evenly spaced frames embedded per scene")
+    timeout_s: float = Field(DEFAULT_VIDEO_TIMEOUT_S, gt=0)
+
+
+class VideoClipStage(ClipModelStage):
+    name = "video_clip"
+    version = "1"
+    modalities = frozenset({"video"})
+    Params = VideoClipParams
+    resources = Resources(cpus=1.0, memory_gb=2.0)
+    batch_size = 8
+    max_runtime_s = 3600.0
+    needs_path = True
+
+    def sample_times(self, item: StageItem) -> list[float]:
+        return evenly_spaced_times(item.span.start_s, item.span.end_s, self.params.frames)
+
+    def process(self, items: Sequence[StageItem]) -> list[ClipScores | ItemFailure]:
+        self._ensure()
+        out: list[ClipScores | ItemFailure] = []
+        for item in items:
+            what = f"asset {item.asset_id} ({item.uri})"
+            if item.span is None:
+                out.append(ItemFailure("not_a_scene", f"{what}: video_clip runs on scenes (run the scenes stage first)"))
+                continue
+            try:
+                frames = frames_at(item.path, self.sample_times(item), end_s=item.span.end_s, short_side=256,
+                                   timeout_s=self.params.timeout_s, what=what)
+            except MediaError as exc:
+                out.append(ItemFailure(exc.error_class, str(exc)))
+                continue
+            per_frame = self._clip.embed_images([Image.fromarray(f.pixels) for f in frames])
+            scene = per_frame.mean(axis=0)
+            scene /= np.linalg.norm(scene)
+            out.extend(clip_scores(self._clip, self._taxonomies, self._taxonomy_sha, scene[None, :]))
+        return out
