@@ -306,3 +306,33 @@ def build_demo_videos(dest: Path, cache: Path = DEFAULT_CACHE) -> dict[str, int]
     if not (dest / "broken_audio_only.mp4").exists():
         write_audio_only(dest / "broken_audio_only.mp4")
     return {"real clips": len(clips), "joined": len(joined), "long": 1, "copies": 1, "broken": 3}
+
+
+# --- a real YOLOv8 ONNX export, as a test asset ----------------------------------------------------
+
+NUDENET_WHEEL = "nudenet==3.4.2"
+
+
+def real_yolov8_onnx(cache: Path = DEFAULT_CACHE) -> Path:
+    """``320n.onnx`` from the nudenet wheel: a real YOLOv8n (Ultralytics 8.2 export, 18 classes, 320 px
+    input, names in its metadata). Used by the tests to exercise the YOLOv8 decode and NMS on real
+    weights; the file is AGPL-3.0, so it is only fetched into the cache, never installed or shipped."""
+    import sys
+    import zipfile
+
+    dest = cache / "yolov8-test" / "nudenet-320n.onnx"
+    if dest.exists():
+        return dest
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    found = sorted(wheels.glob("nudenet-*.whl"))
+    if not found:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels),
+                               NUDENET_WHEEL], capture_output=True, text=True)
+        found = sorted(wheels.glob("nudenet-*.whl"))
+        if proc.returncode != 0 or not found:
+            raise MediaUnavailable(f"pip download {NUDENET_WHEEL} failed: {proc.stderr.strip()[-300:]}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(found[-1]) as whl:
+        dest.write_bytes(whl.read("nudenet/320n.onnx"))
+    return dest

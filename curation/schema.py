@@ -11,7 +11,8 @@ Tables, by layer:
   ``edge_results``, ``quality_results``, ``text_results`` (migration 0003); for video (migration
   0004) ``video_probe_results``, ``scene_split_results`` (the scenes themselves are ``assets`` of kind
   ``scene``), ``video_hash_results`` (+ ``near_duplicates``), ``dynamics_results``, ``video_text_results``;
-  ``clip_results`` (images and scenes; pgvector embeddings, migration 0005);
+  ``clip_results`` (images and scenes; pgvector embeddings, migration 0005); ``object_results``
+  (migration 0006);
 - outputs: ``exports``, ``shards`` and ``latents`` (VAE-latent tar shards, migration 0002).
 
 The views users slice on, ``curated_images`` and ``curated_scenes``, are defined in the migrations and
@@ -404,6 +405,20 @@ class ClipResult(Base):
     weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
     taxonomy_sha256: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = _created()
+
+
+class ObjectResult(Base):
+    __tablename__ = "object_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    detections: Mapped[list] = mapped_column(JSONB, nullable=False)
+    labels: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    n_detections: Mapped[int] = mapped_column(Integer, nullable=False)
+    max_conf: Mapped[float] = mapped_column(Double, nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created()
+    __table_args__ = (Index("object_results_labels_idx", "labels", postgresql_using="gin"),)
 
 
 # --- outputs ---------------------------------------------------------------------------------

@@ -74,6 +74,15 @@ REGISTRY: dict[str, ModelSpec] = {
             # not pinned: no copy could be checked offline; the digest is recorded at pull and in every row
             files={"open_clip_pytorch_model.bin": None},
         ),
+        ModelSpec(
+            name="yolov8n-oiv7",
+            family="yolo",
+            library="onnxruntime (Ultralytics ONNX export)",
+            source="export yolov8n-oiv7.pt (Ultralytics assets) with `yolo export model=yolov8n-oiv7.pt format=onnx`",
+            licence="AGPL-3.0 (Ultralytics)",
+            stages=("objects",),
+            files={"yolov8n-oiv7.onnx": None},
+        ),
     )
 }
 

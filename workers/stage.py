@@ -139,6 +139,7 @@ _BUILTIN = {
     "dynamics": "workers.dynamics:DynamicsStage",
     "video_text": "workers.video_text:VideoTextStage",
     "clip": "workers.clip:ClipStage",
+    "objects": "workers.objects:ObjectsStage",
     "video_clip": "workers.video_clip:VideoClipStage",
 }
 

@@ -1,0 +1,93 @@
+"""objects — detected object classes (report §4.2: "The YOLOv8 model, trained on OpenImagesV7, detects and
+classifies objects"), stored so SQL can ask for "at least one person and no text".
+
+Scores: ``detections`` (JSONB list of ``{"label", "conf", "box": [x0, y0, x1, y1]}``, best first, in
+original image pixels), ``labels`` (text[] of the distinct labels detected, for ``'Person' = ANY(labels)``),
+``n_detections`` and ``max_conf`` (0..1, 0 when nothing was found); provenance ``model`` and
+``weights_sha256``. Defaults follow Ultralytics' predictor: confidence 0.25, NMS IoU 0.45, 300 boxes.
+
+``model`` is a registry name (``yolov8n-oiv7``) or a local Ultralytics ONNX export (``/models/x.onnx``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from workers.stage import ItemFailure, Resources, Stage, StageItem
+
+DEFAULT_MODEL = "yolov8n-oiv7"
+
+
+class ObjectsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(DEFAULT_MODEL, min_length=1, description="registry name or a local .onnx export")
+    conf: float = Field(0.25, gt=0, lt=1, description="least class confidence of a detection")
+    iou: float = Field(0.45, gt=0, le=1, description="NMS IoU threshold")
+    max_det: int = Field(300, ge=1, le=10_000)
+
+    @field_validator("model")
+    @classmethod
+    def _registry_or_file(cls, v: str) -> str:
+        from models.registry import REGISTRY
+
+        if v in REGISTRY:
+            return v
+        if v.endswith(".onnx"):
+            if not Path(v).is_file():
+                raise ValueError(f"ONNX file {v} does not exist")
+            return v
+        raise ValueError(f"not a registry model or an .onnx file: {v!r}")
+
+
+@dataclass(frozen=True)
+class ObjectScores:
+    detections: list[dict]
+    labels: list[str]
+    n_detections: int
+    max_conf: float
+    model: str
+    weights_sha256: str
+
+
+def object_scores(dets, name: str, digest: str) -> ObjectScores:
+    return ObjectScores(
+        detections=[{"label": d.label, "conf": d.conf, "box": list(d.box)} for d in dets],
+        labels=sorted({d.label for d in dets}), n_detections=len(dets),
+        max_conf=max((d.conf for d in dets), default=0.0), model=name, weights_sha256=digest,
+    )
+
+
+class ObjectsStage(Stage):
+    name = "objects"
+    version = "1"
+    result_type = ObjectScores
+    result_table = "object_results"
+    Params = ObjectsParams
+    resources = Resources(cpus=1.0, memory_gb=1.5)
+    batch_size = 16
+    needs_image = True
+    image_draft_size = 640
+    requires = ("probe",)
+
+    @classmethod
+    def models_for(cls, params: BaseModel) -> tuple[str, ...]:
+        from models.registry import REGISTRY
+
+        return (params.model,) if params.model in REGISTRY else ()
+
+    def setup(self) -> None:
+        from models.yolo import load_yolo
+
+        self._yolo = load_yolo(self.params.model)
+
+    def process(self, items: Sequence[StageItem]) -> list[ObjectScores | ItemFailure]:
+        if not hasattr(self, "_yolo"):
+            self.setup()
+        p = self.params
+        found = self._yolo.detect([np.asarray(item.image) for item in items], conf=p.conf, iou=p.iou, max_det=p.max_det)
+        return [object_scores(dets, self._yolo.name, self._yolo.weights_sha256) for dets in found]
