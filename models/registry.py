@@ -83,6 +83,24 @@ REGISTRY: dict[str, ModelSpec] = {
             stages=("objects",),
             files={"yolov8n-oiv7.onnx": None},
         ),
+        ModelSpec(
+            name="watermark-resnext101-32x8d",
+            family="watermark",
+            library="timm (ResNet, resnext101_32x8d configuration)",
+            source="the report's watermark_resnext101_32x8d-large checkpoint (a state dict); place it in the weights folder",
+            licence="see the checkpoint's source",
+            stages=("watermark", "video_watermark"),
+            files={"watermark_resnext101_32x8d-large.pt": None},
+        ),
+        ModelSpec(
+            name="watermark-yolo",
+            family="yolo",
+            library="onnxruntime (Ultralytics ONNX export)",
+            source="a YOLO watermark detector exported with `yolo export format=onnx`; place it in the weights folder",
+            licence="see the checkpoint's source",
+            stages=("watermark", "video_watermark"),
+            files={"watermark-yolo.onnx": None},
+        ),
     )
 }
 

@@ -140,6 +140,8 @@ _BUILTIN = {
     "video_text": "workers.video_text:VideoTextStage",
     "clip": "workers.clip:ClipStage",
     "objects": "workers.objects:ObjectsStage",
+    "watermark": "workers.watermark:WatermarkStage",
+    "video_watermark": "workers.video_watermark:VideoWatermarkStage",
     "video_clip": "workers.video_clip:VideoClipStage",
 }
 
