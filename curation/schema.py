@@ -415,6 +415,7 @@ class ObjectResult(Base):
     labels: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
     n_detections: Mapped[int] = mapped_column(Integer, nullable=False)
     max_conf: Mapped[float] = mapped_column(Double, nullable=False)
+    frames_sampled: Mapped[int] = mapped_column(Integer, nullable=False)
     model: Mapped[str] = mapped_column(Text, nullable=False)
     weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = _created()

@@ -94,3 +94,30 @@ def test_object_model_guards(engine, photo_dir, tmp_path):
                        "stages": [{"name": "probe"}, {"name": "objects"}]})
     with pytest.raises(SpecError, match="curation models pull yolov8n-oiv7"):
         submit(engine, spec)
+
+
+def test_scenes_detect_over_five_evenly_spaced_frames(yolo_onnx, media_cache, monkeypatch):
+    from curation.sample_media import sample_clips
+    from curation.video import frames_at
+    from workers.stage import Span, StageItem
+    from workers.video_objects import VideoObjectsParams, VideoObjectsStage
+
+    try:
+        megamind = sample_clips(media_cache)["Megamind"]
+    except (MediaUnavailable, KeyError) as exc:
+        pytest.skip(f"real clips unavailable: {exc}")
+    seen: list[float] = []
+
+    def spy(path, times, **kw):
+        seen.extend(times)
+        return frames_at(path, times, **kw)
+
+    monkeypatch.setattr("workers.video_objects.frames_at", spy)
+    stage = VideoObjectsStage(VideoObjectsParams(model=str(yolo_onnx), conf=0.1))
+    result = stage.process([StageItem(1, str(megamind), path=str(megamind), span=Span(0, 98, 0.0417, 4.129))])[0]
+    assert result.frames_sampled == 5 and len(seen) == 5
+    assert seen == pytest.approx([0.0417 + (4.129 - 0.0417) * (k + 0.5) / 5 for k in range(5)])
+    assert {d["frame"] for d in result.detections} <= set(range(5))
+    assert result.labels == sorted({d["label"] for d in result.detections})
+    per_frame_max = [max((d["conf"] for d in result.detections if d["frame"] == i), default=0.0) for i in range(5)]
+    assert result.max_conf == pytest.approx(sum(per_frame_max) / 5, abs=1e-5)

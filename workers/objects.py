@@ -3,8 +3,8 @@ classifies objects"), stored so SQL can ask for "at least one person and no text
 
 Scores: ``detections`` (JSONB list of ``{"label", "conf", "box": [x0, y0, x1, y1]}``, best first, in
 original image pixels), ``labels`` (text[] of the distinct labels detected, for ``'Person' = ANY(labels)``),
-``n_detections`` and ``max_conf`` (0..1, 0 when nothing was found); provenance ``model`` and
-``weights_sha256``. Defaults follow Ultralytics' predictor: confidence 0.25, NMS IoU 0.45, 300 boxes.
+``n_detections`` and ``max_conf`` (0..1, 0 when nothing was found), ``frames_sampled`` (1 for an image);
+provenance ``model`` and ``weights_sha256``. Defaults follow Ultralytics' predictor: confidence 0.25, NMS IoU 0.45, 300 boxes.
 
 ``model`` is a registry name (``yolov8n-oiv7``) or a local Ultralytics ONNX export (``/models/x.onnx``).
 """
@@ -50,29 +50,31 @@ class ObjectScores:
     labels: list[str]
     n_detections: int
     max_conf: float
+    frames_sampled: int
     model: str
     weights_sha256: str
 
 
-def object_scores(dets, name: str, digest: str) -> ObjectScores:
+def object_scores(frames: list[list], name: str, digest: str) -> ObjectScores:
+    """Scores from the detections of one image (one frame) or of a scene's sampled frames: every
+    detection is kept with its frame index, ``labels`` is the union, ``n_detections`` and ``max_conf``
+    are means over the frames."""
     return ObjectScores(
-        detections=[{"label": d.label, "conf": d.conf, "box": list(d.box)} for d in dets],
-        labels=sorted({d.label for d in dets}), n_detections=len(dets),
-        max_conf=max((d.conf for d in dets), default=0.0), model=name, weights_sha256=digest,
+        detections=[{"frame": i, "label": d.label, "conf": d.conf, "box": list(d.box)}
+                    for i, dets in enumerate(frames) for d in dets],
+        labels=sorted({d.label for dets in frames for d in dets}),
+        n_detections=round(sum(len(dets) for dets in frames) / len(frames)),
+        max_conf=round(sum(max((d.conf for d in dets), default=0.0) for dets in frames) / len(frames), 6),
+        frames_sampled=len(frames), model=name, weights_sha256=digest,
     )
 
 
-class ObjectsStage(Stage):
-    name = "objects"
-    version = "1"
+class ObjectModel(Stage):
+    """What the image and the video objects stages share: the detector, loaded once per actor."""
+
     result_type = ObjectScores
     result_table = "object_results"
     Params = ObjectsParams
-    resources = Resources(cpus=1.0, memory_gb=1.5)
-    batch_size = 16
-    needs_image = True
-    image_draft_size = 640
-    requires = ("probe",)
 
     @classmethod
     def models_for(cls, params: BaseModel) -> tuple[str, ...]:
@@ -85,9 +87,22 @@ class ObjectsStage(Stage):
 
         self._yolo = load_yolo(self.params.model)
 
-    def process(self, items: Sequence[StageItem]) -> list[ObjectScores | ItemFailure]:
+    def _ensure(self) -> None:
         if not hasattr(self, "_yolo"):
             self.setup()
+
+
+class ObjectsStage(ObjectModel):
+    name = "objects"
+    version = "1"
+    resources = Resources(cpus=1.0, memory_gb=1.5)
+    batch_size = 16
+    needs_image = True
+    image_draft_size = 640
+    requires = ("probe",)
+
+    def process(self, items: Sequence[StageItem]) -> list[ObjectScores | ItemFailure]:
+        self._ensure()
         p = self.params
         found = self._yolo.detect([np.asarray(item.image) for item in items], conf=p.conf, iou=p.iou, max_det=p.max_det)
-        return [object_scores(dets, self._yolo.name, self._yolo.weights_sha256) for dets in found]
+        return [object_scores([dets], self._yolo.name, self._yolo.weights_sha256) for dets in found]

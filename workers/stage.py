@@ -140,6 +140,7 @@ _BUILTIN = {
     "video_text": "workers.video_text:VideoTextStage",
     "clip": "workers.clip:ClipStage",
     "objects": "workers.objects:ObjectsStage",
+    "video_objects": "workers.video_objects:VideoObjectsStage",
     "watermark": "workers.watermark:WatermarkStage",
     "video_watermark": "workers.video_watermark:VideoWatermarkStage",
     "video_clip": "workers.video_clip:VideoClipStage",

@@ -1,4 +1,5 @@
-"""Object detections (stage objects); curated_images gains object_labels and n_objects.
+"""Object detections (stages objects and video_objects); both curated views gain object_labels and
+n_objects.
 
 Revision ID: 0006
 Revises: 0005
@@ -24,7 +25,7 @@ def _revision(file: str):
 
 
 def _with_objects(view_sql: str) -> str:
-    """The 0005 view with the object columns appended and their join added."""
+    """A 0005 view with the object columns appended and their join added."""
     select_end = view_sql.index("\nFROM assets a")
     columns = """,
     ob.labels                               AS object_labels,
@@ -39,6 +40,7 @@ def _with_objects(view_sql: str) -> str:
 
 
 CURATED_IMAGES_VIEW = _with_objects(_revision("0005_clip.py").CURATED_IMAGES_VIEW)
+CURATED_SCENES_VIEW = _with_objects(_revision("0005_clip.py").CURATED_SCENES_VIEW)
 
 
 def upgrade() -> None:
@@ -51,6 +53,7 @@ def upgrade() -> None:
             labels text[] NOT NULL,
             n_detections integer NOT NULL,
             max_conf double precision NOT NULL,
+            frames_sampled integer NOT NULL,
             model text NOT NULL,
             weights_sha256 text NOT NULL,
             created_at timestamptz NOT NULL DEFAULT now(),
@@ -59,9 +62,12 @@ def upgrade() -> None:
         """
     )
     op.execute(CURATED_IMAGES_VIEW)
+    op.execute(CURATED_SCENES_VIEW)
 
 
 def downgrade() -> None:
     op.execute("DROP VIEW IF EXISTS curated_images")
+    op.execute("DROP VIEW IF EXISTS curated_scenes")
     op.execute(_revision("0005_clip.py").CURATED_IMAGES_VIEW)
+    op.execute(_revision("0005_clip.py").CURATED_SCENES_VIEW)
     op.execute("DROP TABLE IF EXISTS object_results")

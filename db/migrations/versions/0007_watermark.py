@@ -40,7 +40,7 @@ def _with_watermark(view_sql: str) -> str:
 
 
 CURATED_IMAGES_VIEW = _with_watermark(_revision("0006_objects.py").CURATED_IMAGES_VIEW)
-CURATED_SCENES_VIEW = _with_watermark(_revision("0005_clip.py").CURATED_SCENES_VIEW)
+CURATED_SCENES_VIEW = _with_watermark(_revision("0006_objects.py").CURATED_SCENES_VIEW)
 
 
 def upgrade() -> None:
@@ -69,5 +69,5 @@ def downgrade() -> None:
     op.execute("DROP VIEW IF EXISTS curated_images")
     op.execute("DROP VIEW IF EXISTS curated_scenes")
     op.execute(_revision("0006_objects.py").CURATED_IMAGES_VIEW)
-    op.execute(_revision("0005_clip.py").CURATED_SCENES_VIEW)
+    op.execute(_revision("0006_objects.py").CURATED_SCENES_VIEW)
     op.execute("DROP TABLE IF EXISTS watermark_results")
