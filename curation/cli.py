@@ -103,11 +103,13 @@ def _start_workers(engine: Engine, job_id: int, address: Optional[str], workers:
         spec = JobSpec.model_validate(conn.execute(text("SELECT spec FROM jobs WHERE job_id=:j"), {"j": job_id}).scalar_one())
     ray_init(address or Settings.from_env().ray_address, stages=[s.name for s in spec.stages])
     pools = {}
+    gpus = {s.name: s.gpus for s in spec.stages if s.gpus is not None}
     for stage in spec.stages:
         cls = get_stage(stage.name)
-        pools[stage.name] = workers or stage.workers or default_pool_size(cls, len(spec.stages))
-    console.print("starting workers: " + ", ".join(f"{k} x{v}" for k, v in pools.items()))
-    supervisor = Supervisor(database_url=engine.url.render_as_string(hide_password=False), pools=pools)
+        pools[stage.name] = workers or stage.workers or default_pool_size(cls, len(spec.stages), gpus=stage.gpus)
+    console.print("starting workers: " + ", ".join(f"{k} x{v}" + (f" ({gpus[k]:g} GPU each)" if gpus.get(k) else "")
+                                                   for k, v in pools.items()))
+    supervisor = Supervisor(database_url=engine.url.render_as_string(hide_password=False), pools=pools, gpus=gpus)
     install_sigterm(supervisor.request_stop)
     supervisor.start()
     return supervisor

@@ -68,6 +68,9 @@ class StageSpec(BaseModel):
     name: str = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
     workers: int | None = Field(None, ge=1, description="actors in this stage's pool (default: from resources)")
+    gpus: float | None = Field(None, ge=0, le=8, description="GPUs per actor (default: the stage's resources); "
+                               "a model stage runs on the GPU when its actor has one")
+    batch_size: int | None = Field(None, ge=1, le=4096, description="items per model call (default: the stage's)")
 
 
 class ExportSpec(BaseModel):

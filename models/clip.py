@@ -6,7 +6,7 @@
   ``models/configs/`` (32-d embeddings, 64 px input), random weights. Tests only: loading it needs
   ``CURATION_ALLOW_TINY_MODELS=1``, so a real job can never run it by mistake.
 
-Embeddings are L2-normalised float32. Zero-shot classes: each class is the normalised mean of its
+The model runs on the GPU when the actor has one (``models.device``). Embeddings are L2-normalised float32. Zero-shot classes: each class is the normalised mean of its
 prompts' text embeddings; an image's class is the softmax argmax over ``100 * cos`` (CLIP's logit scale).
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from models.device import torch_device
 from models.registry import MissingWeights, files_digest, require
 
 TINY = "clip-tiny-random"
@@ -41,20 +42,22 @@ class Clip:
     weights_sha256: str
     dim: int
 
+    device: str = "cpu"
+
     def embed_images(self, images) -> np.ndarray:
         import torch
 
-        batch = torch.stack([self.preprocess(img) for img in images])
+        batch = torch.stack([self.preprocess(img) for img in images]).to(self.device)
         with torch.no_grad():
             out = self.model.encode_image(batch).float()
-        return (out / out.norm(dim=-1, keepdim=True)).numpy()
+        return (out / out.norm(dim=-1, keepdim=True)).cpu().numpy()
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         import torch
 
         with torch.no_grad():
-            out = self.model.encode_text(self.tokenizer(texts)).float()
-        return (out / out.norm(dim=-1, keepdim=True)).numpy()
+            out = self.model.encode_text(self.tokenizer(texts).to(self.device)).float()
+        return (out / out.norm(dim=-1, keepdim=True)).cpu().numpy()
 
 
 def load_clip(name: str) -> Clip:
@@ -75,9 +78,10 @@ def load_clip(name: str) -> Clip:
         weights = st.where / next(iter(st.spec.files))
         model, _, preprocess = open_clip.create_model_and_transforms(ARCHITECTURE[name], pretrained=str(weights))
         digest = files_digest(st)
-    model.eval()
+    device = torch_device()
+    model = model.to(device).eval()
     tokenizer = open_clip.get_tokenizer(ARCHITECTURE[name])
-    return Clip(model, preprocess, tokenizer, name, digest, int(model.text_projection.shape[1]))
+    return Clip(model, preprocess, tokenizer, name, digest, int(model.text_projection.shape[1]), device)
 
 
 @dataclass(frozen=True)

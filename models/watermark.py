@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.device import torch_device
 from models.registry import MissingWeights, files_digest, require
 
 TINY = "watermark-tiny-random"
@@ -33,6 +34,7 @@ class WatermarkClassifier:
     name: str
     weights_sha256: str
     watermark_class: int = 1
+    device: str = "cpu"
 
     def probabilities(self, images) -> np.ndarray:
         """P(watermark) per PIL image."""
@@ -44,8 +46,8 @@ class WatermarkClassifier:
              - MEAN) / STD for img in images
         ]).transpose(0, 3, 1, 2)
         with torch.no_grad():
-            logits = self.model(torch.from_numpy(np.ascontiguousarray(batch)))
-        return torch.softmax(logits.float(), dim=1)[:, self.watermark_class].numpy()
+            logits = self.model(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
+        return torch.softmax(logits.float(), dim=1)[:, self.watermark_class].cpu().numpy()
 
 
 def _build(tiny: bool):
@@ -63,7 +65,8 @@ def load_classifier(name: str) -> WatermarkClassifier:
         if os.environ.get("CURATION_ALLOW_TINY_MODELS") != "1":
             raise MissingWeights(f"{TINY} is a random-weight test model; set CURATION_ALLOW_TINY_MODELS=1 only in tests")
         torch.manual_seed(0)
-        return WatermarkClassifier(_build(True).eval(), TINY, "tiny-random")
+        device = torch_device()
+        return WatermarkClassifier(_build(True).to(device).eval(), TINY, "tiny-random", device=device)
     st = require(name)
     state = torch.load(st.where / next(iter(st.spec.files)), map_location="cpu", weights_only=True)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
@@ -73,4 +76,5 @@ def load_classifier(name: str) -> WatermarkClassifier:
         model.fc = torch.nn.Sequential(torch.nn.Linear(model.num_features, hidden), torch.nn.ReLU(),
                                        torch.nn.Linear(hidden, state["fc.2.weight"].shape[0]))
     model.load_state_dict(state)
-    return WatermarkClassifier(model.eval(), name, files_digest(st))
+    device = torch_device()
+    return WatermarkClassifier(model.to(device).eval(), name, files_digest(st), device=device)

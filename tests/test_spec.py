@@ -89,3 +89,26 @@ def test_submit_refuses_unreachable_source_and_bad_predicate(engine, tmp_path, p
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 0
         assert conn.execute(text("SELECT count(*) FROM assets")).scalar_one() == 0
+
+
+def test_stage_gpus_and_batch_size_are_validated():
+    from curation.spec import SpecError, parse_spec
+
+    spec = parse_spec({"name": "x", "modality": "image", "source": {"uri": "/tmp"},
+                       "stages": [{"name": "probe", "batch_size": 8, "gpus": 0.5}]})
+    assert spec.stages[0].batch_size == 8 and spec.stages[0].gpus == 0.5
+    with pytest.raises(SpecError, match=r"stages\.0\.batch_size"):
+        parse_spec({"name": "x", "modality": "image", "source": {"uri": "/tmp"},
+                    "stages": [{"name": "probe", "batch_size": 0}]})
+
+
+def test_models_run_on_the_cpu_when_no_gpu_is_visible(monkeypatch):
+    import torch
+
+    from models.clip import TINY, load_clip
+    from models.device import onnx_providers, torch_device
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    assert torch_device() == "cpu" and onnx_providers()[-1] == "CPUExecutionProvider"
+    assert load_clip(TINY).device == "cpu"

@@ -264,8 +264,9 @@ class StageWorker:
                                    prior={name: got[asset_id] for name, got in priors.items()}))
         # media is fetched one batch at a time (bounded memory), the bytes of a batch concurrently
         # (I/O releases the GIL); decoding stays on this thread, where its time limit works
-        for batch_start in range(0, len(items), stage.batch_size):
-            batch = items[batch_start : batch_start + stage.batch_size]
+        batch_size = plan.spec.stages[index].batch_size or stage.batch_size
+        for batch_start in range(0, len(items), batch_size):
+            batch = items[batch_start : batch_start + batch_size]
             ready: list[StageItem] = []
             for item, failure in zip(batch, self._fetch_batch(stage, batch)):
                 if failure is None:
@@ -498,15 +499,17 @@ def ray_init(address: str | None = None, *, num_cpus: int | None = None, log_to_
         ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 4, needed), **kwargs)
 
 
-def default_pool_size(stage_cls: type[Stage], n_stages: int) -> int:
+def default_pool_size(stage_cls: type[Stage], n_stages: int, *, gpus: float | None = None) -> int:
     """Actors for a stage when the spec does not say: an equal share of the cluster's CPUs (GPUs
-    for GPU stages), divided by what one actor declares; at least one."""
+    for GPU stages), divided by what one actor declares (``gpus`` overrides the stage's GPUs);
+    at least one."""
     import ray
 
     resources = ray.cluster_resources()
-    if stage_cls.resources.gpus > 0:
+    per_actor_gpus = stage_cls.resources.gpus if gpus is None else gpus
+    if per_actor_gpus > 0:
         share = resources.get("GPU", 0.0) / n_stages
-        return max(1, int(share // stage_cls.resources.gpus))
+        return max(1, int(share // per_actor_gpus))
     share = resources.get("CPU", 1.0) / n_stages
     return max(1, int(share // max(stage_cls.resources.cpus, 0.01)))
 
@@ -530,6 +533,7 @@ class Supervisor:
     pools: dict[str, int]
     timing: BrokerTiming = field(default_factory=BrokerTiming.from_env)
     claim_batch: int = 1
+    gpus: dict[str, float] = field(default_factory=dict)  # per stage: GPUs per actor, overriding its resources
     slots: list[_Slot] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -547,7 +551,7 @@ class Supervisor:
         cls = get_stage(slot.stage_ref)
         actor_cls = ray.remote(StageWorker)
         slot.actor = actor_cls.options(
-            num_cpus=cls.resources.cpus, num_gpus=cls.resources.gpus,
+            num_cpus=cls.resources.cpus, num_gpus=self.gpus.get(slot.stage_ref, cls.resources.gpus),
             memory=int(cls.resources.memory_gb * 2**30) if cls.resources.memory_gb else None,
             max_restarts=0, max_task_retries=0,
         ).remote(self.database_url, slot.stage_ref, timing=self.timing, claim_batch=self.claim_batch)
