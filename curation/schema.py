@@ -12,7 +12,7 @@ Tables, by layer:
   0004) ``video_probe_results``, ``scene_split_results`` (the scenes themselves are ``assets`` of kind
   ``scene``), ``video_hash_results`` (+ ``near_duplicates``), ``dynamics_results``, ``video_text_results``;
   ``clip_results`` (images and scenes; pgvector embeddings, migration 0005); ``object_results``
-  (migration 0006); ``watermark_results`` (images and scenes, migration 0007);
+  (migration 0006); ``watermark_results`` (images and scenes, migration 0007); ``motion_results`` (0008);
 - outputs: ``exports``, ``shards`` and ``latents`` (VAE-latent tar shards, migration 0002).
 
 The views users slice on, ``curated_images`` and ``curated_scenes``, are defined in the migrations and
@@ -436,6 +436,19 @@ class WatermarkResult(Base):
     classifier_sha256: Mapped[str] = mapped_column(Text, nullable=False)
     detector_model: Mapped[str | None] = mapped_column(Text)
     detector_sha256: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+
+
+class MotionResult(Base):
+    __tablename__ = "motion_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    camera_motion: Mapped[float] = mapped_column(Double, nullable=False)
+    object_motion: Mapped[float] = mapped_column(Double, nullable=False)
+    light_dynamics: Mapped[float] = mapped_column(Double, nullable=False)
+    frames_sampled: Mapped[int] = mapped_column(Integer, nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = _created()
 
 

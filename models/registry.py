@@ -101,6 +101,16 @@ REGISTRY: dict[str, ModelSpec] = {
             stages=("watermark", "video_watermark"),
             files={"watermark-yolo.onnx": None},
         ),
+        ModelSpec(
+            name="kandinsky-video-motion",
+            family="motion",
+            library="transformers (VideoMAEForVideoClassification, 3 regression outputs)",
+            source="the Kandinsky team's VideoMAE motion predictor (report ref. [82]); place its folder "
+                   "(config.json, model.safetensors) in the weights folder",
+            licence="see the checkpoint's source",
+            stages=("motion",),
+            files={"config.json": None, "model.safetensors": None},
+        ),
     )
 }
 

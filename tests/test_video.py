@@ -418,3 +418,33 @@ def test_video_job_end_to_end(engine, db_url, ray_local, joined, clips, tmp_path
     columns = pq.read_table(files[0]).column_names
     for col in ("start_s", "end_s", "duration_s", "vhash", "ms_ssim_mean", "too_static", "bucket", "fps"):
         assert col in columns
+
+
+def test_motion_stage_scores_a_real_scene_with_the_tiny_videomae(clips, monkeypatch):
+    from models.motion import TINY
+    from workers.motion import MotionParams, MotionStage
+
+    seen: list[float] = []
+
+    def spy(path, times, **kw):
+        seen.extend(times)
+        assert kw["size"] == (32, 32)
+        return frames_at(path, times, **kw)
+
+    monkeypatch.setattr("workers.motion.frames_at", spy)
+    stage = MotionStage(MotionParams(model=TINY))
+    bikes = clips["bikes"]
+    result = stage.process([StageItem(1, str(bikes), path=str(bikes), span=Span(76, 137, 3.04, 5.48))])[0]
+    assert result.frames_sampled == 4 and seen == pytest.approx(evenly_spaced_times(3.04, 5.48, 4))
+    assert all(np.isfinite([result.camera_motion, result.object_motion, result.light_dynamics]))
+    assert result.model == TINY
+    from transformers import VideoMAEForVideoClassification
+
+    assert isinstance(stage._model.model, VideoMAEForVideoClassification)
+    assert stage._model.model.config.num_labels == 3
+    monkeypatch.delenv("CURATION_ALLOW_TINY_MODELS", raising=False)
+    from curation.spec import SpecError, parse_spec
+
+    with pytest.raises(SpecError, match="random-weight test model"):
+        parse_spec({"name": "x", "modality": "video", "source": {"uri": "/tmp"},
+                    "stages": [{"name": "video_probe"}, {"name": "scenes"}, {"name": "motion", "params": {"model": TINY}}]})

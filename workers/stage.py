@@ -141,6 +141,7 @@ _BUILTIN = {
     "clip": "workers.clip:ClipStage",
     "objects": "workers.objects:ObjectsStage",
     "video_objects": "workers.video_objects:VideoObjectsStage",
+    "motion": "workers.motion:MotionStage",
     "watermark": "workers.watermark:WatermarkStage",
     "video_watermark": "workers.video_watermark:VideoWatermarkStage",
     "video_clip": "workers.video_clip:VideoClipStage",

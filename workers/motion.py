@@ -1,0 +1,102 @@
+"""motion — camera movement, object movement and light/colour dynamics of a scene (report §4.4: the
+VideoMAE-based predictor [82]), an optional stage.
+
+The model's ``frames`` (16 for VideoMAE) evenly spaced frames of the scene, resized to its input size,
+go through ``models.motion``; the three regression outputs are stored as ``camera_motion``,
+``object_motion``, ``light_dynamics`` (the model's own scale), with ``frames_sampled`` and provenance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from curation.media import MediaError
+from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times, frames_at
+from workers.stage import ItemFailure, Resources, Stage, StageItem
+
+DEFAULT_MODEL = "kandinsky-video-motion"
+
+
+class MotionParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(DEFAULT_MODEL, description="registry name of the motion model")
+    timeout_s: float = Field(DEFAULT_VIDEO_TIMEOUT_S, gt=0)
+
+    @field_validator("model")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        import os
+
+        from models.motion import TINY
+        from models.registry import REGISTRY
+
+        if v == TINY:
+            if os.environ.get("CURATION_ALLOW_TINY_MODELS") != "1":
+                raise ValueError(f"{TINY} is a random-weight test model and cannot run in a real job")
+            return v
+        if v not in REGISTRY:
+            raise ValueError(f"unknown motion model {v!r}")
+        return v
+
+
+@dataclass(frozen=True)
+class MotionScores:
+    camera_motion: float
+    object_motion: float
+    light_dynamics: float
+    frames_sampled: int
+    model: str
+    weights_sha256: str
+
+
+class MotionStage(Stage):
+    name = "motion"
+    version = "1"
+    modalities = frozenset({"video"})
+    result_type = MotionScores
+    result_table = "motion_results"
+    Params = MotionParams
+    resources = Resources(cpus=1.0, memory_gb=2.0)
+    batch_size = 4
+    max_runtime_s = 3600.0
+    needs_path = True
+
+    @classmethod
+    def models_for(cls, params: BaseModel) -> tuple[str, ...]:
+        from models.registry import REGISTRY
+
+        return (params.model,) if params.model in REGISTRY else ()
+
+    def setup(self) -> None:
+        from models.motion import load_motion
+
+        self._model = load_motion(self.params.model)
+
+    def sample_times(self, item: StageItem) -> list[float]:
+        return evenly_spaced_times(item.span.start_s, item.span.end_s, self._model.frames)
+
+    def process(self, items: Sequence[StageItem]) -> list[MotionScores | ItemFailure]:
+        import numpy as np
+
+        if not hasattr(self, "_model"):
+            self.setup()
+        m = self._model
+        out: list[MotionScores | ItemFailure] = []
+        for item in items:
+            what = f"asset {item.asset_id} ({item.uri})"
+            if item.span is None:
+                out.append(ItemFailure("not_a_scene", f"{what}: motion runs on scenes"))
+                continue
+            try:
+                frames = frames_at(item.path, self.sample_times(item), end_s=item.span.end_s, size=(m.size, m.size),
+                                   timeout_s=self.params.timeout_s, what=what)
+            except MediaError as exc:
+                out.append(ItemFailure(exc.error_class, str(exc)))
+                continue
+            camera, obj, light = (float(v) for v in m.predict([np.stack([f.pixels for f in frames])])[0])
+            out.append(MotionScores(round(camera, 6), round(obj, 6), round(light, 6), len(frames), m.name,
+                                    m.weights_sha256))
+        return out
