@@ -95,6 +95,9 @@ class JobSpec(BaseModel):
     source: SourceSpec
     stages: list[StageSpec] = Field(min_length=1)
     chunk_size: int = Field(64, ge=1, le=100_000, description="files per task for the first stage")
+    video_seconds_per_task: float = Field(
+        600.0, gt=0, description="video: probed videos go on to the scene split in tasks of about this many seconds"
+    )
     scene_seconds_per_task: float = Field(
         120.0, gt=0, description="video: scenes of one video are handed on in tasks of about this many seconds"
     )

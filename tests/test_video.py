@@ -352,7 +352,7 @@ def test_video_job_end_to_end(engine, db_url, ray_local, joined, clips, tmp_path
     job = submit_spec(engine, {
         "name": "video-e2e", "modality": "video", "source": {"uri": str(src), "name": "clips"},
         "stages": [{"name": "video_probe"}, {"name": "scenes"}, {"name": "video_hash"}, {"name": "dynamics"}],
-        "chunk_size": 2, "scene_seconds_per_task": 10,
+        "chunk_size": 2, "scene_seconds_per_task": 10, "video_seconds_per_task": 10,
         "export": {"where": "is_unique", "output": str(tmp_path / "export")},
     })
     run_until_done(engine, db_url, job, {"video_probe": 1, "scenes": 1, "video_hash": 1, "dynamics": 1},
@@ -371,6 +371,8 @@ def test_video_job_end_to_end(engine, db_url, ray_local, joined, clips, tmp_path
             {"j": job}).mappings().all()
         tasks = conn.execute(text("SELECT count(*) FROM task_attempts WHERE job_id=:j AND stage='video_hash'"),
                              {"j": job}).scalar_one()
+        split_tasks = conn.execute(text("SELECT n_items FROM task_attempts WHERE job_id=:j AND stage='scenes' "
+                                        "AND outcome='ok'"), {"j": job}).scalars().all()
     assert outcome[by_uri["zero.mp4"][0]] == "empty_file"
     assert outcome[by_uri["audio_only.mp4"][0]] == "no_video_stream"
     per_video: dict[str, list] = {}
@@ -405,6 +407,9 @@ def test_video_job_end_to_end(engine, db_url, ray_local, joined, clips, tmp_path
     # every scene has dynamics, the scenes went on in tasks of about 10 s
     assert all(s["ms_ssim_pairs"] >= 3 and s["ms_ssim_mean"] is not None for s in scenes)
     assert tasks >= 6
+    # probe tasks held 2 files each; the split got tasks of ~10 s of video: every video of 10 s or more
+    # (joined_b 15 s, joined_c 13 s, long 70 s) alone, the 3.6 s copy alone as the rest of its probe task
+    assert sorted(split_tasks) == [1, 1, 1, 1]
     # export: Parquet grouped by shortest side bucket and source; the duplicate left out
     from curation.export import export_slice
 

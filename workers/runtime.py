@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,6 +294,11 @@ class StageWorker:
             kept = {a for a in survivors}
             write, chunks = self._children_writer(write, stage, results, kept, lease.job_id,
                                                   plan.spec.scene_seconds_per_task)
+        elif next_stage is not None and survivors:
+            seconds = [stage.task_seconds(results[a] if a in results else done[a]) for a in survivors]
+            if all(x is not None for x in seconds):  # e.g. video_probe: the split goes on by duration
+                by_duration = chunk_by_seconds(zip(survivors, seconds), plan.spec.video_seconds_per_task)
+                chunks = lambda: by_duration  # noqa: E731
         ok = with_reconnect(
             lambda: self.broker.complete(lease, self.worker_id, write, survivors=survivors, next_stage=next_stage,
                                          survivor_chunks=chunks),
@@ -432,21 +437,24 @@ class StageWorker:
                 created.extend(zip(ids, (s.duration_s for s in spans)))
             return n
 
-        def chunks() -> list[list[int]]:
-            out: list[list[int]] = []
-            current: list[int] = []
-            total = 0.0
-            for asset_id, seconds in created:
-                current.append(asset_id)
-                total += seconds
-                if total >= seconds_per_task:
-                    out.append(current)
-                    current, total = [], 0.0
-            if current:
-                out.append(current)
-            return out
+        return write_all, lambda: chunk_by_seconds(created, seconds_per_task)
 
-        return write_all, chunks
+
+def chunk_by_seconds(pairs: Iterable[tuple[int, float]], seconds_per_task: float) -> list[list[int]]:
+    """Consecutive assets grouped until each group holds about ``seconds_per_task`` seconds of video
+    (a longer video is a group of its own)."""
+    out: list[list[int]] = []
+    current: list[int] = []
+    total = 0.0
+    for asset_id, seconds in pairs:
+        current.append(asset_id)
+        total += seconds
+        if total >= seconds_per_task:
+            out.append(current)
+            current, total = [], 0.0
+    if current:
+        out.append(current)
+    return out
 
 
 _INSERT_SCENES = text(

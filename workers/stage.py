@@ -121,6 +121,11 @@ class Stage(ABC):
     def process(self, items: Sequence[StageItem]) -> list[Any]:
         """One result (``result_type``) or ``ItemFailure`` per item, in order."""
 
+    def task_seconds(self, result: Any) -> float | None:
+        """Seconds of video an asset holds, when the stage knows it: the next stage's tasks are then
+        sized by duration (``video_seconds_per_task`` of the job) instead of by count."""
+        return None
+
     def keep(self, result: Any) -> bool:
         """Whether the asset goes on to the next stage of the job."""
         return True

@@ -75,6 +75,10 @@ class VideoProbeStage(Stage):
     max_runtime_s = 3600.0
     needs_path = True
 
+    def task_seconds(self, result: VideoProbeScores) -> float:
+        """The scene split's tasks hold about ``video_seconds_per_task`` seconds of video each."""
+        return result.duration_s
+
     def process(self, items: Sequence[StageItem]) -> list[VideoProbeScores | ItemFailure]:
         return [self._probe_one(item) for item in items]
 
