@@ -9,8 +9,10 @@ process, one core's worth of work:
 and prints images/s, the ratio, and the share of pipeline time spent reading+decoding vs in stage
 compute. (The broker and Ray add little per image at 64 images per task; see bench/broker.py.)
 
-It then times the offline-real model stages (quality = BRISQUE, text = PP-OCRv4 detector) on the same
-photos, each on its own: images/s, and the share of time decoding vs in the model.
+It then times the model stages on the same photos, each on its own: images/s, and the share of time
+decoding vs in the model — the offline-real ones (quality = BRISQUE, text = PP-OCRv4 detector, objects =
+a real YOLOv8n ONNX export at 320 px) and the tiny random-weight variants of the others (clip, the
+watermark classifier; real CLIP ViT-B/32 or ResNeXt-101 weights would be far slower on this CPU).
 
   python bench/images.py [--runs 3]
 """
@@ -107,10 +109,24 @@ def main() -> None:
 
 
 def model_stages(uris: list[str]) -> None:
+    import os
+
+    from curation.sample_media import MediaUnavailable, real_yolov8_onnx
     from models.registry import pull
+    from workers.clip import ClipParams, ClipStage
+    from workers.objects import ObjectsParams, ObjectsStage
+    from workers.watermark import WatermarkParams, WatermarkStage
 
     pull("brisque-live")
-    for stage in (QualityStage(), TextStage()):
+    os.environ["CURATION_ALLOW_TINY_MODELS"] = "1"  # a benchmark, not a job: the tiny variants are timed too
+    stages = [QualityStage(), TextStage(), ClipStage(ClipParams(model="clip-tiny-random"))]
+    try:
+        yolo = str(real_yolov8_onnx())
+        stages += [ObjectsStage(ObjectsParams(model=yolo)),
+                   WatermarkStage(WatermarkParams(classifier="watermark-tiny-random", detector=yolo))]
+    except MediaUnavailable as exc:
+        print(f"(objects/watermark skipped: {exc})")
+    for stage in stages:
         stage.setup()
         decode_s = model_s = 0.0
         n = 0
@@ -126,7 +142,9 @@ def model_stages(uris: list[str]) -> None:
             decode_s += t1 - t0
             n += 1
         total = decode_s + model_s
-        print(f"{stage.name:<8} ({stage.models[0]}): {n / total:6.1f} images/s; decoding {decode_s / total * 100:.0f} %, "
+        model = ", ".join(Path(m).name for m in (getattr(stage.params, "model", None), getattr(stage.params, "classifier", None),
+                                                  getattr(stage.params, "detector", None)) if m) or stage.models[0]
+        print(f"{stage.name:<9} ({model}): {n / total:6.1f} images/s; decoding {decode_s / total * 100:.0f} %, "
               f"model {model_s / total * 100:.0f} %")
 
 
