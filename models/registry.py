@@ -65,6 +65,15 @@ REGISTRY: dict[str, ModelSpec] = {
             package_dir="models",
         ),
         ModelSpec(
+            name="craft-mlt-25k",
+            family="text",
+            library="torch (models/craft.py, the authors' module layout)",
+            source="the CRAFT authors' craft_mlt_25k.pth (Clova AI); place it in the weights folder",
+            licence="MIT",
+            stages=("text", "video_text"),
+            files={"craft_mlt_25k.pth": None},
+        ),
+        ModelSpec(
             name="clip-vit-b-32",
             family="clip",
             library="open_clip (ViT-B-32)",

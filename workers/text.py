@@ -1,6 +1,7 @@
 """text — text regions (report §4.2 "Text Filtering": drop images with too many text boxes or too
-much text area). Backend ``ppocrv4``: the PP-OCRv4 detector shipped offline in rapidocr-onnxruntime
-(the report's CRAFT is not built yet).
+much text area). Backends: ``craft`` — the report's CRAFT (``models/craft.py``, weights
+``craft-mlt-25k``, pulled) — and ``ppocrv4`` (default), the PP-OCRv4 detector shipped offline in
+rapidocr-onnxruntime. Both return word/line quadrilaterals.
 
 Scores: ``text_boxes`` (number of detected text lines, >= 0) and ``text_area`` (sum of the boxes' areas
 over the image area, 0..1). Provenance: ``model`` and ``weights_sha256``."""
@@ -12,14 +13,48 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 
 class TextParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    backend: Literal["ppocrv4"] = "ppocrv4"
+    backend: Literal["ppocrv4", "craft"] = "ppocrv4"
+    craft_model: str = Field("craft-mlt-25k", description="CRAFT weights (registry name) for backend craft")
+
+    @field_validator("craft_model")
+    @classmethod
+    def _craft_known(cls, v: str) -> str:
+        import os
+
+        from models.craft import TINY
+
+        if v == TINY and os.environ.get("CURATION_ALLOW_TINY_MODELS") != "1":
+            raise ValueError(f"{TINY} is a random-weight test model and cannot run in a real job")
+        if v != TINY and v != "craft-mlt-25k":
+            raise ValueError(f"unknown CRAFT model {v!r}")
+        return v
+
+
+def text_models(params: TextParams) -> tuple[str, ...]:
+    """Registry models a text backend loads (checked at submission)."""
+    from models.craft import TINY
+
+    if params.backend == "craft":
+        return () if params.craft_model == TINY else (params.craft_model,)
+    return ("ppocrv4-det",)
+
+
+def load_backend(params: TextParams):
+    """A detector with ``detect(rgb) -> [4x2 boxes]``, ``name`` and ``weights_sha256``."""
+    if params.backend == "craft":
+        from models.craft import load_craft
+
+        return load_craft(params.craft_model)
+    from models.ppocr import load_text_detector
+
+    return load_text_detector()
 
 
 @dataclass(frozen=True)
@@ -43,10 +78,12 @@ class TextStage(Stage):
     requires = ("probe",)
     models = ("ppocrv4-det",)
 
-    def setup(self) -> None:
-        from models.ppocr import load_text_detector
+    @classmethod
+    def models_for(cls, params: BaseModel) -> tuple[str, ...]:
+        return text_models(params)
 
-        self._detector = load_text_detector()
+    def setup(self) -> None:
+        self._detector = load_backend(self.params)
 
     def process(self, items: Sequence[StageItem]) -> list[TextScores | ItemFailure]:
         from models.ppocr import polygon_area

@@ -1,32 +1,30 @@
 """video_text — text on a scene's frames (report §4.4: "The number of detected text boxes and their total
 area are averaged over three evenly spaced frames. Scenes with an excessive amount of text are
-filtered"). Backend ``ppocrv4``: the PP-OCRv4 detector shipped offline in rapidocr-onnxruntime, the
-same model and code as the image ``text`` stage (the report's CRAFT is not built yet).
+filtered"). The same detectors and code as the image ``text`` stage.
 
 Scores: ``text_boxes_mean`` (mean number of text lines per sampled frame, >= 0), ``text_area_mean``
 (mean of each frame's box area over its image area, 0..1), ``frames_sampled`` (3 by default, at the
-centres of three equal parts of the scene), and provenance (``model``, ``weights_sha256``).
+centres of three equal parts of the scene), and provenance (``model``, ``weights_sha256``). Backends as
+for the image ``text`` stage (``ppocrv4`` default, ``craft``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from curation.media import MediaError
 from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times, frames_at
 from workers.stage import ItemFailure, Resources, Stage, StageItem
+from workers.text import TextParams, load_backend, text_models
 
 FRAMES = 3  # report §4.4
 ANALYSIS_SHORT_SIDE = 720
 
 
-class VideoTextParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    backend: Literal["ppocrv4"] = "ppocrv4"
+class VideoTextParams(TextParams):
     frames: int = Field(FRAMES, ge=1, le=64, description="evenly spaced frames per scene")
     timeout_s: float = Field(DEFAULT_VIDEO_TIMEOUT_S, gt=0)
 
@@ -53,10 +51,12 @@ class VideoTextStage(Stage):
     needs_path = True
     models = ("ppocrv4-det",)
 
-    def setup(self) -> None:
-        from models.ppocr import load_text_detector
+    @classmethod
+    def models_for(cls, params: BaseModel) -> tuple[str, ...]:
+        return text_models(params)
 
-        self._detector = load_text_detector()
+    def setup(self) -> None:
+        self._detector = load_backend(self.params)
 
     def sample_times(self, item: StageItem) -> list[float]:
         return evenly_spaced_times(item.span.start_s, item.span.end_s, self.params.frames)
