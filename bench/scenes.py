@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from curation.sample_media import ClipPart, build_demo_videos, sample_clips, write_clip  # noqa: E402
 from curation.video import VIDEO_SUFFIXES, frames_at, iter_frames, probe_video  # noqa: E402
-from workers.scenes import ScenesParams, ScenesStage, make_detector  # noqa: E402
-from workers.stage import Span, StageItem  # noqa: E402
+from workers.scenes import ScenesParams, ScenesStage  # noqa: E402
+from workers.stage import StageItem  # noqa: E402
 
 
 def build_clips(dest: Path) -> list[Path]:

@@ -82,3 +82,17 @@ def assert_exactly_one_outcome(engine: Engine, job_id: int, stage: str, result_t
         assert n_ok + n_err == 1, f"asset {asset_id}: {n_ok} result rows and {n_err} error rows"
         outcome[asset_id] = "ok" if n_ok else cls
     return outcome
+
+
+def spy_on_frames(monkeypatch) -> list[float]:
+    """Record the times every scene stage asks frames for (``workers.scene_frames.frames_at``)."""
+    from curation.video import frames_at
+
+    seen: list[float] = []
+
+    def spy(path, times, **kwargs):
+        seen.extend(times)
+        return frames_at(path, times, **kwargs)
+
+    monkeypatch.setattr("workers.scene_frames.frames_at", spy)
+    return seen

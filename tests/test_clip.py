@@ -14,6 +14,7 @@ from curation.spec import SpecError, parse_spec
 from models.clip import TINY, load_clip, load_taxonomies
 from workers.clip import TAXONOMIES, ClipParams, ClipStage
 from workers.stage import Span, StageItem
+from tests.helpers import spy_on_frames
 
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png", "coins.png")
 
@@ -112,13 +113,7 @@ def test_video_clip_embeds_five_evenly_spaced_frames(media_cache, monkeypatch):
         bikes = sample_clips(media_cache)["bikes"]
     except (MediaUnavailable, KeyError) as exc:
         pytest.skip(f"real clips unavailable: {exc}")
-    seen: list[float] = []
-
-    def spy(path, times, **kw):
-        seen.extend(times)
-        return frames_at(path, times, **kw)
-
-    monkeypatch.setattr("workers.video_clip.frames_at", spy)
+    seen = spy_on_frames(monkeypatch)
     stage = VideoClipStage(VideoClipParams(model=TINY))
     item = StageItem(1, str(bikes), path=str(bikes), span=Span(76, 137, 3.04, 5.48))
     result = stage.process([item])[0]

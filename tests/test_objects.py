@@ -13,6 +13,7 @@ from sqlalchemy import text
 from curation.sample_media import MediaUnavailable, real_yolov8_onnx
 from curation.spec import SpecError, parse_spec
 from models.yolo import load_yolo
+from tests.helpers import spy_on_frames
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +99,6 @@ def test_object_model_guards(engine, photo_dir, tmp_path):
 
 def test_scenes_detect_over_five_evenly_spaced_frames(yolo_onnx, media_cache, monkeypatch):
     from curation.sample_media import sample_clips
-    from curation.video import frames_at
     from workers.stage import Span, StageItem
     from workers.video_objects import VideoObjectsParams, VideoObjectsStage
 
@@ -106,13 +106,7 @@ def test_scenes_detect_over_five_evenly_spaced_frames(yolo_onnx, media_cache, mo
         megamind = sample_clips(media_cache)["Megamind"]
     except (MediaUnavailable, KeyError) as exc:
         pytest.skip(f"real clips unavailable: {exc}")
-    seen: list[float] = []
-
-    def spy(path, times, **kw):
-        seen.extend(times)
-        return frames_at(path, times, **kw)
-
-    monkeypatch.setattr("workers.video_objects.frames_at", spy)
+    seen = spy_on_frames(monkeypatch)
     stage = VideoObjectsStage(VideoObjectsParams(model=str(yolo_onnx), conf=0.1))
     result = stage.process([StageItem(1, str(megamind), path=str(megamind), span=Span(0, 98, 0.0417, 4.129))])[0]
     assert result.frames_sampled == 5 and len(seen) == 5

@@ -21,6 +21,8 @@ from workers.scenes import MAX_SCENE_S, MIN_SCENE_S, ScenesParams, constrain, de
 from workers.stage import Span, StageItem
 from workers.video_hash import video_hash_bits
 
+from tests.helpers import spy_on_frames
+
 # bikes.mp4 has real cuts at 30, 76, 137, 187 and 242: parts taken from it stay inside one shot
 
 
@@ -248,7 +250,7 @@ def test_resized_reencoded_and_trimmed_copies_hash_close_and_other_scenes_far(jo
 def test_dynamics_samples_half_a_second_apart():
     stage = DynamicsStage(DynamicsParams())
     item = StageItem(1, "x", span=Span(0, 100, 0.0, 4.0))
-    assert stage.sample_times(item) == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5])
+    assert stage.times(item.span) == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5])
     assert times_at_fps(10.0, 11.2, 2.0) == pytest.approx([10.0, 10.5, 11.0])
 
 
@@ -314,14 +316,7 @@ def test_frame_sampled_stages_use_the_documented_frame_counts(joined, tmp_path, 
     item = StageItem(1, str(path), path=str(path), prior={"video_probe": probe},
                      span=Span(115, 235, 115 / 25, 235 / 25))
     text_stage = VideoTextStage()
-    seen: list[float] = []
-    real_frames_at = frames_at
-
-    def spy(path_, times, **kw):
-        seen.extend(times)
-        return real_frames_at(path_, times, **kw)
-
-    monkeypatch.setattr("workers.video_text.frames_at", spy)
+    seen = spy_on_frames(monkeypatch)
     result = text_stage.process([item])[0]
     assert result.frames_sampled == 3 and len(seen) == 3
     assert seen == pytest.approx([4.6 + 1.6 * k for k in (0.5, 1.5, 2.5)])
@@ -429,14 +424,7 @@ def test_motion_stage_scores_a_real_scene_with_the_tiny_videomae(clips, monkeypa
     from models.motion import TINY
     from workers.motion import MotionParams, MotionStage
 
-    seen: list[float] = []
-
-    def spy(path, times, **kw):
-        seen.extend(times)
-        assert kw["size"] == (32, 32)
-        return frames_at(path, times, **kw)
-
-    monkeypatch.setattr("workers.motion.frames_at", spy)
+    seen = spy_on_frames(monkeypatch)
     stage = MotionStage(MotionParams(model=TINY))
     bikes = clips["bikes"]
     result = stage.process([StageItem(1, str(bikes), path=str(bikes), span=Span(76, 137, 3.04, 5.48))])[0]

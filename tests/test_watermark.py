@@ -13,6 +13,7 @@ from curation.spec import SpecError, parse_spec
 from models.watermark import TINY, load_classifier
 from workers.stage import Span, StageItem
 from workers.watermark import WatermarkParams, WatermarkStage
+from tests.helpers import spy_on_frames
 
 
 @pytest.fixture(scope="session")
@@ -75,13 +76,7 @@ def test_scenes_average_five_evenly_spaced_frames(media_cache, monkeypatch):
         bikes = sample_clips(media_cache)["bikes"]
     except (MediaUnavailable, KeyError) as exc:
         pytest.skip(f"real clips unavailable: {exc}")
-    seen: list[float] = []
-
-    def spy(path, times, **kw):
-        seen.extend(times)
-        return frames_at(path, times, **kw)
-
-    monkeypatch.setattr("workers.video_watermark.frames_at", spy)
+    seen = spy_on_frames(monkeypatch)
     stage = VideoWatermarkStage(VideoWatermarkParams(classifier=TINY, detector=None))
     result = stage.process([StageItem(1, str(bikes), path=str(bikes), span=Span(76, 137, 3.04, 5.48))])[0]
     assert result.frames_sampled == 5 and seen == pytest.approx([3.04 + 2.44 * (k + 0.5) / 5 for k in range(5)])

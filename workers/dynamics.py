@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.media import MediaError
 from curation.ms_ssim import ms_ssim
-from curation.video import DEFAULT_VIDEO_TIMEOUT_S, frames_at, scaled_size, times_at_fps
-from workers.stage import ItemFailure, Resources, Stage, StageItem
+from curation.video import DEFAULT_VIDEO_TIMEOUT_S, scaled_size, times_at_fps
+from workers.scene_frames import scene_frames
+from workers.stage import ItemFailure, Resources, Span, Stage, StageItem
 
 SAMPLE_FPS = 2.0  # report §4.4
 STATIC_ABOVE = 0.98
@@ -79,24 +79,19 @@ class DynamicsStage(Stage):
     needs_path = True
     requires = ("video_probe",)
 
-    def sample_times(self, item: StageItem) -> list[float]:
-        return times_at_fps(item.span.start_s, item.span.end_s, self.params.sample_fps)
+    def times(self, span: Span) -> list[float]:
+        return times_at_fps(span.start_s, span.end_s, self.params.sample_fps)
 
     def process(self, items: Sequence[StageItem]) -> list[DynamicsScores | ItemFailure]:
         out: list[DynamicsScores | ItemFailure] = []
         for item in items:
-            what = f"asset {item.asset_id} ({item.uri})"
-            if item.span is None:
-                out.append(ItemFailure("not_a_scene", f"{what}: dynamics runs on scenes (run the scenes stage first)"))
-                continue
             probe = item.prior["video_probe"]
             coded = (probe.height, probe.width) if probe.rotation in (90, 270) else (probe.width, probe.height)
-            try:  # small videos are scaled up: MS-SSIM's fifth scale needs >= 176 px
-                frames = frames_at(item.path, self.sample_times(item), end_s=item.span.end_s,
-                                   size=scaled_size(*coded, ANALYSIS_SHORT_SIDE, upscale=True), gray=True,
-                                   timeout_s=self.params.timeout_s, what=what)
-            except MediaError as exc:
-                out.append(ItemFailure(exc.error_class, str(exc)))
+            # small videos are scaled up: MS-SSIM's fifth scale needs >= 176 px
+            frames = scene_frames(item, self.name, self.times, gray=True, timeout_s=self.params.timeout_s,
+                                  size=scaled_size(*coded, ANALYSIS_SHORT_SIDE, upscale=True))
+            if isinstance(frames, ItemFailure):
+                out.append(frames)
                 continue
             out.append(dynamics_of([f.pixels for f in frames], self.params.static_above, self.params.dynamic_below))
         return out

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from curation.media import MediaError
-from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times, frames_at
-from workers.stage import ItemFailure, Resources, Stage, StageItem
+from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times
+from workers.scene_frames import scene_frames
+from workers.stage import ItemFailure, Resources, Span, Stage, StageItem
 
 DEFAULT_MODEL = "kandinsky-video-motion"
 
@@ -75,8 +75,8 @@ class MotionStage(Stage):
 
         self._model = load_motion(self.params.model)
 
-    def sample_times(self, item: StageItem) -> list[float]:
-        return evenly_spaced_times(item.span.start_s, item.span.end_s, self._model.frames)
+    def times(self, span: Span) -> list[float]:
+        return evenly_spaced_times(span.start_s, span.end_s, self._model.frames)
 
     def process(self, items: Sequence[StageItem]) -> list[MotionScores | ItemFailure]:
         import numpy as np
@@ -86,15 +86,9 @@ class MotionStage(Stage):
         m = self._model
         out: list[MotionScores | ItemFailure] = []
         for item in items:
-            what = f"asset {item.asset_id} ({item.uri})"
-            if item.span is None:
-                out.append(ItemFailure("not_a_scene", f"{what}: motion runs on scenes"))
-                continue
-            try:
-                frames = frames_at(item.path, self.sample_times(item), end_s=item.span.end_s, size=(m.size, m.size),
-                                   timeout_s=self.params.timeout_s, what=what)
-            except MediaError as exc:
-                out.append(ItemFailure(exc.error_class, str(exc)))
+            frames = scene_frames(item, self.name, self.times, size=(m.size, m.size), timeout_s=self.params.timeout_s)
+            if isinstance(frames, ItemFailure):
+                out.append(frames)
                 continue
             camera, obj, light = (float(v) for v in m.predict([np.stack([f.pixels for f in frames])])[0])
             out.append(MotionScores(round(camera, 6), round(obj, 6), round(light, 6), len(frames), m.name,

@@ -15,10 +15,10 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
-from curation.media import MediaError
-from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times, frames_at
+from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times
 from workers.clip import ClipModelStage, ClipParams, ClipScores, clip_scores
-from workers.stage import ItemFailure, Resources, StageItem
+from workers.scene_frames import scene_frames
+from workers.stage import ItemFailure, Resources, Span, StageItem
 
 FRAMES = 5
 
@@ -38,22 +38,16 @@ class VideoClipStage(ClipModelStage):
     max_runtime_s = 3600.0
     needs_path = True
 
-    def sample_times(self, item: StageItem) -> list[float]:
-        return evenly_spaced_times(item.span.start_s, item.span.end_s, self.params.frames)
+    def times(self, span: Span) -> list[float]:
+        return evenly_spaced_times(span.start_s, span.end_s, self.params.frames)
 
     def process(self, items: Sequence[StageItem]) -> list[ClipScores | ItemFailure]:
         self._ensure()
         out: list[ClipScores | ItemFailure] = []
         for item in items:
-            what = f"asset {item.asset_id} ({item.uri})"
-            if item.span is None:
-                out.append(ItemFailure("not_a_scene", f"{what}: video_clip runs on scenes (run the scenes stage first)"))
-                continue
-            try:
-                frames = frames_at(item.path, self.sample_times(item), end_s=item.span.end_s, short_side=256,
-                                   timeout_s=self.params.timeout_s, what=what)
-            except MediaError as exc:
-                out.append(ItemFailure(exc.error_class, str(exc)))
+            frames = scene_frames(item, self.name, self.times, short_side=256, timeout_s=self.params.timeout_s)
+            if isinstance(frames, ItemFailure):
+                out.append(frames)
                 continue
             per_frame = self._clip.embed_images([Image.fromarray(f.pixels) for f in frames])
             scene = per_frame.mean(axis=0)

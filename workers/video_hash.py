@@ -25,9 +25,9 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.dedup import near_duplicate_indexer
-from curation.media import MediaError
-from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times, frames_at
-from workers.stage import ItemFailure, Resources, Stage, StageItem
+from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times
+from workers.scene_frames import scene_frames
+from workers.stage import ItemFailure, Resources, Span, Stage, StageItem
 
 FRAMES = 16
 HASH_SIDE = 64
@@ -67,19 +67,16 @@ class VideoHashStage(Stage):
     needs_path = True
     indexers = (near_duplicate_indexer("video_hash_results", "vhash", lock_key=4242004),)
 
+    def times(self, span: Span) -> list[float]:
+        return evenly_spaced_times(span.start_s, span.end_s, self.params.frames)
+
     def process(self, items: Sequence[StageItem]) -> list[VideoHashScores | ItemFailure]:
         out: list[VideoHashScores | ItemFailure] = []
         for item in items:
-            what = f"asset {item.asset_id} ({item.uri})"
-            if item.span is None:
-                out.append(ItemFailure("not_a_scene", f"{what}: video_hash runs on scenes (run the scenes stage first)"))
-                continue
-            times = evenly_spaced_times(item.span.start_s, item.span.end_s, self.params.frames)
-            try:
-                frames = frames_at(item.path, times, end_s=item.span.end_s, size=(HASH_SIDE, HASH_SIDE), gray=True,
-                                   timeout_s=self.params.timeout_s, what=what)
-            except MediaError as exc:
-                out.append(ItemFailure(exc.error_class, str(exc)))
+            frames = scene_frames(item, self.name, self.times, size=(HASH_SIDE, HASH_SIDE), gray=True,
+                                  timeout_s=self.params.timeout_s)
+            if isinstance(frames, ItemFailure):
+                out.append(frames)
                 continue
             out.append(VideoHashScores(vhash=video_hash_bits([f.pixels for f in frames]), frames_hashed=len(frames)))
         return out

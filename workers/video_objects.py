@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from curation.media import MediaError
-from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times, frames_at
+from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times
 from workers.objects import ObjectModel, ObjectScores, ObjectsParams, object_scores
-from workers.stage import ItemFailure, Resources, StageItem
+from workers.scene_frames import scene_frames
+from workers.stage import ItemFailure, Resources, Span, StageItem
 
 FRAMES = 5  # report §4.4
 
@@ -32,23 +32,17 @@ class VideoObjectsStage(ObjectModel):
     max_runtime_s = 3600.0
     needs_path = True
 
-    def sample_times(self, item: StageItem) -> list[float]:
-        return evenly_spaced_times(item.span.start_s, item.span.end_s, self.params.frames)
+    def times(self, span: Span) -> list[float]:
+        return evenly_spaced_times(span.start_s, span.end_s, self.params.frames)
 
     def process(self, items: Sequence[StageItem]) -> list[ObjectScores | ItemFailure]:
         self._ensure()
         p = self.params
         out: list[ObjectScores | ItemFailure] = []
         for item in items:
-            what = f"asset {item.asset_id} ({item.uri})"
-            if item.span is None:
-                out.append(ItemFailure("not_a_scene", f"{what}: video_objects runs on scenes"))
-                continue
-            try:
-                frames = frames_at(item.path, self.sample_times(item), end_s=item.span.end_s, short_side=640,
-                                   timeout_s=p.timeout_s, what=what)
-            except MediaError as exc:
-                out.append(ItemFailure(exc.error_class, str(exc)))
+            frames = scene_frames(item, self.name, self.times, short_side=640, timeout_s=p.timeout_s)
+            if isinstance(frames, ItemFailure):
+                out.append(frames)
                 continue
             found = self._yolo.detect([f.pixels for f in frames], conf=p.conf, iou=p.iou, max_det=p.max_det)
             out.append(object_scores(found, self._yolo.name, self._yolo.weights_sha256))

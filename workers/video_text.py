@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
-from curation.media import MediaError
-from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times, frames_at
-from workers.stage import ItemFailure, Resources, Stage, StageItem
+from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times
+from workers.scene_frames import scene_frames
+from workers.stage import ItemFailure, Resources, Span, Stage, StageItem
 from workers.text import TextParams, load_backend, text_models
 
 FRAMES = 3  # report §4.4
@@ -58,8 +58,8 @@ class VideoTextStage(Stage):
     def setup(self) -> None:
         self._detector = load_backend(self.params)
 
-    def sample_times(self, item: StageItem) -> list[float]:
-        return evenly_spaced_times(item.span.start_s, item.span.end_s, self.params.frames)
+    def times(self, span: Span) -> list[float]:
+        return evenly_spaced_times(span.start_s, span.end_s, self.params.frames)
 
     def process(self, items: Sequence[StageItem]) -> list[VideoTextScores | ItemFailure]:
         from models.ppocr import polygon_area
@@ -68,15 +68,10 @@ class VideoTextStage(Stage):
             self.setup()
         out: list[VideoTextScores | ItemFailure] = []
         for item in items:
-            what = f"asset {item.asset_id} ({item.uri})"
-            if item.span is None:
-                out.append(ItemFailure("not_a_scene", f"{what}: video_text runs on scenes (run the scenes stage first)"))
-                continue
-            try:
-                frames = frames_at(item.path, self.sample_times(item), end_s=item.span.end_s,
-                                   short_side=ANALYSIS_SHORT_SIDE, timeout_s=self.params.timeout_s, what=what)
-            except MediaError as exc:
-                out.append(ItemFailure(exc.error_class, str(exc)))
+            frames = scene_frames(item, self.name, self.times, short_side=ANALYSIS_SHORT_SIDE,
+                                  timeout_s=self.params.timeout_s)
+            if isinstance(frames, ItemFailure):
+                out.append(frames)
                 continue
             counts, areas = [], []
             for f in frames:

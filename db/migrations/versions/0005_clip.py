@@ -7,10 +7,13 @@ Revises: 0004
 Create Date: 2026-11-24
 """
 
-import importlib.util
+import sys
 from pathlib import Path
 
 from alembic import op
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from view_snapshots import extend_view, load_revision  # noqa: E402
 
 revision = "0005"
 down_revision = "0004"
@@ -26,31 +29,10 @@ CLIP_COLUMNS = """,
     cl.main_subject_p,
     cl.place_type,
     cl.place_type_p,
-    cl.stage_version                        AS clip_version
-FROM assets a"""
+    cl.stage_version                        AS clip_version"""
 
-CLIP_JOIN = """LEFT JOIN LATERAL (SELECT * FROM clip_results x WHERE x.asset_id = a.asset_id
-                   ORDER BY x.created_at DESC LIMIT 1) cl ON true
--- exact duplicate"""
-
-
-def _revision(file: str):
-    spec = importlib.util.spec_from_file_location(file, Path(__file__).with_name(file))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _with_clip(view_sql: str) -> str:
-    """The earlier view (a snapshot) with the CLIP columns appended and their join added."""
-    select_end = view_sql.index("\nFROM assets a")
-    out = view_sql[:select_end] + CLIP_COLUMNS + view_sql[select_end + len("\nFROM assets a"):]
-    assert out.count("-- exact duplicate") == 1
-    return out.replace("-- exact duplicate", CLIP_JOIN, 1)
-
-
-CURATED_IMAGES_VIEW = _with_clip(_revision("0003_quality_text.py").CURATED_IMAGES_VIEW)
-CURATED_SCENES_VIEW = _with_clip(_revision("0004_video.py").CURATED_SCENES_VIEW)
+CURATED_IMAGES_VIEW = extend_view(load_revision("0003_quality_text.py").CURATED_IMAGES_VIEW, CLIP_COLUMNS, "clip_results", "cl")
+CURATED_SCENES_VIEW = extend_view(load_revision("0004_video.py").CURATED_SCENES_VIEW, CLIP_COLUMNS, "clip_results", "cl")
 
 
 def upgrade() -> None:
@@ -82,6 +64,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP VIEW IF EXISTS curated_images")
     op.execute("DROP VIEW IF EXISTS curated_scenes")
-    op.execute(_revision("0003_quality_text.py").CURATED_IMAGES_VIEW)
-    op.execute(_revision("0004_video.py").CURATED_SCENES_VIEW)
+    op.execute(load_revision("0003_quality_text.py").CURATED_IMAGES_VIEW)
+    op.execute(load_revision("0004_video.py").CURATED_SCENES_VIEW)
     op.execute("DROP TABLE IF EXISTS clip_results")

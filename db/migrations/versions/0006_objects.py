@@ -6,10 +6,13 @@ Revises: 0005
 Create Date: 2026-11-24
 """
 
-import importlib.util
+import sys
 from pathlib import Path
 
 from alembic import op
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from view_snapshots import extend_view, load_revision  # noqa: E402
 
 revision = "0006"
 down_revision = "0005"
@@ -17,30 +20,13 @@ branch_labels = None
 depends_on = None
 
 
-def _revision(file: str):
-    spec = importlib.util.spec_from_file_location(file, Path(__file__).with_name(file))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _with_objects(view_sql: str) -> str:
-    """A 0005 view with the object columns appended and their join added."""
-    select_end = view_sql.index("\nFROM assets a")
-    columns = """,
+OBJECT_COLUMNS = """,
     ob.labels                               AS object_labels,
     ob.n_detections                         AS n_objects,
     ob.stage_version                        AS objects_version"""
-    out = view_sql[:select_end] + columns + view_sql[select_end:]
-    join = """LEFT JOIN LATERAL (SELECT * FROM object_results x WHERE x.asset_id = a.asset_id
-                   ORDER BY x.created_at DESC LIMIT 1) ob ON true
--- exact duplicate"""
-    assert out.count("-- exact duplicate") == 1
-    return out.replace("-- exact duplicate", join, 1)
 
-
-CURATED_IMAGES_VIEW = _with_objects(_revision("0005_clip.py").CURATED_IMAGES_VIEW)
-CURATED_SCENES_VIEW = _with_objects(_revision("0005_clip.py").CURATED_SCENES_VIEW)
+CURATED_IMAGES_VIEW = extend_view(load_revision("0005_clip.py").CURATED_IMAGES_VIEW, OBJECT_COLUMNS, "object_results", "ob")
+CURATED_SCENES_VIEW = extend_view(load_revision("0005_clip.py").CURATED_SCENES_VIEW, OBJECT_COLUMNS, "object_results", "ob")
 
 
 def upgrade() -> None:
@@ -68,6 +54,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP VIEW IF EXISTS curated_images")
     op.execute("DROP VIEW IF EXISTS curated_scenes")
-    op.execute(_revision("0005_clip.py").CURATED_IMAGES_VIEW)
-    op.execute(_revision("0005_clip.py").CURATED_SCENES_VIEW)
+    op.execute(load_revision("0005_clip.py").CURATED_IMAGES_VIEW)
+    op.execute(load_revision("0005_clip.py").CURATED_SCENES_VIEW)
     op.execute("DROP TABLE IF EXISTS object_results")

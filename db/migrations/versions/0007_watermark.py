@@ -5,10 +5,13 @@ Revises: 0006
 Create Date: 2026-11-24
 """
 
-import importlib.util
+import sys
 from pathlib import Path
 
 from alembic import op
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from view_snapshots import extend_view, load_revision  # noqa: E402
 
 revision = "0007"
 down_revision = "0006"
@@ -16,31 +19,16 @@ branch_labels = None
 depends_on = None
 
 
-def _revision(file: str):
-    spec = importlib.util.spec_from_file_location(file, Path(__file__).with_name(file))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _with_watermark(view_sql: str) -> str:
-    """An earlier view (a snapshot) with the watermark columns appended and their join added."""
-    select_end = view_sql.index("\nFROM assets a")
-    columns = """,
+WATERMARK_COLUMNS = """,
     wm.classifier_p                         AS watermark_classifier_p,
     wm.detector_conf                        AS watermark_detector_conf,
     wm.watermark,
     wm.stage_version                        AS watermark_version"""
-    out = view_sql[:select_end] + columns + view_sql[select_end:]
-    join = """LEFT JOIN LATERAL (SELECT * FROM watermark_results x WHERE x.asset_id = a.asset_id
-                   ORDER BY x.created_at DESC LIMIT 1) wm ON true
--- exact duplicate"""
-    assert out.count("-- exact duplicate") == 1
-    return out.replace("-- exact duplicate", join, 1)
 
-
-CURATED_IMAGES_VIEW = _with_watermark(_revision("0006_objects.py").CURATED_IMAGES_VIEW)
-CURATED_SCENES_VIEW = _with_watermark(_revision("0006_objects.py").CURATED_SCENES_VIEW)
+CURATED_IMAGES_VIEW = extend_view(load_revision("0006_objects.py").CURATED_IMAGES_VIEW, WATERMARK_COLUMNS,
+                                  "watermark_results", "wm")
+CURATED_SCENES_VIEW = extend_view(load_revision("0006_objects.py").CURATED_SCENES_VIEW, WATERMARK_COLUMNS,
+                                  "watermark_results", "wm")
 
 
 def upgrade() -> None:
@@ -68,6 +56,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP VIEW IF EXISTS curated_images")
     op.execute("DROP VIEW IF EXISTS curated_scenes")
-    op.execute(_revision("0006_objects.py").CURATED_IMAGES_VIEW)
-    op.execute(_revision("0006_objects.py").CURATED_SCENES_VIEW)
+    op.execute(load_revision("0006_objects.py").CURATED_IMAGES_VIEW)
+    op.execute(load_revision("0006_objects.py").CURATED_SCENES_VIEW)
     op.execute("DROP TABLE IF EXISTS watermark_results")

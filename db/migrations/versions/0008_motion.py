@@ -5,10 +5,13 @@ Revises: 0007
 Create Date: 2026-11-24
 """
 
-import importlib.util
+import sys
 from pathlib import Path
 
 from alembic import op
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from view_snapshots import extend_view, load_revision  # noqa: E402
 
 revision = "0008"
 down_revision = "0007"
@@ -16,29 +19,13 @@ branch_labels = None
 depends_on = None
 
 
-def _revision(file: str):
-    spec = importlib.util.spec_from_file_location(file, Path(__file__).with_name(file))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _with_motion(view_sql: str) -> str:
-    select_end = view_sql.index("\nFROM assets a")
-    columns = """,
+MOTION_COLUMNS = """,
     mo.camera_motion,
     mo.object_motion,
     mo.light_dynamics,
     mo.stage_version                        AS motion_version"""
-    out = view_sql[:select_end] + columns + view_sql[select_end:]
-    join = """LEFT JOIN LATERAL (SELECT * FROM motion_results x WHERE x.asset_id = a.asset_id
-                   ORDER BY x.created_at DESC LIMIT 1) mo ON true
--- exact duplicate"""
-    assert out.count("-- exact duplicate") == 1
-    return out.replace("-- exact duplicate", join, 1)
 
-
-CURATED_SCENES_VIEW = _with_motion(_revision("0007_watermark.py").CURATED_SCENES_VIEW)
+CURATED_SCENES_VIEW = extend_view(load_revision("0007_watermark.py").CURATED_SCENES_VIEW, MOTION_COLUMNS, "motion_results", "mo")
 
 
 def upgrade() -> None:
@@ -62,5 +49,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP VIEW IF EXISTS curated_scenes")
-    op.execute(_revision("0007_watermark.py").CURATED_SCENES_VIEW)
+    op.execute(load_revision("0007_watermark.py").CURATED_SCENES_VIEW)
     op.execute("DROP TABLE IF EXISTS motion_results")
