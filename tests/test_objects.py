@@ -10,18 +10,10 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 
-from curation.sample_media import MediaUnavailable, real_yolov8_onnx
+from curation.sample_media import MediaUnavailable
 from curation.spec import SpecError, parse_spec
 from models.yolo import load_yolo
 from tests.helpers import spy_on_frames
-
-
-@pytest.fixture(scope="session")
-def yolo_onnx(media_cache):
-    try:
-        return real_yolov8_onnx(media_cache)
-    except MediaUnavailable as exc:
-        pytest.skip(f"the real YOLOv8 ONNX test asset is unavailable: {exc}")
 
 
 def test_real_yolov8_finds_the_face_and_maps_boxes_back(yolo_onnx, skimage_dir):

@@ -8,20 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation.sample_media import MediaUnavailable, real_yolov8_onnx
+from curation.sample_media import MediaUnavailable
 from curation.spec import SpecError, parse_spec
 from models.watermark import TINY, load_classifier
 from workers.stage import Span, StageItem
 from workers.watermark import WatermarkParams, WatermarkStage
 from tests.helpers import spy_on_frames
-
-
-@pytest.fixture(scope="session")
-def yolo_onnx(media_cache):
-    try:
-        return real_yolov8_onnx(media_cache)
-    except MediaUnavailable as exc:
-        pytest.skip(f"the real YOLOv8 ONNX test asset is unavailable: {exc}")
 
 
 def test_scores_flag_and_provenance_on_real_photos(skimage_dir, yolo_onnx):
