@@ -32,3 +32,18 @@ def test_local_round_trip_and_missing_file(tmp_path):
         storage.read_bytes(str(tmp_path / "missing.jpg"))
     with pytest.raises(storage.MissingObject):
         list(storage.list_objects(str(tmp_path / "missing")))
+
+
+def test_local_file_downloads_s3_objects_and_names_missing_ones(s3_bucket, tmp_path):
+    uri = f"s3://{s3_bucket}/videos/clip.mp4"
+    storage.write_bytes(uri, b"\x00\x00\x00\x18ftypmp42")
+    path = storage.local_file(uri, tmp_path / "scratch")
+    assert path.read_bytes() == b"\x00\x00\x00\x18ftypmp42" and path.parent == tmp_path / "scratch"
+    with pytest.raises(storage.MissingObject) as info:
+        storage.local_file(f"s3://{s3_bucket}/videos/none.mp4", tmp_path / "scratch")
+    assert "none.mp4" in str(info.value)
+    local = tmp_path / "here.mp4"
+    local.write_bytes(b"x")
+    assert storage.local_file(str(local), tmp_path / "scratch") == local
+    with pytest.raises(storage.MissingObject):
+        storage.local_file(str(tmp_path / "gone.mp4"), tmp_path / "scratch")

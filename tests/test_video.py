@@ -441,3 +441,25 @@ def test_motion_stage_scores_a_real_scene_with_the_tiny_videomae(clips, monkeypa
     with pytest.raises(SpecError, match="random-weight test model"):
         parse_spec({"name": "x", "modality": "video", "source": {"uri": "/tmp"},
                     "stages": [{"name": "video_probe"}, {"name": "scenes"}, {"name": "motion", "params": {"model": TINY}}]})
+
+
+def test_videos_on_s3_are_probed_and_split(engine, db_url, s3_bucket, clips):
+    from curation import storage
+    from curation.planner import submit
+    from curation.spec import parse_spec
+    from workers.runtime import StageWorker
+
+    storage.write_bytes(f"s3://{s3_bucket}/raw/bikes.mp4", clips["bikes"].read_bytes())
+    storage.write_bytes(f"s3://{s3_bucket}/raw/notes.txt", b"not listed: not a video suffix")
+    job = submit(engine, parse_spec({
+        "name": "s3-video", "modality": "video", "source": {"uri": f"s3://{s3_bucket}/raw/"},
+        "stages": [{"name": "video_probe"}, {"name": "scenes"}],
+    })).job_id
+    for stage in ("video_probe", "scenes"):
+        StageWorker(db_url, stage, sweep=False).run(idle_exit_s=1.0)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM jobs WHERE job_id=:j"), {"j": job}).scalar_one() == "completed"
+        cuts = conn.execute(text("SELECT cut_frames FROM scene_split_results")).scalar_one()
+        scenes = conn.execute(text("SELECT start_frame FROM curated_scenes ORDER BY start_frame")).scalars().all()
+    assert cuts == [30, 76, 137, 187, 242]
+    assert scenes == [76, 137, 187]  # [0,30) 1.2 s, [30,76) 1.84 s and [242,250) are under 2 s

@@ -423,6 +423,7 @@ class StageWorker:
         created: list[tuple[int, float]] = []
 
         def write_all(conn: Connection) -> int:
+            created.clear()  # a retried transaction (lost connection) starts again
             n = write(conn)
             for parent, result in results.items():
                 if isinstance(result, ItemFailure) or parent not in kept:
