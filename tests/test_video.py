@@ -463,3 +463,18 @@ def test_videos_on_s3_are_probed_and_split(engine, db_url, s3_bucket, clips):
         scenes = conn.execute(text("SELECT start_frame FROM curated_scenes ORDER BY start_frame")).scalars().all()
     assert cuts == [30, 76, 137, 187, 242]
     assert scenes == [76, 137, 187]  # [0,30) 1.2 s, [30,76) 1.84 s and [242,250) are under 2 s
+
+    # a second job over the same video reuses the probe and the split, and its scenes are its own
+    again = submit(engine, parse_spec({
+        "name": "s3-video-again", "modality": "video", "source": {"uri": f"s3://{s3_bucket}/raw/"},
+        "stages": [{"name": "video_probe"}, {"name": "scenes"}, {"name": "video_hash"}],
+    })).job_id
+    for stage in ("video_probe", "scenes", "video_hash"):
+        StageWorker(db_url, stage, sweep=False).run(idle_exit_s=1.0)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM jobs WHERE job_id=:j"), {"j": again}).scalar_one() == "completed"
+        mine = conn.execute(text("SELECT c.start_frame, c.vhash IS NOT NULL FROM curated_scenes c JOIN job_assets ja "
+                                 "USING (asset_id) WHERE ja.job_id = :j ORDER BY c.start_frame"), {"j": again}).all()
+        splits = conn.execute(text("SELECT count(*) FROM scene_split_results")).scalar_one()
+    assert [tuple(r) for r in mine] == [(76, True), (137, True), (187, True)]
+    assert splits == 1  # not split twice

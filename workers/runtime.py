@@ -292,7 +292,8 @@ class StageWorker:
         chunks = None
         if stage.children_field is not None:
             kept = {a for a in survivors}
-            write, chunks = self._children_writer(write, stage, results, kept, lease.job_id,
+            reused = [a for a in survivors if a in done]  # split by an earlier job: its scenes join this one
+            write, chunks = self._children_writer(write, stage, results, kept, reused, lease.job_id,
                                                   plan.spec.scene_seconds_per_task)
         elif next_stage is not None and survivors:
             seconds = [stage.task_seconds(results[a] if a in results else done[a]) for a in survivors]
@@ -415,11 +416,12 @@ class StageWorker:
     @staticmethod
     def _children_writer(
         write: Callable[[Connection], int], stage: Stage, results: dict[int, Any], kept: set[int],
-        job_id: int, seconds_per_task: float,
+        reused: list[int], job_id: int, seconds_per_task: float,
     ) -> tuple[Callable[[Connection], int], Callable[[], list[list[int]]]]:
         """Wrap ``write``: also store the spans of each kept parent as ``scene`` assets (idempotent on
-        ``(uri, start_frame, end_frame)``) in the job, and hand the next stage chunks of scenes whose
-        total duration is about ``seconds_per_task`` (so one long video spreads over many tasks)."""
+        ``(uri, start_frame, end_frame)``) in the job — for a parent split by an earlier job
+        (``reused``), its existing scenes — and hand the next stage chunks of scenes whose total
+        duration is about ``seconds_per_task`` (so one long video spreads over many tasks)."""
         created: list[tuple[int, float]] = []
 
         def write_all(conn: Connection) -> int:
@@ -436,9 +438,22 @@ class StageWorker:
                     "t0": [s.start_s for s in spans], "t1": [s.end_s for s in spans],
                 }).scalars().all()
                 created.extend(zip(ids, (s.duration_s for s in spans)))
+            for parent in reused:
+                created.extend((r.asset_id, r.seconds) for r in conn.execute(_ADOPT_SCENES, {"parent": parent,
+                                                                                             "job": job_id}))
             return n
 
         return write_all, lambda: chunk_by_seconds(created, seconds_per_task)
+
+
+_ADOPT_SCENES = text(
+    """
+    WITH scene AS (SELECT asset_id, start_frame, end_s - start_s AS seconds FROM assets
+                   WHERE parent_id = :parent AND kind = 'scene'),
+    member AS (INSERT INTO job_assets (job_id, asset_id) SELECT :job, asset_id FROM scene ON CONFLICT DO NOTHING)
+    SELECT asset_id, seconds FROM scene ORDER BY start_frame
+    """
+)
 
 
 def chunk_by_seconds(pairs: Iterable[tuple[int, float]], seconds_per_task: float) -> list[list[int]]:
