@@ -21,16 +21,12 @@ import numpy as np
 import yaml
 
 from models.device import torch_device
-from models.registry import MissingWeights, files_digest, require
+from models.registry import MissingWeights, files_digest, refuse_tiny, require
 
 TINY = "clip-tiny-random"
 CONFIGS = Path(__file__).parent / "configs"
 TAXONOMY = Path(__file__).parent / "data" / "clip_taxonomy.yaml"
 ARCHITECTURE = {"clip-vit-b-32": "ViT-B-32", TINY: TINY}
-
-
-def tiny_allowed() -> bool:
-    return os.environ.get("CURATION_ALLOW_TINY_MODELS") == "1"
 
 
 @dataclass
@@ -66,8 +62,7 @@ def load_clip(name: str) -> Clip:
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     if name == TINY:
-        if not tiny_allowed():
-            raise MissingWeights(f"{TINY} is a random-weight test model; set CURATION_ALLOW_TINY_MODELS=1 only in tests")
+        refuse_tiny(TINY)
         open_clip.add_model_config(CONFIGS / f"{TINY}.json")
         model, _, preprocess = open_clip.create_model_and_transforms(TINY, pretrained=None)
         digest = "tiny-random"

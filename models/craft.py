@@ -22,13 +22,12 @@ minimum-area rectangle, in original image pixels. (These are the authors' publis
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from models.device import torch_device
-from models.registry import MissingWeights, files_digest, require
+from models.registry import files_digest, refuse_tiny, require
 
 TINY = "craft-tiny-random"
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
@@ -182,8 +181,7 @@ def load_craft(name: str) -> CraftDetector:
 
     device = torch_device()
     if name == TINY:
-        if os.environ.get("CURATION_ALLOW_TINY_MODELS") != "1":
-            raise MissingWeights(f"{TINY} is a random-weight test model; set CURATION_ALLOW_TINY_MODELS=1 only in tests")
+        refuse_tiny(TINY)
         torch.manual_seed(0)
         return CraftDetector(build_craft(16).to(device).eval(), TINY, "tiny-random", device)
     st = require(name)

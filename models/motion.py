@@ -13,13 +13,12 @@ Outputs are the model's three regression values in order ``camera, object, light
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from models.device import torch_device
-from models.registry import MissingWeights, files_digest, require
+from models.registry import MissingWeights, files_digest, refuse_tiny, require
 
 TINY = "motion-tiny-random"
 OUTPUTS = ("camera_motion", "object_motion", "light_dynamics")
@@ -52,8 +51,7 @@ def load_motion(name: str) -> MotionModel:
 
     device = torch_device()
     if name == TINY:
-        if os.environ.get("CURATION_ALLOW_TINY_MODELS") != "1":
-            raise MissingWeights(f"{TINY} is a random-weight test model; set CURATION_ALLOW_TINY_MODELS=1 only in tests")
+        refuse_tiny(TINY)
         torch.manual_seed(0)
         config = VideoMAEConfig(image_size=32, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=32,
                                 num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,

@@ -124,6 +124,21 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 
+TINY_ENV = "CURATION_ALLOW_TINY_MODELS"
+
+
+def tiny_allowed() -> bool:
+    """Tiny random-weight test variants run only where the tests set ``CURATION_ALLOW_TINY_MODELS=1``."""
+    return os.environ.get(TINY_ENV) == "1"
+
+
+def refuse_tiny(name: str, error: type[Exception] = MissingWeights) -> None:
+    """Raise ``error`` unless tiny variants are allowed here: a real job never runs random weights."""
+    if not tiny_allowed():
+        raise error(f"{name} is a random-weight test model and cannot run in a real job "
+                    f"(only where {TINY_ENV}=1, as in the tests)")
+
+
 def weights_dir() -> Path:
     return Path(os.environ.get("CURATION_WEIGHTS_DIR") or ".curation/weights").resolve()
 

@@ -14,13 +14,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from models.device import torch_device
-from models.registry import MissingWeights, files_digest, require
+from models.registry import files_digest, refuse_tiny, require
 
 TINY = "watermark-tiny-random"
 INPUT = 256
@@ -62,8 +61,7 @@ def load_classifier(name: str) -> WatermarkClassifier:
     import torch
 
     if name == TINY:
-        if os.environ.get("CURATION_ALLOW_TINY_MODELS") != "1":
-            raise MissingWeights(f"{TINY} is a random-weight test model; set CURATION_ALLOW_TINY_MODELS=1 only in tests")
+        refuse_tiny(TINY)
         torch.manual_seed(0)
         device = torch_device()
         return WatermarkClassifier(_build(True).to(device).eval(), TINY, "tiny-random", device=device)

@@ -34,12 +34,13 @@ class ClipParams(BaseModel):
     @field_validator("model")
     @classmethod
     def _known(cls, v: str) -> str:
-        from models.clip import ARCHITECTURE, TINY, tiny_allowed
+        from models.clip import ARCHITECTURE, TINY
+        from models.registry import refuse_tiny
 
         if v not in ARCHITECTURE:
             raise ValueError(f"unknown CLIP model {v!r}; one of {', '.join(m for m in ARCHITECTURE if m != TINY)}")
-        if v == TINY and not tiny_allowed():
-            raise ValueError(f"{TINY} is a random-weight test model and cannot run in a real job")
+        if v == TINY:
+            refuse_tiny(v, ValueError)
         return v
 
 

@@ -28,14 +28,11 @@ class MotionParams(BaseModel):
     @field_validator("model")
     @classmethod
     def _known(cls, v: str) -> str:
-        import os
-
         from models.motion import TINY
-        from models.registry import REGISTRY
+        from models.registry import REGISTRY, refuse_tiny
 
         if v == TINY:
-            if os.environ.get("CURATION_ALLOW_TINY_MODELS") != "1":
-                raise ValueError(f"{TINY} is a random-weight test model and cannot run in a real job")
+            refuse_tiny(v, ValueError)
             return v
         if v not in REGISTRY:
             raise ValueError(f"unknown motion model {v!r}")

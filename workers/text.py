@@ -26,12 +26,11 @@ class TextParams(BaseModel):
     @field_validator("craft_model")
     @classmethod
     def _craft_known(cls, v: str) -> str:
-        import os
-
         from models.craft import TINY
+        from models.registry import refuse_tiny
 
-        if v == TINY and os.environ.get("CURATION_ALLOW_TINY_MODELS") != "1":
-            raise ValueError(f"{TINY} is a random-weight test model and cannot run in a real job")
+        if v == TINY:
+            refuse_tiny(v, ValueError)
         if v != TINY and v != "craft-mlt-25k":
             raise ValueError(f"unknown CRAFT model {v!r}")
         return v

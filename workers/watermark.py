@@ -36,14 +36,11 @@ class WatermarkParams(BaseModel):
     @field_validator("classifier")
     @classmethod
     def _classifier(cls, v: str) -> str:
-        from models.registry import REGISTRY
+        from models.registry import REGISTRY, refuse_tiny
         from models.watermark import TINY
 
         if v == TINY:
-            import os
-
-            if os.environ.get("CURATION_ALLOW_TINY_MODELS") != "1":
-                raise ValueError(f"{TINY} is a random-weight test model and cannot run in a real job")
+            refuse_tiny(v, ValueError)
             return v
         if v not in REGISTRY:
             raise ValueError(f"unknown classifier {v!r}")
