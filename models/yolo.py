@@ -14,14 +14,13 @@ local ``.onnx`` file directly (then its name is the file name and its checksum t
 from __future__ import annotations
 
 import ast
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from models.device import onnx_providers
-from models.registry import REGISTRY, files_digest, require
+from models.registry import REGISTRY, files_digest, require, sha256_of
 
 LETTERBOX_FILL = 114
 
@@ -90,14 +89,6 @@ class YoloDetector:
         return dets
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def resolve(model: str) -> tuple[Path, str, str]:
     """(onnx path, provenance name, weights sha256) for a registry name or a local ``.onnx`` path."""
     if model in REGISTRY:
@@ -105,7 +96,7 @@ def resolve(model: str) -> tuple[Path, str, str]:
         return st.where / next(iter(st.spec.files)), model, files_digest(st)
     path = Path(model)
     if path.suffix == ".onnx" and path.is_file():
-        return path, path.name, _sha256(path)
+        return path, path.name, sha256_of(path)
     raise FileNotFoundError(f"{model!r} is neither a registry model nor an existing .onnx file")
 
 
