@@ -12,7 +12,8 @@ Tables, by layer:
   0004) ``video_probe_results``, ``scene_split_results`` (the scenes themselves are ``assets`` of kind
   ``scene``), ``video_hash_results`` (+ ``near_duplicates``), ``dynamics_results``, ``video_text_results``;
   ``clip_results`` (images and scenes; pgvector embeddings, migration 0005); ``object_results``
-  (migration 0006); ``watermark_results`` (images and scenes, migration 0007); ``motion_results`` (0008);
+  (migration 0006); ``watermark_results`` (images and scenes, migration 0007); ``motion_results`` (0008); ``topiq_results``,
+  ``qalign_results`` (images and scenes) and ``complexity_results`` (0009);
 - outputs: ``exports``, ``shards`` and ``latents`` (VAE-latent tar shards, migration 0002).
 
 The views users slice on, ``curated_images`` and ``curated_scenes``, are defined in the migrations and
@@ -450,6 +451,54 @@ class MotionResult(Base):
     model: Mapped[str] = mapped_column(Text, nullable=False)
     weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = _created()
+
+
+class TopiqResult(Base):
+    __tablename__ = "topiq_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    topiq_technical: Mapped[float] = mapped_column(Double, nullable=False)
+    topiq_aesthetic: Mapped[float] = mapped_column(Double, nullable=False)
+    technical_model: Mapped[str] = mapped_column(Text, nullable=False)
+    technical_sha256: Mapped[str] = mapped_column(Text, nullable=False)
+    aesthetic_model: Mapped[str] = mapped_column(Text, nullable=False)
+    aesthetic_sha256: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class QAlignResult(Base):
+    """Q-Align ratings (1..5) of an image (``qalign``) or a scene (``video_qalign``)."""
+
+    __tablename__ = "qalign_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    qalign_quality: Mapped[float] = mapped_column(Double, nullable=False)
+    qalign_aesthetic: Mapped[float] = mapped_column(Double, nullable=False)
+    sft_candidate: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    frames_sampled: Mapped[int] = mapped_column(Integer, nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created()
+    __table_args__ = (
+        CheckConstraint("qalign_quality BETWEEN 1 AND 5", name="qalign_results_qalign_quality_check"),
+        CheckConstraint("qalign_aesthetic BETWEEN 1 AND 5", name="qalign_results_qalign_aesthetic_check"),
+    )
+
+
+class ComplexityResult(Base):
+    __tablename__ = "complexity_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    mask_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    mask_coverage: Mapped[float] = mapped_column(Double, nullable=False)
+    edge_density: Mapped[float] = mapped_column(Double, nullable=False)
+    edge_mean: Mapped[float] = mapped_column(Double, nullable=False)
+    complexity: Mapped[float] = mapped_column(Double, nullable=False)
+    too_simple: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created()
+    __table_args__ = (CheckConstraint("mask_count >= 0", name="complexity_results_mask_count_check"),)
 
 
 # --- outputs ---------------------------------------------------------------------------------

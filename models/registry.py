@@ -120,6 +120,55 @@ REGISTRY: dict[str, ModelSpec] = {
             stages=("motion",),
             files={"config.json": None, "model.safetensors": None},
         ),
+        ModelSpec(
+            name="topiq-nr-koniq",
+            family="iqa",
+            library="pyiqa (CFANet, topiq_nr configuration)",
+            source="hf:chaofengc/IQA-PyTorch-Weights",
+            licence="see pyiqa's model zoo (research use)",
+            stages=("topiq",),
+            # pyiqa's file names carry the first 8 hex digits of the file's sha256
+            files={"cfanet_nr_koniq_res50-9a73138b.pth": None},
+        ),
+        ModelSpec(
+            name="topiq-iaa-ava",
+            family="iqa",
+            library="pyiqa (CFANet, topiq_iaa_res50 configuration)",
+            source="hf:chaofengc/IQA-PyTorch-Weights",
+            licence="see pyiqa's model zoo (research use)",
+            stages=("topiq",),
+            files={"cfanet_iaa_ava_res50-3cd62bb3.pth": None},
+        ),
+        ModelSpec(
+            name="qwen2.5-vl-7b-instruct",
+            family="vlm",
+            library="transformers (Qwen2_5_VLForConditionalGeneration + AutoProcessor)",
+            source="hf:Qwen/Qwen2.5-VL-7B-Instruct",
+            licence="Apache-2.0",
+            stages=("qalign", "video_qalign", "train (text encoder)"),
+            files={name: None for name in (
+                "config.json", "generation_config.json", "chat_template.json", "preprocessor_config.json",
+                "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "model.safetensors.index.json",
+                *(f"model-{i:05d}-of-00005.safetensors" for i in range(1, 6)))},
+        ),
+        ModelSpec(
+            name="sam2.1-hiera-tiny",
+            family="segmentation",
+            library="sam2 (build_sam2, configs/sam2.1/sam2.1_hiera_t.yaml)",
+            source="hf:facebook/sam2.1-hiera-tiny",
+            licence="Apache-2.0",
+            stages=("complexity",),
+            files={"sam2.1_hiera_tiny.pt": None},
+        ),
+        ModelSpec(
+            name="sam2.1-hiera-large",
+            family="segmentation",
+            library="sam2 (build_sam2, configs/sam2.1/sam2.1_hiera_l.yaml)",
+            source="hf:facebook/sam2.1-hiera-large",
+            licence="Apache-2.0",
+            stages=("complexity",),
+            files={"sam2.1_hiera_large.pt": None},
+        ),
     )
 }
 
@@ -137,6 +186,17 @@ def refuse_tiny(name: str, error: type[Exception] = MissingWeights) -> None:
     if not tiny_allowed():
         raise error(f"{name} is a random-weight test model and cannot run in a real job "
                     f"(only where {TINY_ENV}=1, as in the tests)")
+
+
+def check_choice(value: str, allowed: tuple[str, ...], tiny: str, what: str) -> str:
+    """Validate a stage's model parameter: one of ``allowed`` registry names, or the ``tiny`` test
+    variant where tiny models are allowed. Raises ``ValueError`` (a spec error) otherwise."""
+    if value == tiny:
+        refuse_tiny(value, ValueError)
+        return value
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; one of {', '.join(allowed)}")
+    return value
 
 
 def weights_dir() -> Path:
@@ -197,9 +257,29 @@ def require(name: str) -> ModelStatus:
     return st
 
 
+def recorded_sha256(path: Path) -> str:
+    """sha256 of an unpinned weights file, kept beside it in ``<file>.sha256`` with the file's size and
+    mtime, so a multi-GB checkpoint is hashed once, not at every actor start."""
+    stat = path.stat()
+    key = f"{stat.st_size} {stat.st_mtime_ns}"
+    record = path.with_name(path.name + ".sha256")
+    try:
+        size_mtime, digest = record.read_text().rsplit(" ", 1)
+        if size_mtime == key:
+            return digest.strip()
+    except (OSError, ValueError):
+        pass
+    digest = sha256_of(path)
+    try:
+        record.write_text(f"{key} {digest}")
+    except OSError:  # a read-only weights folder: hash again next time
+        pass
+    return digest
+
+
 def files_digest(st: ModelStatus) -> str:
     """One checksum for provenance: sha256 over the model's files' sha256s, in name order."""
-    joined = "".join(st.spec.files[f] or sha256_of(st.where / f) for f in sorted(st.spec.files))
+    joined = "".join(st.spec.files[f] or recorded_sha256(st.where / f) for f in sorted(st.spec.files))
     return hashlib.sha256(joined.encode()).hexdigest()
 
 

@@ -1,6 +1,6 @@
 """edges — Sobel edge density, the weight-free half of the report's complexity score (§4.2:
 "a Sobel filter for detailed edge analysis ... filters out overly simple images (e.g., plain
-backgrounds)"). The SAM 2 mask half comes with the model-backed complexity stage.
+backgrounds)"). The ``complexity`` stage combines it with SAM 2 masks.
 
 Scores, on the greyscale image resized so its short side is ``short_side`` px (default 256, so the
 score does not depend on the original resolution):
@@ -33,6 +33,21 @@ class EdgeScores:
     edge_mean: float
 
 
+def sobel_edges(image: Image.Image, short_side: int, threshold: float) -> EdgeScores:
+    """Edge density and mean Sobel magnitude of one image (the greyscale image at ``short_side`` px)."""
+    import kornia
+    import torch
+
+    w, h = image.size
+    scale = short_side / min(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    grey = np.asarray(image.convert("L").resize(size, Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+    with torch.inference_mode():
+        magnitude = kornia.filters.sobel(torch.from_numpy(grey)[None, None], normalized=True, eps=0.0)
+        return EdgeScores(edge_density=round(float((magnitude > threshold).float().mean()), 6),
+                          edge_mean=round(float(magnitude.mean()), 6))
+
+
 class EdgesStage(Stage):
     name = "edges"
     version = "1"
@@ -46,32 +61,9 @@ class EdgesStage(Stage):
     image_draft_size = 256
 
     def setup(self) -> None:
-        import kornia
         import torch
 
         torch.set_num_threads(1)
-        self._torch = torch
-        self._sobel = kornia.filters.sobel
-
-    def _grey(self, image: Image.Image) -> np.ndarray:
-        side = self.params.short_side
-        w, h = image.size
-        scale = side / min(w, h)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        return np.asarray(image.convert("L").resize(size, Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
 
     def process(self, items: Sequence[StageItem]) -> list[EdgeScores | ItemFailure]:
-        if not hasattr(self, "_sobel"):
-            self.setup()
-        out: list[EdgeScores | ItemFailure] = []
-        with self._torch.inference_mode():
-            for item in items:
-                grey = self._torch.from_numpy(self._grey(item.image))[None, None]
-                magnitude = self._sobel(grey, normalized=True, eps=0.0)
-                out.append(
-                    EdgeScores(
-                        edge_density=round(float((magnitude > self.params.threshold).float().mean()), 6),
-                        edge_mean=round(float(magnitude.mean()), 6),
-                    )
-                )
-        return out
+        return [sobel_edges(item.image, self.params.short_side, self.params.threshold) for item in items]

@@ -150,6 +150,10 @@ _BUILTIN = {
     "watermark": "workers.watermark:WatermarkStage",
     "video_watermark": "workers.video_watermark:VideoWatermarkStage",
     "video_clip": "workers.video_clip:VideoClipStage",
+    "topiq": "workers.topiq:TopiqStage",
+    "qalign": "workers.qalign:QAlignStage",
+    "video_qalign": "workers.video_qalign:VideoQAlignStage",
+    "complexity": "workers.complexity:ComplexityStage",
 }
 
 
