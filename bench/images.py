@@ -12,7 +12,8 @@ compute. (The broker and Ray add little per image at 64 images per task; see ben
 It then times the model stages on the same photos, each on its own: images/s, and the share of time
 decoding vs in the model — the offline-real ones (quality = BRISQUE, text = PP-OCRv4 detector, objects =
 a real YOLOv8n ONNX export at 320 px) and the tiny random-weight variants of the others (clip, the
-watermark classifier; real CLIP ViT-B/32 or ResNeXt-101 weights would be far slower on this CPU).
+watermark classifier, TOPIQ (ResNet-18 CFANet), Q-Align (a 2-layer Qwen2.5-VL), SAM 2 complexity (a 5-block
+Hiera at 512 px, 16 points per side, on the first 8 photos); the real weights would be far slower on this CPU).
 
   python bench/images.py [--runs 3]
 """
@@ -114,12 +115,18 @@ def model_stages(uris: list[str]) -> None:
     from curation.sample_media import MediaUnavailable, real_yolov8_onnx
     from models.registry import pull
     from workers.clip import ClipParams, ClipStage
+    from workers.complexity import ComplexityParams, ComplexityStage
+    from workers.qalign import QAlignParams, QAlignStage
+    from workers.topiq import TopiqParams, TopiqStage
     from workers.objects import ObjectsParams, ObjectsStage
     from workers.watermark import WatermarkParams, WatermarkStage
 
     pull("brisque-live")
     os.environ["CURATION_ALLOW_TINY_MODELS"] = "1"  # a benchmark, not a job: the tiny variants are timed too
-    stages = [QualityStage(), TextStage(), ClipStage(ClipParams(model="clip-tiny-random"))]
+    stages = [QualityStage(), TextStage(), ClipStage(ClipParams(model="clip-tiny-random")),
+              TopiqStage(TopiqParams(technical_model="topiq-tiny-random", aesthetic_model="topiq-tiny-random")),
+              QAlignStage(QAlignParams(model="qwen-vl-tiny-random")),
+              ComplexityStage(ComplexityParams(model="sam2-tiny-random"))]
     try:
         yolo = str(real_yolov8_onnx())
         stages += [ObjectsStage(ObjectsParams(model=yolo)),
@@ -130,7 +137,7 @@ def model_stages(uris: list[str]) -> None:
         stage.setup()
         decode_s = model_s = 0.0
         n = 0
-        for uri in uris:
+        for uri in uris[:8] if stage.name == "complexity" else uris:
             t0 = time.perf_counter()
             try:
                 img = decode_image(storage.read_bytes(uri), draft_size=stage.image_draft_size)
@@ -142,9 +149,9 @@ def model_stages(uris: list[str]) -> None:
             decode_s += t1 - t0
             n += 1
         total = decode_s + model_s
-        model = ", ".join(Path(m).name for m in (getattr(stage.params, "model", None), getattr(stage.params, "classifier", None),
-                                                  getattr(stage.params, "detector", None)) if m) or stage.models[0]
-        print(f"{stage.name:<9} ({model}): {n / total:6.1f} images/s; decoding {decode_s / total * 100:.0f} %, "
+        named = [v for k, v in stage.params.model_dump().items() if k.endswith(("model", "classifier", "detector")) and v]
+        model = ", ".join(dict.fromkeys(Path(m).name for m in named)) or stage.models[0]
+        print(f"{stage.name:<10} ({model}): {n / total:6.1f} images/s; decoding {decode_s / total * 100:.0f} %, "
               f"model {model_s / total * 100:.0f} %")
 
 

@@ -429,8 +429,8 @@ def demo(
             pull(name)
         except MissingWeights as exc:
             console.print(f"  {name}: weights not present — {exc}")
-    console.print("  not in this demo: clip, objects, watermark (built; their weights are not offline — see above); "
-                  "TOPIQ/Q-Align, CRAFT, SAM 2 (not built yet)")
+    console.print("  not in this demo: clip, objects, watermark, topiq, qalign, complexity, CRAFT text (built; their "
+                  "weights are not offline — see above)")
     spec = {
         "name": "demo",
         "modality": "image",
@@ -459,8 +459,8 @@ def _demo_video(folder: Path, output: Path, address: str | None) -> None:
     except (MediaUnavailable, MissingWeights) as exc:
         _fail(f"sample media or weights unavailable: {exc}", 1)
     console.print("  " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
-    console.print("  not in this demo: video_clip, video_objects, video_watermark, motion (built; their weights "
-                  "are not offline: curation models list); DOVER, Q-Align, CRAFT (not built yet)")
+    console.print("  not in this demo: video_clip, video_objects, video_watermark, video_qalign, motion, CRAFT text "
+                  "(built; their weights are not offline: curation models list); DOVER (not built yet)")
     spec = {
         "name": "demo-video",
         "modality": "video",
