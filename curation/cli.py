@@ -604,7 +604,7 @@ def models_list() -> None:
     console.print(f"weights dir: {weights_dir()}")
     for name in REGISTRY:
         st = status(name)
-        state = "[green]present, verified[/]" if st.present else f"[red]absent[/]: {st.reason}"
+        state = f"[green]{st.reason}[/]" if st.present else f"[red]absent[/]: {st.reason}"
         console.print(f"[bold]{name}[/]  ({st.spec.family}; stages: {', '.join(st.spec.stages)})", highlight=False)
         console.print(f"  library: {st.spec.library}\n  source:  {st.spec.source}\n  licence: {st.spec.licence}",
                       highlight=False, soft_wrap=True)

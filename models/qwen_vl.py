@@ -5,7 +5,7 @@ rating method of the ``qalign`` stages (``models.qalign``) and the trainer's tex
 - ``qwen2.5-vl-7b-instruct``: ``transformers.Qwen2_5_VLForConditionalGeneration`` and its
   ``AutoProcessor`` loaded with ``from_pretrained`` from the weights folder (a Hugging Face snapshot of
   ``Qwen/Qwen2.5-VL-7B-Instruct``). bfloat16 on a GPU, float32 on the CPU.
-- ``qwen-vl-tiny-random``: the same class from a tiny config (2 text layers of width 32, a 2-block
+- ``qwen-vl-tiny-random``: the same class from a tiny config (2 text layers of width 48, a 2-block
   vision tower of width 32), random weights, with a processor built here: a byte-level BPE tokenizer
   trained on a fixed corpus (so it is the same on every machine) with Qwen's special tokens, Qwen's chat
   format and a ``Qwen2VLImageProcessor`` — tests only (``CURATION_ALLOW_TINY_MODELS=1``).
@@ -20,6 +20,7 @@ from models.registry import files_digest, refuse_tiny, require
 
 REAL = "qwen2.5-vl-7b-instruct"
 TINY = "qwen-vl-tiny-random"
+TINY_HIDDEN = 48  # the tiny CrossDiT's text width (training.configs "tiny": in_text_dim 48)
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>")
@@ -61,17 +62,25 @@ class QwenVL:
         return self.processor.tokenizer
 
 
-def _tiny_processor():
+def byte_level_bpe(special_tokens: tuple[str, ...]):
+    """A small byte-level BPE (``tokenizers``) trained on a fixed corpus: the same on every machine, and
+    the words of this project's prompts are whole tokens, as in the real vocabularies. For tiny models."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     bpe = Tokenizer(models.BPE(unk_token=None))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=list(special_tokens), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator([_CORPUS] * 4, trainer)
+    return bpe
+
+
+def _tiny_processor():
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    bpe = byte_level_bpe(SPECIAL_TOKENS)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                         additional_special_tokens=list(SPECIAL_TOKENS[1:]))
     tokenizer.image_token = "<|image_pad|>"
@@ -87,12 +96,12 @@ def _tiny_model(tokenizer):
 
     ids = tokenizer.convert_tokens_to_ids
     config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=TINY_HIDDEN, intermediate_size=96, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 4, 4]},
                          bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
                          pad_token_id=ids("<|endoftext|>")),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=TINY_HIDDEN,
                            fullatt_block_indexes=[1]),
         image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),

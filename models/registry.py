@@ -152,6 +152,16 @@ REGISTRY: dict[str, ModelSpec] = {
                 *(f"model-{i:05d}-of-00005.safetensors" for i in range(1, 6)))},
         ),
         ModelSpec(
+            name="clip-vit-large-patch14",
+            family="clip",
+            library="transformers (CLIPTextModel + CLIPTokenizer)",
+            source="hf:openai/clip-vit-large-patch14",
+            licence="MIT",
+            stages=("train (text encoder)",),
+            files={name: None for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                                           "vocab.json", "merges.txt", "special_tokens_map.json")},
+        ),
+        ModelSpec(
             name="sam2.1-hiera-tiny",
             family="segmentation",
             library="sam2 (build_sam2, configs/sam2.1/sam2.1_hiera_t.yaml)",
@@ -240,7 +250,7 @@ def status(name: str) -> ModelStatus:
         if expected is not None and sha256_of(path) != expected:
             return ModelStatus(spec, where, False, f"{path}: sha256 differs from the registry")
     pinned = all(v is not None for v in spec.files.values())
-    return ModelStatus(spec, where, True, "verified" if pinned else "present (sha256 not pinned)")
+    return ModelStatus(spec, where, True, "present, verified" if pinned else "present (sha256 not pinned)")
 
 
 def get(name: str) -> ModelSpec:

@@ -2,9 +2,18 @@
 cross-attention (Qwen2.5-VL-7B in the report) and a pooled vector added to the time embedding (CLIP
 ViT-L/14) — behind one small interface, so the trainer does not care which pair it gets.
 
-Only the tiny pair exists yet: ``TinyTextEncoders``, a deterministic random byte-level encoder with the
-tiny model's widths, for tests and CPU smoke runs. The Qwen2.5-VL + CLIP pair (transformers, with the
-report's prompt templates) is still to be written; a run that asks for it fails with that message.
+Pairs (``text_encoders(name)``):
+- ``qwen2.5-vl+clip``: ``QwenClipTextEncoders`` on Qwen2.5-VL-7B-Instruct (``models.qwen_vl``) and CLIP
+  ViT-L/14's text tower (``models.clip_text``), as the Kandinsky 5 code does it: the caption goes into a
+  per-content system-prompt template (``PROMPT_TEMPLATES``, the code's spelling kept — the crop counts
+  depend on it), the last hidden state is taken and the template's prefix, ``CROP_START`` tokens, is cut
+  off; at most ``MAX_LENGTH`` caption tokens (512 for images, 256 for video), padded to the longest in the
+  batch with a key-padding mask. CLIP gets the raw caption, padded to 77, and gives ``pooler_output``.
+- ``tiny-hf``: the same class on the tiny random Qwen2.5-VL and CLIP (widths 48 / 24, the tiny CrossDiT's);
+  the crop is the tokenised prefix length of its own tokenizer — tests only.
+- ``tiny``: ``TinyTextEncoders``, a deterministic random byte-level encoder, for fast tests and CPU smoke runs.
+The unconditional branch (10 % of training samples, and CFG at sampling) is the encoding of ``""``
+through the same template, not zeros (trainer spec §1.7).
 """
 
 from __future__ import annotations
@@ -23,10 +32,43 @@ class TextBatch:
     pooled: torch.Tensor  # [B, in_text_dim2]
 
 
+CONTENT_TYPES = ("image", "video", "image2video", "image_edit")
+
+_VIDEO_LINES = (
+    "Describe how the camera moves or shakes, describe the zoom and view angle, whether it follows the objects.",
+    "Describe the location of the video, main characters or objects and their action.",
+    "Describe the dynamism of the video and presented actions.",
+    "Name the visual style of the video: whether it is a professional footage, user generated content, some kind of "
+    "animation, video game or scren content.",
+    "Describe the visual effects, postprocessing and transitions if they are presented in the video.",
+    "Pay attention to the order of key actions shown in the scene.<|im_end|>",
+    "<|im_start|>user\n{}<|im_end|>",
+)
+# Kandinsky 5's ``PROMPT_TEMPLATE["template"]`` lines, joined with "\n" and formatted with the caption
+PROMPT_TEMPLATES = {
+    "image": "\n".join((
+        "<|im_start|>system\nYou are a promt engineer. Describe the image by detailing the color, shape, size, "
+        "texture, quantity, text, spatial relationships of the objects and background:<|im_end|>",
+        "<|im_start|>user\n{}<|im_end|>")),
+    "video": "\n".join(("<|im_start|>system\nYou are a promt engineer. Describe the video in detail.", *_VIDEO_LINES)),
+    "image2video": "\n".join((
+        "<|im_start|>system\nYou are a promt engineer. Your task is to create a highly detailed and effective video "
+        "description based on a provided input image.", _VIDEO_LINES[0], "Describe main characters actions.",
+        *_VIDEO_LINES[2:])),
+    "image_edit": "\n".join((
+        "<|im_start|>system\nYou are a promt engineer. Based on the provided source image (first image) and target "
+        "image (second image), create an interesting text prompt that can be used together with the source image "
+        "to create the target image:<|im_end|>",
+        "<|im_start|>user\n{}")),
+}
+CROP_START = {"video": 129, "image": 41, "image_edit": 55, "image2video": 132}  # Qwen2.5-VL tokens of the prefix
+MAX_LENGTH = {"image": 512, "image_edit": 512, "video": 256, "image2video": 256}  # caption tokens
+
+
 class TextEncoders(Protocol):
     name: str
 
-    def encode(self, prompts: list[str]) -> TextBatch: ...
+    def encode(self, prompts: list[str], content: str = "image") -> TextBatch: ...
 
 
 class TinyTextEncoders(nn.Module):
@@ -50,7 +92,7 @@ class TinyTextEncoders(nn.Module):
         self.eval()
 
     @torch.no_grad()
-    def encode(self, prompts: list[str]) -> TextBatch:
+    def encode(self, prompts: list[str], content: str = "image") -> TextBatch:
         ids = torch.zeros(len(prompts), self.max_length, dtype=torch.long)
         mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool)
         for i, p in enumerate(prompts):
@@ -63,10 +105,39 @@ class TinyTextEncoders(nn.Module):
         return TextBatch(hidden, mask, pooled)
 
 
+class QwenClipTextEncoders:
+    """Qwen2.5-VL hidden states (cross-attention) + CLIP pooled embedding (time modulation)."""
+
+    def __init__(self, qwen, clip, crop_start: dict[str, int] | None = None):
+        self.qwen, self.clip = qwen, clip
+        self.name = f"{qwen.name}+{clip.name}"
+        tok = qwen.tokenizer
+        self.crop_start = crop_start or {
+            c: len(tok(t.split("{}")[0], add_special_tokens=False)["input_ids"]) for c, t in PROMPT_TEMPLATES.items()}
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str], content: str = "image") -> TextBatch:
+        if content not in PROMPT_TEMPLATES:
+            raise ValueError(f"content must be one of {CONTENT_TYPES}, not {content!r}")
+        crop = self.crop_start[content]
+        texts = [PROMPT_TEMPLATES[content].format(p) for p in prompts]
+        inputs = self.qwen.tokenizer(texts, max_length=MAX_LENGTH[content] + crop, truncation=True, padding=True,
+                                     return_tensors="pt")
+        ids, attn = inputs["input_ids"].to(self.qwen.device), inputs["attention_mask"].to(self.qwen.device)
+        states = self.qwen.model.model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states[-1]
+        hidden, mask = states[:, crop:].float(), attn[:, crop:].bool()
+        return TextBatch(hidden.cpu(), mask.cpu(), self.clip.pooled(prompts).cpu())
+
+
 def text_encoders(name: str, **kwargs) -> TextEncoders:
+    """``tiny`` | ``tiny-hf`` | ``qwen2.5-vl+clip`` (see the module docstring)."""
     if name == "tiny":
         return TinyTextEncoders(**kwargs)
-    raise NotImplementedError(
-        f"text encoder pair {name!r} is not available yet: only 'tiny' (tests and CPU smoke runs) is built; "
-        "the Qwen2.5-VL + CLIP pair is still to be written"
-    )
+    from models import clip_text, qwen_vl
+
+    if name == "tiny-hf":
+        return QwenClipTextEncoders(qwen_vl.load_qwen_vl(qwen_vl.TINY), clip_text.load_clip_text(clip_text.TINY))
+    if name == "qwen2.5-vl+clip":
+        return QwenClipTextEncoders(qwen_vl.load_qwen_vl(qwen_vl.REAL), clip_text.load_clip_text(clip_text.REAL),
+                                    crop_start=CROP_START)
+    raise ValueError(f"unknown text encoder pair {name!r}: one of tiny, tiny-hf, qwen2.5-vl+clip")

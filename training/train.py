@@ -94,12 +94,17 @@ class Trainer:
             raise ValueError(f"unknown model config {cfg.model!r}; choices: {sorted(CONFIGS)}")
         torch.manual_seed(cfg.seed)
         self.model_config = CONFIGS[cfg.model]
+        self.text = text_encoders(cfg.text_encoders)
+        probe = self.text.encode([""])
+        widths = (probe.hidden.shape[-1], probe.pooled.shape[-1])
+        if widths != (self.model_config.in_text_dim, self.model_config.in_text_dim2):
+            raise ValueError(f"text encoders {cfg.text_encoders!r} give widths {widths}; model {cfg.model!r} takes "
+                             f"{(self.model_config.in_text_dim, self.model_config.in_text_dim2)}")
         self.model = CrossDiT(self.model_config)
         self.model.gradient_checkpointing = cfg.gradient_checkpointing
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                                      weight_decay=cfg.weight_decay)
-        self.text = text_encoders(cfg.text_encoders)
         self.loader = LatentLoader(self.shards, t_max=cfg.t_max, image_share=cfg.image_share, seed=cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.rng = random.Random(cfg.seed)
@@ -122,11 +127,12 @@ class Trainer:
             x0 = torch.stack([batch.latents[i] for i in idx])  # [b, T, h, w, C]
             captions = [("" if self.rng.random() < self.cfg.uncond_prob else batch.metas[i].get("caption", ""))
                         for i in idx]
-            text = self.text.encode(captions)
             t = sample_t(len(idx), schedule=self.cfg.t_schedule, generator=self.gen)
             noise = torch.randn(x0.shape, generator=self.gen)
             loss_mask = None
+            content = "video" if T > 1 else "image"  # the prompt template of the text encoder
             if c.visual_cond and T > 1 and self.rng.random() < self.cfg.i2v_share:
+                content = "image2video"
                 first = x0[:, :1]
                 build = lambda x_t: image_to_video_input(x_t, first)  # noqa: E731
                 loss_mask = torch.ones(1, T, 1, 1, 1)
@@ -137,6 +143,7 @@ class Trainer:
                 build = lambda x_t: edit_input(x_t, None)  # noqa: E731 - text-to-image on an editing model
             else:
                 build = lambda x_t: x_t  # noqa: E731
+            text = self.text.encode(captions, content)
 
             def predict(x_t, tt):
                 inputs = ModelInputs(build(x_t), tt, text.hidden, text.mask, text.pooled)
