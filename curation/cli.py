@@ -481,35 +481,41 @@ def _demo_video(folder: Path, output: Path, address: str | None) -> None:
 # --- latents and training -------------------------------------------------------------------------
 
 
-def _vae(vae: str):
-    from training.encode import load_image_vae, tiny_image_vae
+def _vae(vae: str, video: bool = False):
+    from training.encode import load_image_vae, load_video_vae, tiny_image_vae, tiny_video_vae
 
     if vae == "tiny":
         err.print("[bold yellow]warning:[/] --vae tiny is a random-weight test VAE: its latents are for smoke runs "
                   "only (recorded as vae 'tiny-random')")
-        return tiny_image_vae()
+        return tiny_video_vae() if video else tiny_image_vae()
     try:
-        return load_image_vae(vae)
+        return load_video_vae(vae) if video else load_image_vae(vae)
     except (OSError, ValueError) as exc:
-        _fail(f"cannot load the FLUX.1 VAE from {vae!r}: {exc}", 1)
+        _fail(f"cannot load the {'HunyuanVideo' if video else 'FLUX.1'} VAE from {vae!r}: {exc}", 1)
 
 
 @app.command()
 def encode(
     output: str = typer.Option(..., "--output", help="folder or s3:// prefix for the tar shards"),
-    vae: str = typer.Option(..., "--vae", help="local FLUX.1 folder (with vae/), or 'tiny' for a smoke run"),
-    where: str = typer.Option("is_unique AND bucket IS NOT NULL", "--where", help="predicate over curated_images"),
+    vae: str = typer.Option(..., "--vae", help="local FLUX.1 (images) or HunyuanVideo (scenes) folder with vae/, "
+                                               "or 'tiny' for a smoke run"),
+    where: str = typer.Option("is_unique AND bucket IS NOT NULL", "--where", help="predicate over the view"),
+    view: str = typer.Option("curated_images", "--view", help="curated_images or curated_scenes"),
     job: Optional[int] = typer.Option(None, "--job", help="only this job's assets"),
     tier: str = typer.Option("low", "--tier", help="resolution tier: low, medium or high (report Table 4)"),
+    seconds: float = typer.Option(5.0, "--seconds", help="scenes: encode at most this many seconds at 24 fps"),
     limit: Optional[int] = typer.Option(None, "--limit"),
 ) -> None:
-    """Pre-encode a slice of images: nearest resolution bucket → VAE latents → tar shards of the report's
-    sizes (1024 / 256 / 64 latents per tar for low / medium / high); shards and latents are recorded."""
-    from curation.latents import encode_slice
+    """Pre-encode a slice: nearest resolution bucket → VAE latents → tar shards of the report's sizes
+    (images 1024 / 256 / 64 and scenes 16 / 4 / 1 per tar for low / medium / high); shards and latents are
+    recorded. Scenes are sampled at 24 fps for 4k + 1 frames (5 s → 121 frames → 31 latent frames)."""
+    from curation.latents import VIEWS, encode_slice
 
-    model, info = _vae(vae)
+    if view not in VIEWS:
+        _fail(f"--view must be one of {', '.join(VIEWS)}", 2)
+    model, info = _vae(vae, video=view == "curated_scenes")
     result = encode_slice(_engine(), predicate=where, output=output, tier=tier, vae=model, vae_info=info,
-                          job_id=job, limit=limit)
+                          job_id=job, limit=limit, view=view, max_seconds=seconds)
     console.print(f"{result.n_latents} latents in {len(result.shards)} shard(s) under {output}")
 
 
@@ -539,22 +545,34 @@ def sample(
     checkpoint: Path = typer.Argument(..., help="checkpoint file, or a run folder (its latest)"),
     prompt: str = typer.Option(..., "--prompt"),
     vae: str = typer.Option(..., "--vae", help="the VAE the shards were encoded with (folder, or 'tiny')"),
-    out: Path = typer.Option(Path("sample.png"), "--out", help="PNG to write"),
+    out: Path = typer.Option(Path("sample.png"), "--out", help="PNG to write, or .mp4 for a video"),
     height: int = typer.Option(256, "--height"),
     width: int = typer.Option(256, "--width"),
+    seconds: float = typer.Option(5.0, "--seconds", help="video length (.mp4): seconds·24//4 + 1 latent frames"),
     steps: int = typer.Option(50, "--steps"),
-    shift: float = typer.Option(3.0, "--shift", help="timestep shift (report: 3 for images, 10 for video)"),
-    guidance: float = typer.Option(3.5, "--guidance", help="classifier-free guidance weight"),
+    shift: Optional[float] = typer.Option(None, "--shift", help="timestep shift (default: 3 for images, 10 for video)"),
+    guidance: Optional[float] = typer.Option(None, "--guidance",
+                                             help="classifier-free guidance weight (default: 3.5 images, 5 video)"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Generate an image from a checkpoint's EMA weights (shifted Euler + CFG) and write a PNG."""
-    from training.sample import load_model, sample_image
+    """Generate an image (PNG) or a text-to-video clip (MP4, 24 fps) from a checkpoint's EMA weights
+    (shifted Euler + CFG)."""
+    from training.sample import load_model, sample_image, sample_video, write_mp4
+    from training.sampler import IMAGE_GUIDANCE, IMAGE_SHIFT, VIDEO_GUIDANCE, VIDEO_SHIFT
 
     model, cfg = load_model(checkpoint)
-    vae_model, info = _vae(vae)
-    _, image = sample_image(model, cfg, prompt, vae=vae_model, vae_info=info, height=height, width=width,
-                            steps=steps, shift=shift, guidance=guidance, seed=seed)
-    image.save(out)
+    video = out.suffix.lower() == ".mp4"
+    vae_model, info = _vae(vae, video=video)
+    if video:
+        _, frames = sample_video(model, cfg, prompt, vae=vae_model, vae_info=info, height=height, width=width,
+                                 seconds=seconds, steps=steps, shift=VIDEO_SHIFT if shift is None else shift,
+                                 guidance=VIDEO_GUIDANCE if guidance is None else guidance, seed=seed)
+        write_mp4(frames, out)
+    else:
+        _, image = sample_image(model, cfg, prompt, vae=vae_model, vae_info=info, height=height, width=width,
+                                steps=steps, shift=IMAGE_SHIFT if shift is None else shift,
+                                guidance=IMAGE_GUIDANCE if guidance is None else guidance, seed=seed)
+        image.save(out)
     console.print(f"wrote {out}")
 
 

@@ -1,5 +1,6 @@
-"""The platform's encode step: a slice of ``curated_images`` → VAE latents in tar shards (via
-``training.encode``) → every shard and latent recorded in the database (``shards``, ``latents``)."""
+"""The platform's encode step: a slice of ``curated_images`` (FLUX.1 VAE) or ``curated_scenes``
+(HunyuanVideo VAE) → VAE latents in tar shards (via ``training.encode``) → every shard and latent
+recorded in the database (``shards``, ``latents``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, text
 
-from training.encode import ImageRecord, encode_images
+from training.encode import ImageRecord, SceneRecord, encode_images, encode_scenes
 from training.shards import ShardInfo, VaeInfo
 
 
@@ -17,20 +18,35 @@ class EncodeResult:
     n_latents: int
 
 
+VIEWS = {
+    "curated_images": "SELECT c.asset_id, c.uri, c.source FROM curated_images c WHERE ({predicate}) AND c.decoded",
+    "curated_scenes": "SELECT c.asset_id, c.uri, c.source, c.start_s, c.end_s FROM curated_scenes c WHERE ({predicate})",
+}
+
+
 def encode_slice(engine: Engine, *, predicate: str, output: str, tier: str, vae, vae_info: VaeInfo,
-                 job_id: int | None = None, limit: int | None = None,
-                 samples_per_tar: dict[str, int] | None = None) -> EncodeResult:
+                 job_id: int | None = None, limit: int | None = None, view: str = "curated_images",
+                 max_seconds: float = 5.0, samples_per_tar: dict[str, int] | None = None) -> EncodeResult:
+    """Encode the rows of ``view`` matching ``predicate`` (run in a READ ONLY transaction): images with
+    an image VAE, scenes (their first ``max_seconds`` at 24 fps) with a video VAE."""
     if ";" in predicate:
         raise ValueError("the predicate must be a single SQL expression (no ';')")
-    scope = "AND c.asset_id IN (SELECT asset_id FROM job_assets WHERE job_id = :job)" if job_id is not None else ""
-    sql = (f"SELECT c.asset_id, c.uri, c.source FROM curated_images c WHERE ({predicate}) AND c.decoded {scope} "
-           "ORDER BY c.asset_id" + (" LIMIT :limit" if limit else ""))
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {list(VIEWS)}, not {view!r}")
+    scope = " AND c.asset_id IN (SELECT asset_id FROM job_assets WHERE job_id = :job)" if job_id is not None else ""
+    sql = VIEWS[view].format(predicate=predicate) + scope + " ORDER BY c.asset_id" + (" LIMIT :limit" if limit else "")
     with engine.connect() as conn:
         with conn.begin():
             conn.execute(text("SET TRANSACTION READ ONLY"))
             rows = conn.execute(text(sql), {"job": job_id, "limit": limit}).all()
-    records = [ImageRecord(f"a{r.asset_id}", r.uri, {"asset_id": r.asset_id, "source": r.source}) for r in rows]
-    shards = encode_images(records, vae, vae_info, tier=tier, output=output, samples_per_tar=samples_per_tar)
+    if view == "curated_scenes":
+        scenes = [SceneRecord(f"a{r.asset_id}", r.uri, r.start_s, r.end_s, {"asset_id": r.asset_id, "source": r.source})
+                  for r in rows]
+        shards = encode_scenes(scenes, vae, vae_info, tier=tier, output=output, max_seconds=max_seconds,
+                               samples_per_tar=samples_per_tar)
+    else:
+        records = [ImageRecord(f"a{r.asset_id}", r.uri, {"asset_id": r.asset_id, "source": r.source}) for r in rows]
+        shards = encode_images(records, vae, vae_info, tier=tier, output=output, samples_per_tar=samples_per_tar)
     with engine.begin() as conn:
         for s in shards:
             shard_id = conn.execute(

@@ -1,7 +1,14 @@
-"""Pre-encoding (report §6.1.1): images → nearest resolution bucket of a tier → VAE latents → tar
-shards. The FLUX.1 VAE is loaded with diffusers from a local folder or hub id; ``tiny_image_vae()``
-builds the same class (``AutoencoderKL``, FLUX layout: 16 latent channels, no quant convs) with random
-weights for tests — never used silently: its VaeInfo name says ``tiny-random``."""
+"""Pre-encoding (report §6.1.1): images and scenes → nearest resolution bucket of a tier → VAE latents →
+tar shards.
+
+- Images: the FLUX.1 VAE (diffusers ``AutoencoderKL``), ``latent = (z − shift) · scale``.
+- Video: the HunyuanVideo 3D VAE (diffusers ``AutoencoderKLHunyuanVideo``: 16 channels, 4× temporal and
+  8× spatial compression), ``latent = z · 0.476986`` (no shift, as the Kandinsky code's ``encode_video``).
+  A scene is sampled at ``fps`` (24, the models' rate) for ``4k + 1`` frames — at most ``max_seconds``
+  (5 s → 121 frames → 31 latent frames; 10 s → 241 → 61), each frame resized/cropped to the bucket.
+Both VAEs load from a local folder (or a hub id where the hub is reachable); ``tiny_image_vae()`` /
+``tiny_video_vae()`` build the same classes with random weights for tests — never used silently: their
+VaeInfo name says ``tiny-random``."""
 
 from __future__ import annotations
 
@@ -19,6 +26,9 @@ from training.buckets import nearest_bucket, resize_to_bucket
 from training.shards import Sample, ShardInfo, ShardWriter, VaeInfo
 
 FLUX_SCALING, FLUX_SHIFT = 0.3611, 0.1159
+HUNYUAN_SCALING = 0.476986
+VIDEO_FPS = 24
+TEMPORAL_COMPRESSION = 4
 
 
 @dataclass
@@ -73,4 +83,84 @@ def encode_images(records: Iterable[ImageRecord], vae, info: VaeInfo, *, tier: s
         bucket = nearest_bucket(image.height, image.width, tier)
         latent = encode_image(vae, info, resize_to_bucket(image, bucket))
         writer.add(Sample(rec.key, latent, {**rec.meta, "uri": rec.uri, "vae": info.name}), tier=tier, bucket=bucket)
+    return writer.close()
+
+
+# --- video -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SceneRecord:
+    key: str  # dot-free
+    uri: str  # the video
+    start_s: float
+    end_s: float
+    meta: dict
+
+
+def load_video_vae(path: str, subfolder: str | None = "vae"):
+    """The real HunyuanVideo VAE from a local folder (or a hub id where the hub is reachable)."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    vae = AutoencoderKLHunyuanVideo.from_pretrained(path, subfolder=subfolder).eval()
+    return vae, VaeInfo("hunyuanvideo-vae", vae.config.latent_channels, vae.config.scaling_factor, 0.0)
+
+
+def tiny_video_vae(seed: int = 0):
+    """Random-init AutoencoderKLHunyuanVideo (16 channels, 4× temporal, 8× spatial), tiny widths (tests only)."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLHunyuanVideo(latent_channels=16, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+                                    norm_num_groups=4, mid_block_add_attention=False).eval()
+    return vae, VaeInfo("tiny-random-video", 16, HUNYUAN_SCALING, 0.0)
+
+
+def video_frame_count(seconds: float, fps: int = VIDEO_FPS) -> int:
+    """Frames of a ``seconds`` clip as the models count them: ``seconds·fps // 4 · 4 + 1`` (5 s → 121,
+    10 s → 241; the latent has ``seconds·fps // 4 + 1`` frames)."""
+    return int(round(seconds * fps, 6)) // TEMPORAL_COMPRESSION * TEMPORAL_COMPRESSION + 1
+
+
+def scene_frame_count(duration_s: float, max_seconds: float, fps: int = VIDEO_FPS) -> int:
+    """Frames (4k + 1) taken from a scene: ``video_frame_count(max_seconds)`` when the scene is long
+    enough, else the most of that form among the frames it holds."""
+    held = int(round(duration_s * fps, 6))
+    return max(1, min(video_frame_count(max_seconds, fps), (held - 1) // TEMPORAL_COMPRESSION * TEMPORAL_COMPRESSION + 1))
+
+
+@torch.no_grad()
+def encode_video(vae, info: VaeInfo, frames: np.ndarray) -> np.ndarray:
+    """[T', h, w, C] scaled latent (mode) of uint8 RGB frames [T, H, W, 3], T = 4k + 1, already at the bucket size."""
+    if (frames.shape[0] - 1) % TEMPORAL_COMPRESSION:
+        raise ValueError(f"a video latent needs 4k + 1 frames, got {frames.shape[0]}")
+    x = torch.from_numpy(frames.astype(np.float32) / 127.5 - 1.0).permute(3, 0, 1, 2)[None]  # 1, 3, T, H, W
+    z = vae.encode(x).latent_dist.mode() * info.scaling_factor  # 1, C, T', h, w
+    return z[0].permute(1, 2, 3, 0).numpy()
+
+
+def scene_frames_at_fps(path, rec: SceneRecord, *, fps: int, max_seconds: float) -> np.ndarray:
+    from curation.video import frames_at
+
+    times = [rec.start_s + k / fps for k in range(scene_frame_count(rec.end_s - rec.start_s, max_seconds, fps))]
+    frames = frames_at(path, times, end_s=rec.end_s, what=f"{rec.key} ({rec.uri})")
+    return np.stack([f.pixels for f in frames])
+
+
+def encode_scenes(records: Iterable[SceneRecord], vae, info: VaeInfo, *, tier: str, output: str,
+                  fps: int = VIDEO_FPS, max_seconds: float = 5.0, scratch=None,
+                  samples_per_tar: dict[str, int] | None = None) -> list[ShardInfo]:
+    import tempfile
+    from pathlib import Path
+
+    writer = ShardWriter(output, modality="video", vae=info, samples_per_tar=samples_per_tar)
+    with tempfile.TemporaryDirectory() as tmp:
+        for rec in records:
+            path = storage.local_file(rec.uri, Path(scratch or tmp))
+            frames = scene_frames_at_fps(path, rec, fps=fps, max_seconds=max_seconds)
+            bucket = nearest_bucket(frames.shape[1], frames.shape[2], tier)
+            sized = np.stack([np.asarray(resize_to_bucket(Image.fromarray(f), bucket)) for f in frames])
+            latent = encode_video(vae, info, sized)
+            writer.add(Sample(rec.key, latent, {**rec.meta, "uri": rec.uri, "start_s": rec.start_s, "fps": fps,
+                                                "frames": len(frames), "vae": info.name}), tier=tier, bucket=bucket)
     return writer.close()
