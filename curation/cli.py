@@ -523,21 +523,39 @@ def encode(
 def train(
     config: Path = typer.Argument(..., help="training config (YAML; keys of training.train.TrainConfig)"),
     data: str = typer.Option(..., "--data", help="folder or s3:// prefix holding the .tar shards"),
-    out: Path = typer.Option(Path("runs/latest"), "--out", help="checkpoint folder"),
+    out: Path = typer.Option(Path("runs/latest"), "--out", help="checkpoint folder (shared by all workers)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in --out"),
     steps: Optional[int] = typer.Option(None, "--steps", help="stop after this many more steps"),
+    ray_workers: int = typer.Option(0, "--ray-workers", help="train on this many Ray Train workers (FSDP); "
+                                                             "0: in this process"),
+    gpu: bool = typer.Option(False, "--gpu", help="with --ray-workers: one GPU per worker"),
+    address: Optional[str] = AddressOpt,
 ) -> None:
-    """Train CrossDiT on latent shards (flow matching, AdamW, EMA) and write checkpoints to --out."""
+    """Train CrossDiT on latent shards (flow matching, AdamW, EMA) and write checkpoints to --out; with
+    --ray-workers, sharded over a Ray cluster (FSDP/HSDP, sharded asynchronous checkpoints)."""
     from curation import storage
     from training.train import Trainer, TrainConfig, describe
 
     shards = [o.uri for o in storage.list_objects(data) if o.uri.endswith(".tar")]
     if not shards:
         _fail(f"no .tar shards under {data}", 1)
+    if ray_workers:
+        from training.ray_train import train_on_ray
+        from workers.runtime import ray_init
+
+        ray_init(address or Settings.from_env().ray_address, num_cpus=None)
+        metrics = train_on_ray(TrainConfig.load(config), shards, out, workers=ray_workers, use_gpu=gpu, steps=steps,
+                               resume=resume)
+        console.print(f"{ray_workers} Ray workers: step {metrics.get('step')}, loss {metrics.get('loss')}; "
+                      f"checkpoint: {out / (out / 'latest').read_text()}")
+        return
     trainer = Trainer.resume(out, shards, out) if resume else Trainer(TrainConfig.load(config), shards, out)
     console.print(describe(trainer))
     trainer.train(steps, log=console.print)
-    console.print(f"checkpoint: {trainer.save()}")
+    path = trainer.save()
+    if trainer.checkpointer is not None:
+        trainer.checkpointer.wait()
+    console.print(f"checkpoint: {path}")
 
 
 @app.command()

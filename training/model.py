@@ -208,6 +208,7 @@ class CrossDiT(nn.Module):
         self.out_norm = nn.LayerNorm(c.model_dim, elementwise_affine=False)
         self.out_layer = nn.Linear(c.model_dim, c.patch_volume * c.out_visual_dim)
         self.gradient_checkpointing = False
+        self.offload_activations = False  # with checkpointing: keep the saved block inputs in host memory
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -263,6 +264,12 @@ class CrossDiT(nn.Module):
         return unpatchify(out, c.patch_size, c.out_visual_dim)
 
     def _run(self, block, *args):
+        """A block, with per-block activation checkpointing when enabled: only the block's inputs are
+        saved for backward, and with ``offload_activations`` they are moved to (pinned) host memory
+        until backward needs them (report §6.1.3)."""
         if self.gradient_checkpointing and self.training:
+            if self.offload_activations:
+                with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+                    return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
         return block(*args)

@@ -20,10 +20,22 @@ from training.text import text_encoders
 
 
 def load_model(checkpoint: str | Path, *, use_ema: bool = True) -> tuple[CrossDiT, dict]:
+    """The model of a checkpoint file, a sharded (FSDP) checkpoint folder, or a run folder (its latest)."""
     checkpoint = Path(checkpoint)
-    if checkpoint.is_dir():
+    if checkpoint.is_dir() and (checkpoint / "latest").exists():
         checkpoint = checkpoint / (checkpoint / "latest").read_text().strip()
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if checkpoint.is_dir():  # DCP shards: gather them into one state dict in this process
+        import tempfile
+
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as tmp:
+            dcp_to_torch_save(checkpoint, Path(tmp) / "full.pt")
+            state = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=False)
+        extra = torch.load(checkpoint / "extra-rank00000.pt", map_location="cpu", weights_only=False)
+        state.update(config=extra["config"], model_config=extra["model_config"])
+    else:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     model = CrossDiT(CONFIGS[state["model_config"]])
     model.load_state_dict(state["ema" if use_ema else "model"])
     return model.eval(), state["config"]

@@ -3,10 +3,12 @@ linear warm-up, gradient-norm clipping at 1.0, EMA 0.9999, 10 % unconditional sa
 prompt's encoding), and the conditioning regimes mixed with the report's task probabilities.
 
 A checkpoint holds the model, the EMA, the optimizer, the step, the loader's state and every RNG, so a
-resumed run continues exactly where the interrupted one stopped.
+resumed run continues exactly where the interrupted one stopped. Several ranks (torchrun, or Ray Train
+through ``training.ray_train``) train with ``fsdp: true`` — FSDP or HSDP (``hsdp_replicas``) — and write
+sharded, asynchronous torch.distributed.checkpoint folders (``training.distributed``). Per-block
+activation checkpointing can keep the saved block inputs in host memory (``offload_activations``).
 
-Not yet here (see the notes of the issue): FSDP/HSDP and Ray Train, torch.distributed.checkpoint,
-host offload of block inputs, the Qwen2.5-VL + CLIP text pair, instruct-editing pairs.
+Not yet here: instruct-editing pairs as training data.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from training.attention import NablaParams
 from training.conditioning import edit_input, image_to_video_input, text_to_video_input
 from training.configs import CONFIGS
 from training.data import Batch, LatentLoader
+from training.distributed import ShardedCheckpointer, init_from_env, shard_model
 from training.flow import flow_loss, sample_t
 from training.model import CrossDiT, ModelInputs
 from training.soup import update_ema
@@ -54,6 +57,9 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     gradient_checkpointing: bool = False
+    offload_activations: bool = False  # with gradient_checkpointing: block inputs wait in host memory
+    fsdp: bool = False  # shard parameters/gradients/optimizer over the ranks (FSDP2); sharded DCP checkpoints
+    hsdp_replicas: int = 1  # with fsdp: replicate over this many groups, shard within each (HSDP)
     nabla: dict | None = None  # e.g. {"P": 0.9, "wT": 11, "wH": 3, "wW": 3}
     log_every: int = 10
 
@@ -100,12 +106,22 @@ class Trainer:
         if widths != (self.model_config.in_text_dim, self.model_config.in_text_dim2):
             raise ValueError(f"text encoders {cfg.text_encoders!r} give widths {widths}; model {cfg.model!r} takes "
                              f"{(self.model_config.in_text_dim, self.model_config.in_text_dim2)}")
+        self.dist = init_from_env()
+        if self.dist.world > 1 and not cfg.fsdp:
+            raise ValueError(f"{self.dist.world} ranks: set fsdp: true (plain data parallel is not offered)")
         self.model = CrossDiT(self.model_config)
         self.model.gradient_checkpointing = cfg.gradient_checkpointing
+        self.model.offload_activations = cfg.offload_activations
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.checkpointer = None
+        if cfg.fsdp:
+            shard_model(self.model, self.dist, replicas=cfg.hsdp_replicas)
+            shard_model(self.ema, self.dist, replicas=cfg.hsdp_replicas)
+            self.checkpointer = ShardedCheckpointer(self.dist)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                                      weight_decay=cfg.weight_decay)
-        self.loader = LatentLoader(self.shards, t_max=cfg.t_max, image_share=cfg.image_share, seed=cfg.seed)
+        self.loader = LatentLoader(self.shards, t_max=cfg.t_max, image_share=cfg.image_share, seed=cfg.seed,
+                                   rank=self.dist.rank, world=self.dist.world)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.rng = random.Random(cfg.seed)
         self.step_num = 0
@@ -163,7 +179,8 @@ class Trainer:
         loss = self._loss(batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         self.opt.step()
         update_ema(self.ema, self.model, decay=0.0 if self.step_num == 0 else self.cfg.ema_decay)
         self.step_num += 1
@@ -179,7 +196,7 @@ class Trainer:
             for batch in self.loader:
                 progressed = True
                 r = self.train_step(batch)
-                if log and (r.step % self.cfg.log_every == 0 or r.step == target):
+                if log and self.dist.is_main and (r.step % self.cfg.log_every == 0 or r.step == target):
                     log(f"step {r.step}: loss {r.loss:.4f} lr {r.lr:.2e} grad {r.grad_norm:.3f} "
                         f"({r.modality}, {1 / max(r.seconds, 1e-9):.2f} steps/s)")
                 if self.cfg.checkpoint_every and r.step % self.cfg.checkpoint_every == 0:
@@ -188,24 +205,27 @@ class Trainer:
                     break
             if not progressed:
                 raise RuntimeError("the shards yielded no batch (empty, or fewer frames than one batch with drop_last)")
+        if self.checkpointer is not None:
+            self.checkpointer.wait()
         return self.history
 
     # --- checkpoints -------------------------------------------------------------------------------
 
+    def _progress(self) -> dict:
+        return {"config": dataclasses.asdict(self.cfg), "model_config": self.cfg.model, "step": self.step_num,
+                "loader": self.loader.state_dict(), "torch_rng": self.gen.get_state(), "py_rng": self.rng.getstate()}
+
     def save(self, path: Path | None = None) -> Path:
+        """A single file ``step-N.pt``; with ``fsdp`` a folder ``step-N/`` of DCP shards plus one small
+        file per rank, written asynchronously (``latest`` moves when it is complete)."""
+        if self.checkpointer is not None:
+            path = Path(path or self.out_dir / f"step-{self.step_num:07d}")
+            self.checkpointer.save(path, self.model, self.ema, self.opt, self._progress())
+            return path
         path = Path(path or self.out_dir / f"step-{self.step_num:07d}.pt")
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "config": dataclasses.asdict(self.cfg),
-            "model_config": self.cfg.model,
-            "step": self.step_num,
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "opt": self.opt.state_dict(),
-            "loader": self.loader.state_dict(),
-            "torch_rng": self.gen.get_state(),
-            "py_rng": self.rng.getstate(),
-        }
+        state = {**self._progress(), "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                 "opt": self.opt.state_dict()}
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(path)
@@ -215,14 +235,21 @@ class Trainer:
     @classmethod
     def resume(cls, checkpoint: str | Path, shards: list[str], out_dir: Path | None = None) -> "Trainer":
         checkpoint = Path(checkpoint)
-        if checkpoint.is_dir():
+        if checkpoint.is_dir() and (checkpoint / "latest").exists():
             checkpoint = checkpoint / (checkpoint / "latest").read_text().strip()
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if checkpoint.is_dir():  # sharded (fsdp): the same number of ranks resumes it
+            rank = init_from_env().rank
+            state = torch.load(checkpoint / f"extra-rank{rank:05d}.pt", map_location="cpu", weights_only=False)
+        else:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         cfg = TrainConfig(**{**state["config"], "betas": tuple(state["config"]["betas"])})
         trainer = cls(cfg, shards, out_dir or checkpoint.parent)
-        trainer.model.load_state_dict(state["model"])
-        trainer.ema.load_state_dict(state["ema"])
-        trainer.opt.load_state_dict(state["opt"])
+        if trainer.checkpointer is not None:
+            trainer.checkpointer.load(checkpoint, trainer.model, trainer.ema, trainer.opt)
+        else:
+            trainer.model.load_state_dict(state["model"])
+            trainer.ema.load_state_dict(state["ema"])
+            trainer.opt.load_state_dict(state["opt"])
         trainer.loader.load_state_dict(state["loader"])
         trainer.gen.set_state(state["torch_rng"])
         trainer.rng.setstate(state["py_rng"])
