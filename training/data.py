@@ -33,6 +33,7 @@ class Batch:
     keys: list[str]
     latents: list[torch.Tensor]  # each [T, h, w, C]; T may differ between videos of one batch
     metas: list[dict] = field(default_factory=list)
+    references: list[torch.Tensor | None] = field(default_factory=list)  # editing pairs: [1, h, w, C] each
 
     @property
     def total_frames(self) -> int:
@@ -177,7 +178,10 @@ class LatentLoader:
                 break
         return Batch(modality=modality, bucket=(h, w), keys=[i.sample.key for i in chosen],
                      latents=[torch.from_numpy(np.asarray(i.sample.latent, dtype=np.float32)) for i in chosen],
-                     metas=[i.sample.meta for i in chosen])
+                     metas=[i.sample.meta for i in chosen],
+                     references=[None if i.sample.reference is None
+                                 else torch.from_numpy(np.asarray(i.sample.reference, dtype=np.float32))
+                                 for i in chosen])
 
     def _restore_queues(self, queues, queued: dict) -> None:
         by_shard: dict[str, set[str]] = {}

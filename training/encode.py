@@ -86,6 +86,32 @@ def encode_images(records: Iterable[ImageRecord], vae, info: VaeInfo, *, tier: s
     return writer.close()
 
 
+@dataclass
+class EditPair:
+    key: str  # dot-free
+    source_uri: str  # the image to edit
+    target_uri: str  # the edited image
+    instruction: str
+    meta: dict
+
+
+def encode_edit_pairs(pairs: Iterable[EditPair], vae, info: VaeInfo, *, tier: str, output: str,
+                      samples_per_tar: dict[str, int] | None = None) -> list[ShardInfo]:
+    """Instruct-editing pairs (report §6.3): both images resized/cropped to the target's nearest bucket;
+    the sample's latent is the target, its ``reference`` the source, its caption the instruction."""
+    writer = ShardWriter(output, modality="image", vae=info, samples_per_tar=samples_per_tar)
+    for pair in pairs:
+        target = Image.open(io.BytesIO(storage.read_bytes(pair.target_uri)))
+        source = Image.open(io.BytesIO(storage.read_bytes(pair.source_uri)))
+        bucket = nearest_bucket(target.height, target.width, tier)
+        writer.add(Sample(pair.key, encode_image(vae, info, resize_to_bucket(target, bucket)),
+                          {**pair.meta, "caption": pair.instruction, "uri": pair.target_uri,
+                           "source_uri": pair.source_uri, "vae": info.name},
+                          reference=encode_image(vae, info, resize_to_bucket(source, bucket))),
+                   tier=tier, bucket=bucket)
+    return writer.close()
+
+
 # --- video -------------------------------------------------------------------------------------------
 
 

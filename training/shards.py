@@ -5,7 +5,9 @@ sharing a key (the key never contains a dot, so webdataset's ``base_plus_ext`` g
 
 - ``<key>.latent.npy`` — the latent, float16, [T, h, w, C] (images: T = 1), already multiplied by the
   VAE's scaling convention recorded in the index;
-- ``<key>.json`` — asset id, caption (if any), bucket, shape.
+- ``<key>.json`` — asset id, caption (if any), bucket, shape;
+- ``<key>.reference.npy`` — only for an instruct-editing pair: the latent of the source image, float16,
+  [1, h, w, C] (the sample's latent is the edited target, its caption the instruction).
 
 Next to every ``<name>.tar`` is ``<name>.index.json``: the VAE name, its scaling convention, the bucket
 and the members with their shapes. Shards are written to local paths or S3 through curation.storage.
@@ -49,6 +51,7 @@ class Sample:
     key: str
     latent: np.ndarray  # [T, h, w, C]
     meta: dict = field(default_factory=dict)
+    reference: np.ndarray | None = None  # editing pairs: [1, h, w, C] latent of the source image
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ class ShardWriter:
             for s in samples:
                 latent = s.latent.astype(np.float16)
                 _add(tar, f"{s.key}.latent.npy", _npy_bytes(latent))
+                if s.reference is not None:
+                    _add(tar, f"{s.key}.reference.npy", _npy_bytes(s.reference.astype(np.float16)))
                 meta = {**s.meta, "key": s.key, "shape": list(latent.shape), "bucket": list(bucket),
                         "modality": self.modality}
                 _add(tar, f"{s.key}.json", json.dumps(meta).encode())
@@ -124,7 +129,8 @@ class ShardWriter:
         uri = storage.join(self.output, f"{name}.tar")
         storage.write_bytes(uri, data)
         index = {"shard": f"{name}.tar", "modality": self.modality, "tier": tier, "bucket": list(bucket),
-                 "vae": self.vae.to_json(), "samples": [{"key": s.key, "shape": list(s.latent.shape)} for s in samples]}
+                 "vae": self.vae.to_json(), "samples": [{"key": s.key, "shape": list(s.latent.shape), "reference": s.reference is not None}
+                             for s in samples]}
         storage.write_bytes(storage.join(self.output, f"{name}.index.json"), json.dumps(index).encode())
         info = ShardInfo(uri, self.modality, tier, bucket, tuple(s.key for s in samples),
                          tuple(tuple(s.latent.shape) for s in samples), len(data))
@@ -179,4 +185,13 @@ def read_shard(tar_uri: str, *, latent_channels: int | None = None) -> Iterator[
         if tuple(latent.shape) != expected[key] or latent.ndim != 4 or latent.shape[-1] != channels:
             raise ShardError(f"{tar_uri}: sample {key} has latent shape {tuple(latent.shape)}, expected "
                              f"{expected[key]} with {channels} channels")
-        yield Sample(key, latent, meta)
+        reference = None
+        if "reference.npy" in parts[key]:
+            try:
+                reference = np.load(io.BytesIO(parts[key]["reference.npy"]), allow_pickle=False)
+            except (ValueError, OSError) as exc:
+                raise ShardError(f"{tar_uri}: sample {key} has a corrupt reference latent: {exc}") from exc
+            if tuple(reference.shape) != (1, *latent.shape[1:]):
+                raise ShardError(f"{tar_uri}: sample {key} has reference shape {tuple(reference.shape)}, expected "
+                                 f"{(1, *latent.shape[1:])}")
+        yield Sample(key, latent, meta, reference)
