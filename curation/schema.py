@@ -93,7 +93,7 @@ class Asset(Base):
     end_s: Mapped[float | None] = mapped_column(Double)
     created_at: Mapped[datetime] = _created()
     __table_args__ = (
-        CheckConstraint("kind IN ('image', 'video', 'scene')", name="assets_kind_check"),
+        CheckConstraint("kind IN ('image', 'video', 'scene', 'window')", name="assets_kind_check"),
         # one asset per (uri, time range): scenes of one video share the uri
         Index(
             "assets_uri_range_key", "uri", text("coalesce(start_frame, -1)"), text("coalesce(end_frame, -1)"),
@@ -327,6 +327,7 @@ class VideoProbeResult(Base):
     bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
     sha256: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     probe_ms: Mapped[float] = mapped_column(Double, nullable=False)
+    start_s: Mapped[float] = mapped_column(Double, nullable=False, server_default="0")
     created_at: Mapped[datetime] = _created()
     __table_args__ = (Index("video_probe_results_sha256_idx", "sha256"),)
 

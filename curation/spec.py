@@ -88,6 +88,9 @@ class ExportSpec(BaseModel):
         return v
 
 
+MIN_SCENE_WINDOW_S = 120.0  # twice the longest scene: a window is never mistaken for a scene
+
+
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
@@ -100,6 +103,11 @@ class JobSpec(BaseModel):
     )
     scene_seconds_per_task: float = Field(
         120.0, gt=0, description="video: scenes of one video are handed on in tasks of about this many seconds"
+    )
+    scene_window_s: float = Field(
+        600.0, ge=0, description="video: a video longer than this is scene-split in windows of at most this many "
+                                 "seconds, one task each, so one long video spreads over many workers (a cut is "
+                                 "forced at each window edge); 0: never"
     )
     max_attempts: int = Field(5, ge=1, le=100)
     export: ExportSpec | None = None
@@ -129,6 +137,8 @@ class JobSpec(BaseModel):
             if cls.name in seen:
                 errors.append(f"{where}.name: stage {cls.name!r} is listed twice")
             seen.append(cls.name)
+        if 0 < self.scene_window_s < MIN_SCENE_WINDOW_S:
+            errors.append(f"scene_window_s: 0 (never) or at least {MIN_SCENE_WINDOW_S:.0f} s, not {self.scene_window_s}")
         if errors:
             raise ValueError("; ".join(errors))
         return self

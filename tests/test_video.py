@@ -478,3 +478,58 @@ def test_videos_on_s3_are_probed_and_split(engine, db_url, s3_bucket, clips):
         splits = conn.execute(text("SELECT count(*) FROM scene_split_results")).scalar_one()
     assert [tuple(r) for r in mine] == [(76, True), (137, True), (187, True)]
     assert splits == 1  # not split twice
+
+
+def test_a_long_video_is_split_in_windows_one_task_each(engine, db_url, clips, tmp_path):
+    from curation.planner import submit
+    from curation.spec import SpecError, parse_spec
+    from workers.runtime import StageWorker
+
+    # 180 s at 10 fps: vtest forwards and backwards (continuous, 159 s), then bigbuckbunny: one cut at 1590
+    d = tmp_path / "long"
+    d.mkdir()
+    vt = clips["vtest"]
+    write_clip([ClipPart(vt, 0, 795), ClipPart(vt, 0, 795, reverse=True), ClipPart(clips["bigbuckbunny"], 0, 132),
+                ClipPart(clips["bigbuckbunny"], 0, 78)], d / "long.mp4", size=(160, 120), fps=10)
+    spec = {"name": "windows", "modality": "video", "source": {"uri": str(d)}, "scene_window_s": 120,
+            "stages": [{"name": "video_probe"}, {"name": "scenes"}]}
+    with pytest.raises(SpecError, match="scene_window_s"):
+        parse_spec({**spec, "scene_window_s": 30})
+    job = submit(engine, parse_spec(spec)).job_id
+    for stage in ("video_probe", "scenes"):
+        StageWorker(db_url, stage, sweep=False).run(idle_exit_s=1.0)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM jobs WHERE job_id=:j"), {"j": job}).scalar_one() == "completed"
+        video = conn.execute(text("SELECT asset_id FROM assets WHERE kind = 'video'")).scalar_one()
+        windows = conn.execute(text("SELECT asset_id, parent_id, start_frame, end_frame, start_s, end_s FROM assets "
+                                    "WHERE kind = 'window' ORDER BY start_frame")).all()
+        scene_tasks = conn.execute(text("SELECT count(DISTINCT task_id) FROM task_attempts "
+                                        "WHERE stage = 'scenes' AND job_id = :j"), {"j": job}).scalar_one()
+        split_rows = conn.execute(text("SELECT asset_id, cut_frames FROM scene_split_results ORDER BY asset_id")).all()
+        scenes = conn.execute(text("SELECT video_id, start_frame, end_frame, duration_s FROM curated_scenes "
+                                   "ORDER BY start_frame")).all()
+        members = conn.execute(text("SELECT a.kind, count(*) FROM job_assets ja JOIN assets a USING (asset_id) "
+                                    "WHERE ja.job_id = :j GROUP BY a.kind ORDER BY a.kind"), {"j": job}).all()
+    # two windows of 90 s, each scene-split by a task of its own
+    assert [(w.parent_id, w.start_frame, w.end_frame) for w in windows] == [(video, 0, 900), (video, 900, 1800)]
+    assert windows[0].end_s == windows[1].start_s == pytest.approx(89.95)
+    assert scene_tasks == 2 and [r.asset_id for r in split_rows] == [w.asset_id for w in windows]
+    assert any(abs(c - 1590) <= 1 for c in split_rows[1].cut_frames) and split_rows[0].cut_frames == []
+    # scenes belong to the video, cover it without gaps, obey 2-60 s, and are cut at the window edge
+    assert all(s.video_id == video and 2.0 <= s.duration_s <= 60.0 for s in scenes)
+    assert scenes[0].start_frame == 0 and scenes[-1].end_frame == 1800
+    assert all(a.end_frame == b.start_frame for a, b in zip(scenes, scenes[1:]))
+    starts = {s.start_frame for s in scenes}
+    assert 900 in starts and any(abs(f - 1590) <= 1 for f in starts)
+    assert dict((k, n) for k, n in members) == {"scene": len(scenes), "video": 1}  # windows are not job members
+
+    # a second job reuses the windows' splits, and the scenes join it
+    again = submit(engine, parse_spec({**spec, "name": "windows-again"})).job_id
+    for stage in ("video_probe", "scenes"):
+        StageWorker(db_url, stage, sweep=False).run(idle_exit_s=1.0)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM jobs WHERE job_id=:j"), {"j": again}).scalar_one() == "completed"
+        assert conn.execute(text("SELECT count(*) FROM scene_split_results")).scalar_one() == 2
+        mine = conn.execute(text("SELECT count(*) FROM job_assets ja JOIN assets a USING (asset_id) "
+                                 "WHERE ja.job_id = :j AND a.kind = 'scene'"), {"j": again}).scalar_one()
+    assert mine == len(scenes)

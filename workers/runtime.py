@@ -296,10 +296,16 @@ class StageWorker:
             write, chunks = self._children_writer(write, stage, results, kept, reused, lease.job_id,
                                                   plan.spec.scene_seconds_per_task)
         elif next_stage is not None and survivors:
-            seconds = [stage.task_seconds(results[a] if a in results else done[a]) for a in survivors]
+            outputs = {a: results[a] if a in results else done[a] for a in survivors}
+            seconds = [stage.task_seconds(outputs[a]) for a in survivors]
+            window_s = plan.spec.scene_window_s
             if all(x is not None for x in seconds):  # e.g. video_probe: the split goes on by duration
-                by_duration = chunk_by_seconds(zip(survivors, seconds), plan.spec.video_seconds_per_task)
-                chunks = lambda: by_duration  # noqa: E731
+                if get_stage(plan.stage_refs[index + 1]).windowed and window_s > 0 and max(seconds) > window_s:
+                    write, chunks = self._windows_writer(write, survivors, seconds, outputs, window_s,
+                                                         plan.spec.video_seconds_per_task)
+                else:
+                    by_duration = chunk_by_seconds(zip(survivors, seconds), plan.spec.video_seconds_per_task)
+                    chunks = lambda: by_duration  # noqa: E731
         ok = with_reconnect(
             lambda: self.broker.complete(lease, self.worker_id, write, survivors=survivors, next_stage=next_stage,
                                          survivor_chunks=chunks),
@@ -414,14 +420,46 @@ class StageWorker:
 
 
     @staticmethod
+    def _windows_writer(
+        write: Callable[[Connection], int], videos: list[int], seconds: list[float], probes: dict[int, Any],
+        window_s: float, seconds_per_task: float,
+    ) -> tuple[Callable[[Connection], int], Callable[[], list[list[int]]]]:
+        """Wrap ``write``: also cut each video longer than ``window_s`` into ``ceil(d / window_s)`` equal
+        windows (assets of kind ``window``, idempotent; edges half a frame before a frame, so every
+        frame is in exactly one window) and hand each window to the next stage as a task of its own;
+        shorter videos go on whole, in tasks of about ``seconds_per_task``."""
+        windows: list[int] = []
+        whole: list[tuple[int, float]] = []
+
+        def write_all(conn: Connection) -> int:
+            windows.clear()
+            whole.clear()
+            n = write(conn)
+            for video, duration in zip(videos, seconds):
+                if duration <= window_s:
+                    whole.append((video, duration))
+                    continue
+                p = probes[video]
+                k = math.ceil(duration / window_s)
+                frames = [round(p.frames * i / k) for i in range(k + 1)]
+                edge = [p.start_s] + [p.start_s + (f - 0.5) / p.fps for f in frames[1:-1]] + [p.start_s + p.duration_s]
+                windows.extend(conn.execute(_INSERT_SPANS, {
+                    "parent": video, "job": None, "kind": "window", "member": False, "starts": frames[:-1],
+                    "ends": frames[1:], "t0": edge[:-1], "t1": edge[1:],
+                }).scalars().all())
+            return n
+
+        return write_all, lambda: [[w] for w in windows] + chunk_by_seconds(whole, seconds_per_task)
+
+    @staticmethod
     def _children_writer(
         write: Callable[[Connection], int], stage: Stage, results: dict[int, Any], kept: set[int],
         reused: list[int], job_id: int, seconds_per_task: float,
     ) -> tuple[Callable[[Connection], int], Callable[[], list[list[int]]]]:
         """Wrap ``write``: also store the spans of each kept parent as ``scene`` assets (idempotent on
-        ``(uri, start_frame, end_frame)``) in the job — for a parent split by an earlier job
-        (``reused``), its existing scenes — and hand the next stage chunks of scenes whose total
-        duration is about ``seconds_per_task`` (so one long video spreads over many tasks)."""
+        ``(uri, start_frame, end_frame)``; a window's scenes belong to its video) in the job — for a
+        parent split by an earlier job (``reused``), its existing scenes — and hand the next stage
+        chunks of scenes whose total duration is about ``seconds_per_task``."""
         created: list[tuple[int, float]] = []
 
         def write_all(conn: Connection) -> int:
@@ -433,8 +471,9 @@ class StageWorker:
                 spans = list(getattr(result, stage.children_field) or [])
                 if not spans:
                     continue
-                ids = conn.execute(_INSERT_SCENES, {
-                    "parent": parent, "job": job_id, "starts": [s.start_frame for s in spans], "ends": [s.end_frame for s in spans],
+                ids = conn.execute(_INSERT_SPANS, {
+                    "parent": parent, "job": job_id, "kind": "scene", "member": True,
+                    "starts": [s.start_frame for s in spans], "ends": [s.end_frame for s in spans],
                     "t0": [s.start_s for s in spans], "t1": [s.end_s for s in spans],
                 }).scalars().all()
                 created.extend(zip(ids, (s.duration_s for s in spans)))
@@ -448,8 +487,10 @@ class StageWorker:
 
 _ADOPT_SCENES = text(
     """
-    WITH scene AS (SELECT asset_id, start_frame, end_s - start_s AS seconds FROM assets
-                   WHERE parent_id = :parent AND kind = 'scene'),
+    WITH w AS (SELECT asset_id, kind, parent_id, start_s, end_s FROM assets WHERE asset_id = :parent),
+    scene AS (SELECT a.asset_id, a.start_frame, a.end_s - a.start_s AS seconds FROM assets a, w
+              WHERE a.kind = 'scene' AND a.parent_id = CASE WHEN w.kind = 'window' THEN w.parent_id ELSE w.asset_id END
+                AND (w.kind <> 'window' OR (a.start_s >= w.start_s AND a.start_s < w.end_s))),
     member AS (INSERT INTO job_assets (job_id, asset_id) SELECT :job, asset_id FROM scene ON CONFLICT DO NOTHING)
     SELECT asset_id, seconds FROM scene ORDER BY start_frame
     """
@@ -473,15 +514,17 @@ def chunk_by_seconds(pairs: Iterable[tuple[int, float]], seconds_per_task: float
     return out
 
 
-_INSERT_SCENES = text(
+_INSERT_SPANS = text(  # scenes of a video or of a window of it (kind 'scene'), or windows of a video
     """
-    WITH parent AS (SELECT asset_id, uri, source_id FROM assets WHERE asset_id = :parent),
+    WITH parent AS (SELECT v.asset_id, v.uri, v.source_id FROM assets w JOIN assets v
+                    ON v.asset_id = CASE WHEN w.kind = 'window' THEN w.parent_id ELSE w.asset_id END
+                    WHERE w.asset_id = :parent),
     spans AS (
         SELECT * FROM unnest(CAST(:starts AS int[]), CAST(:ends AS int[]), CAST(:t0 AS float8[]),
                              CAST(:t1 AS float8[])) WITH ORDINALITY AS s(start_frame, end_frame, start_s, end_s, ord)),
     ins AS (
         INSERT INTO assets (uri, kind, source_id, parent_id, start_frame, end_frame, start_s, end_s)
-        SELECT p.uri, 'scene', p.source_id, p.asset_id, s.start_frame, s.end_frame, s.start_s, s.end_s
+        SELECT p.uri, :kind, p.source_id, p.asset_id, s.start_frame, s.end_frame, s.start_s, s.end_s
         FROM spans s CROSS JOIN parent p
         ON CONFLICT (uri, coalesce(start_frame, -1), coalesce(end_frame, -1)) DO NOTHING
         RETURNING asset_id, start_frame, end_frame),
@@ -491,7 +534,8 @@ _INSERT_SCENES = text(
         SELECT a.asset_id, s.ord FROM spans s JOIN assets a
           ON a.uri = (SELECT uri FROM parent) AND a.start_frame = s.start_frame AND a.end_frame = s.end_frame),
     member AS (
-        INSERT INTO job_assets (job_id, asset_id) SELECT :job, asset_id FROM scene ON CONFLICT DO NOTHING)
+        INSERT INTO job_assets (job_id, asset_id) SELECT :job, asset_id FROM scene WHERE :member
+        ON CONFLICT DO NOTHING)
     SELECT asset_id FROM scene ORDER BY ord
     """
 )

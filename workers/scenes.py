@@ -16,7 +16,13 @@ with its parent video, ``[start_frame, end_frame)`` and ``[start_s, end_s)``. No
 ``start_s`` and decodes to ``end_s`` (``curation.video.iter_frames``), which costs at most one GOP of
 extra decoding.
 
-Scores, per video: ``detector``, ``cut_frames`` (every detected cut, before the length rules),
+**Long videos in windows**: the runtime hands a video longer than the job's ``scene_window_s`` (600 s)
+to this stage as consecutive time windows, each its own task, so one two-hour video keeps a dozen
+workers busy instead of one. A window is split like a video, its frame numbers and times offset to the
+video's; a cut is forced at each window edge (a scene crossing it becomes two, each then under the
+2–60 s rule) — at most one extra cut per window.
+
+Scores, per video (or window): ``detector``, ``cut_frames`` (every detected cut, before the length rules),
 ``n_scenes`` (kept), ``n_dropped_short``, ``n_split_long`` (scenes that were split), ``frames``
 (decoded) and ``analysis_ms``.
 """
@@ -127,6 +133,7 @@ class ScenesStage(Stage):
     needs_path = True
     requires = ("video_probe",)
     children_field = "scenes"
+    windowed = True
 
     def process(self, items: Sequence[StageItem]) -> list[ScenesResult | ItemFailure]:
         return [self._split(item) for item in items]
@@ -142,9 +149,14 @@ class ScenesStage(Stage):
         width = min(p.analysis_width, coded_w)
         size = (max(2, width // 2 * 2), max(2, round(coded_h * width / coded_w / 2) * 2))
 
+        window = item.span  # a window of a long video, or None for the whole video
+        offset = window.start_frame if window else 0
+        last = window is not None and window.end_s >= probe.start_s + probe.duration_s - 1e-6
+        bounds = dict(start_s=window.start_s, end_s=None if last else window.end_s) if window else {}
+
         def frames():
             for f in iter_frames(item.path, size=size, bgr=True, timeout_s=p.timeout_s, what=what,
-                                 max_pixels=coded_w * coded_h):  # BGR: PySceneDetect's convention
+                                 max_pixels=coded_w * coded_h, **bounds):  # BGR: PySceneDetect's convention
                 times.append(f.time_s)
                 yield f.pixels
 
@@ -157,6 +169,9 @@ class ScenesStage(Stage):
         frame_s = probe.duration_s / max(probe.frames, 1)
         end_time = times[-1] + frame_s
         spans, dropped, split = constrain([0, *cuts, n], times, end_time, p.min_scene_s, p.max_scene_s)
+        if offset:
+            cuts = [c + offset for c in cuts]
+            spans = [Span(s.start_frame + offset, s.end_frame + offset, s.start_s, s.end_s) for s in spans]
         return ScenesResult(
             detector=p.detector, cut_frames=cuts, n_scenes=len(spans), n_dropped_short=dropped,
             n_split_long=split, frames=n, analysis_ms=round((time.perf_counter() - started) * 1000.0, 3),

@@ -96,6 +96,10 @@ class Stage(ABC):
     """A stage that cuts its input into new assets (the scene split) names the result field holding
     the ``Span`` list; the runtime stores them as assets of kind ``scene`` and the *scenes* go on to
     the next stage. That field is not a column."""
+    windowed: ClassVar[bool] = False
+    """The runtime may hand this stage time windows of a long video (assets of kind ``window``, with a
+    ``span``) instead of the whole video (the job's ``scene_window_s``); its children keep the video as
+    their parent."""
 
     def __init__(self, params: BaseModel | None = None):
         self.params = params if params is not None else self.Params()

@@ -51,6 +51,7 @@ class VideoProbeScores:
     bytes: int
     sha256: bytes
     probe_ms: float
+    start_s: float = 0.0  # presentation time of the first frame
 
 
 def _sha256(path: str) -> tuple[bytes, int]:
@@ -98,5 +99,5 @@ class VideoProbeStage(Stage):
             container=info.container, codec=info.codec, width=info.width, height=info.height, fps=info.fps,
             variable_frame_rate=info.variable_frame_rate, frames=info.frames, duration_s=info.duration_s,
             rotation=info.rotation, has_audio=info.has_audio, bytes=size, sha256=sha,
-            probe_ms=round((time.perf_counter() - started) * 1000.0, 3),
+            probe_ms=round((time.perf_counter() - started) * 1000.0, 3), start_s=info.start_s,
         )
