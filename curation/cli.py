@@ -459,8 +459,8 @@ def _demo_video(folder: Path, output: Path, address: str | None) -> None:
     except (MediaUnavailable, MissingWeights) as exc:
         _fail(f"sample media or weights unavailable: {exc}", 1)
     console.print("  " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
-    console.print("  not in this demo: video_clip, video_objects, video_watermark, video_qalign, motion, CRAFT text "
-                  "(built; their weights are not offline: curation models list); DOVER (not built yet)")
+    console.print("  not in this demo: video_clip, video_objects, video_watermark, video_qalign, dover, motion, CRAFT "
+                  "text (built; their weights are not offline: curation models list)")
     spec = {
         "name": "demo-video",
         "modality": "video",

@@ -13,7 +13,7 @@ Tables, by layer:
   ``scene``), ``video_hash_results`` (+ ``near_duplicates``), ``dynamics_results``, ``video_text_results``;
   ``clip_results`` (images and scenes; pgvector embeddings, migration 0005); ``object_results``
   (migration 0006); ``watermark_results`` (images and scenes, migration 0007); ``motion_results`` (0008); ``topiq_results``,
-  ``qalign_results`` (images and scenes) and ``complexity_results`` (0009);
+  ``qalign_results`` (images and scenes) and ``complexity_results`` (0009); ``dover_results`` (scenes, 0011);
 - outputs: ``exports``, ``shards`` and ``latents`` (VAE-latent tar shards, migration 0002).
 
 The views users slice on, ``curated_images`` and ``curated_scenes``, are defined in the migrations and
@@ -484,6 +484,21 @@ class QAlignResult(Base):
         CheckConstraint("qalign_quality BETWEEN 1 AND 5", name="qalign_results_qalign_quality_check"),
         CheckConstraint("qalign_aesthetic BETWEEN 1 AND 5", name="qalign_results_qalign_aesthetic_check"),
     )
+
+
+class DoverResult(Base):
+    __tablename__ = "dover_results"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    dover_technical: Mapped[float] = mapped_column(Double, nullable=False)
+    dover_aesthetic: Mapped[float] = mapped_column(Double, nullable=False)
+    dover_overall: Mapped[float] = mapped_column(Double, nullable=False)
+    technical_raw: Mapped[float] = mapped_column(Double, nullable=False)
+    aesthetic_raw: Mapped[float] = mapped_column(Double, nullable=False)
+    frames_sampled: Mapped[int] = mapped_column(Integer, nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created()
 
 
 class ComplexityResult(Base):

@@ -162,6 +162,15 @@ REGISTRY: dict[str, ModelSpec] = {
                                            "vocab.json", "merges.txt", "special_tokens_map.json")},
         ),
         ModelSpec(
+            name="dover",
+            family="vqa",
+            library="torch (models/dover.py, the authors' module layout)",
+            source="the DOVER authors' DOVER.pth (VQAssessment/DOVER release v0.1.0); place it in the weights folder",
+            licence="see the checkpoint's source (research use)",
+            stages=("dover",),
+            files={"DOVER.pth": None},
+        ),
+        ModelSpec(
             name="sam2.1-hiera-tiny",
             family="segmentation",
             library="sam2 (build_sam2, configs/sam2.1/sam2.1_hiera_t.yaml)",

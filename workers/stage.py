@@ -158,6 +158,7 @@ _BUILTIN = {
     "qalign": "workers.qalign:QAlignStage",
     "video_qalign": "workers.video_qalign:VideoQAlignStage",
     "complexity": "workers.complexity:ComplexityStage",
+    "dover": "workers.dover:DoverStage",
 }
 
 
