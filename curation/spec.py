@@ -139,6 +139,10 @@ class JobSpec(BaseModel):
             seen.append(cls.name)
         if 0 < self.scene_window_s < MIN_SCENE_WINDOW_S:
             errors.append(f"scene_window_s: 0 (never) or at least {MIN_SCENE_WINDOW_S:.0f} s, not {self.scene_window_s}")
+        longest = max((float(s.params.get("max_scene_s", 60.0)) for s in self.stages if s.name == "scenes"), default=60.0)
+        if 0 < self.scene_window_s < 2 * longest:
+            errors.append(f"scene_window_s: must be at least twice the scenes stage's max_scene_s ({longest:g} s), "
+                          "so a window never has the frames of a scene")
         if errors:
             raise ValueError("; ".join(errors))
         return self

@@ -495,6 +495,8 @@ def test_a_long_video_is_split_in_windows_one_task_each(engine, db_url, clips, t
             "stages": [{"name": "video_probe"}, {"name": "scenes"}]}
     with pytest.raises(SpecError, match="scene_window_s"):
         parse_spec({**spec, "scene_window_s": 30})
+    with pytest.raises(SpecError, match="twice the scenes stage's max_scene_s"):
+        parse_spec({**spec, "stages": [{"name": "video_probe"}, {"name": "scenes", "params": {"max_scene_s": 90}}]})
     job = submit(engine, parse_spec(spec)).job_id
     for stage in ("video_probe", "scenes"):
         StageWorker(db_url, stage, sweep=False).run(idle_exit_s=1.0)

@@ -418,7 +418,6 @@ class StageWorker:
 
         return write
 
-
     @staticmethod
     def _windows_writer(
         write: Callable[[Connection], int], videos: list[int], seconds: list[float], probes: dict[int, Any],
@@ -532,7 +531,8 @@ _INSERT_SPANS = text(  # scenes of a video or of a window of it (kind 'scene'), 
         SELECT i.asset_id, s.ord FROM ins i JOIN spans s USING (start_frame, end_frame)
         UNION
         SELECT a.asset_id, s.ord FROM spans s JOIN assets a
-          ON a.uri = (SELECT uri FROM parent) AND a.start_frame = s.start_frame AND a.end_frame = s.end_frame),
+          ON a.uri = (SELECT uri FROM parent) AND a.start_frame = s.start_frame AND a.end_frame = s.end_frame
+          AND a.kind = :kind),
     member AS (
         INSERT INTO job_assets (job_id, asset_id) SELECT :job, asset_id FROM scene WHERE :member
         ON CONFLICT DO NOTHING)
