@@ -150,7 +150,7 @@ def model_stages(uris: list[str]) -> None:
             n += 1
         total = decode_s + model_s
         named = [v for k, v in stage.params.model_dump().items() if k.endswith(("model", "classifier", "detector")) and v]
-        model = ", ".join(dict.fromkeys(Path(m).name for m in named)) or stage.models[0]
+        model = ", ".join(stage.models_for(stage.params)) or ", ".join(dict.fromkeys(Path(m).name for m in named))
         print(f"{stage.name:<10} ({model}): {n / total:6.1f} images/s; decoding {decode_s / total * 100:.0f} %, "
               f"model {model_s / total * 100:.0f} %")
 
