@@ -32,6 +32,8 @@ def test_pairs_carry_a_reference_latent_of_the_same_bucket(pair_shards):
     assert len(samples) == 4
     for s in samples:
         assert s.reference is not None and s.reference.shape == (1, *s.latent.shape[1:])
+        half = Image.open(io.BytesIO(s.source_image))  # what the text encoder sees: the source, halved
+        assert half.size == (s.meta["bucket"][1] // 2, s.meta["bucket"][0] // 2)
         assert s.meta["caption"] == "make it black and white" and not np.array_equal(s.reference, s.latent)
 
 
@@ -58,14 +60,23 @@ def test_an_editing_model_edits_eighty_percent_of_the_time(pair_shards, tmp_path
     from tests.test_training_run import config
     from training.train import Trainer
 
-    trainer = Trainer(config(model="tiny-edit", max_steps=20, t_max=1), [s.uri for s in pair_shards], tmp_path / "r")
-    seen = []
+    trainer = Trainer(config(model="tiny-edit", max_steps=20, t_max=1, text_encoders="tiny-hf"),
+                      [s.uri for s in pair_shards], tmp_path / "r")
+    seen, given = [], []
     real_encode = trainer.text.encode
-    trainer.text.encode = lambda prompts, content="image": seen.append(content) or real_encode(prompts, content)
+
+    def spy(prompts, content="image", images=None):
+        seen.append(content)
+        given.append(images is not None and len(images) == len(prompts))
+        return real_encode(prompts, content, images)
+
+    trainer.text.encode = spy
     batch = next(iter(trainer.loader))
     assert all(r is not None and r.shape == (1, *batch.latents[0].shape[1:]) for r in batch.references)
     trainer.train(log=None)
     assert len(seen) == 20 and set(seen) == {"image_edit", "image"}
     assert 0.6 <= seen.count("image_edit") / 20 <= 0.95  # edit_share 0.8 (report: 80 % editing)
+    assert [g for c, g in zip(seen, given) if c == "image_edit"] == [True] * seen.count("image_edit")
+    assert not any(g for c, g in zip(seen, given) if c == "image")
     assert all(np.isfinite(r.loss) for r in trainer.history)
     assert trainer.cfg.edit_share == 0.8

@@ -73,3 +73,17 @@ def test_training_conditioned_on_the_hf_pair(tmp_path, skimage_dir):
     assert trainer.step_num == 2 and all(torch.isfinite(torch.tensor(r.loss)) for r in trainer.history)
     with pytest.raises(ValueError, match="give widths"):
         Trainer(config(model="image-lite", text_encoders="tiny-hf"), uris, tmp_path / "x")
+
+
+def test_image_edit_gives_qwen_the_source_image(pair, skimage_dir):
+    from PIL import Image
+
+    source = Image.open(skimage_dir / "astronaut.png").convert("RGB").resize((128, 128))
+    with_image = pair.encode(["make it black and white"], "image_edit", [source])
+    text_only = pair.encode(["make it black and white"], "image_edit")
+    # the caption, then the image's visual tokens and <|im_end|>, all after the cropped prefix
+    assert with_image.mask.sum() > text_only.mask.sum() + 16
+    other = pair.encode(["make it black and white"], "image_edit", [source.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    assert not torch.allclose(with_image.hidden, other.hidden)  # the states depend on the image
+    with pytest.raises(ValueError, match="images go with content 'image_edit'"):
+        pair.encode(["x"], "image", [source])

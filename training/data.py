@@ -34,6 +34,7 @@ class Batch:
     latents: list[torch.Tensor]  # each [T, h, w, C]; T may differ between videos of one batch
     metas: list[dict] = field(default_factory=list)
     references: list[torch.Tensor | None] = field(default_factory=list)  # editing pairs: [1, h, w, C] each
+    source_images: list[bytes | None] = field(default_factory=list)  # editing pairs: JPEG of the halved source
 
     @property
     def total_frames(self) -> int:
@@ -181,7 +182,8 @@ class LatentLoader:
                      metas=[i.sample.meta for i in chosen],
                      references=[None if i.sample.reference is None
                                  else torch.from_numpy(np.asarray(i.sample.reference, dtype=np.float32))
-                                 for i in chosen])
+                                 for i in chosen],
+                     source_images=[i.sample.source_image for i in chosen])
 
     def _restore_queues(self, queues, queued: dict) -> None:
         by_shard: dict[str, set[str]] = {}

@@ -98,16 +98,21 @@ class EditPair:
 def encode_edit_pairs(pairs: Iterable[EditPair], vae, info: VaeInfo, *, tier: str, output: str,
                       samples_per_tar: dict[str, int] | None = None) -> list[ShardInfo]:
     """Instruct-editing pairs (report §6.3): both images resized/cropped to the target's nearest bucket;
-    the sample's latent is the target, its ``reference`` the source, its caption the instruction."""
+    the sample's latent is the target, its ``reference`` the source's latent, its caption the instruction,
+    and the source itself at half size (JPEG) goes along for the text encoder."""
     writer = ShardWriter(output, modality="image", vae=info, samples_per_tar=samples_per_tar)
     for pair in pairs:
         target = Image.open(io.BytesIO(storage.read_bytes(pair.target_uri)))
         source = Image.open(io.BytesIO(storage.read_bytes(pair.source_uri)))
         bucket = nearest_bucket(target.height, target.width, tier)
+        source = resize_to_bucket(source, bucket)
+        half = io.BytesIO()
+        source.convert("RGB").resize((bucket[1] // 2, bucket[0] // 2), Image.Resampling.BICUBIC).save(half, "JPEG",
+                                                                                                     quality=95)
         writer.add(Sample(pair.key, encode_image(vae, info, resize_to_bucket(target, bucket)),
                           {**pair.meta, "caption": pair.instruction, "uri": pair.target_uri,
                            "source_uri": pair.source_uri, "vae": info.name},
-                          reference=encode_image(vae, info, resize_to_bucket(source, bucket))),
+                          reference=encode_image(vae, info, source), source_image=half.getvalue()),
                    tier=tier, bucket=bucket)
     return writer.close()
 

@@ -7,7 +7,9 @@ sharing a key (the key never contains a dot, so webdataset's ``base_plus_ext`` g
   VAE's scaling convention recorded in the index;
 - ``<key>.json`` — asset id, caption (if any), bucket, shape;
 - ``<key>.reference.npy`` — only for an instruct-editing pair: the latent of the source image, float16,
-  [1, h, w, C] (the sample's latent is the edited target, its caption the instruction).
+  [1, h, w, C] (the sample's latent is the edited target, its caption the instruction);
+- ``<key>.source.jpg`` — with it, the source image at half the bucket size, which the text encoder sees
+  (Kandinsky 5 gives Qwen2.5-VL the image to edit, halved).
 
 Next to every ``<name>.tar`` is ``<name>.index.json``: the VAE name, its scaling convention, the bucket
 and the members with their shapes. Shards are written to local paths or S3 through curation.storage.
@@ -52,6 +54,7 @@ class Sample:
     latent: np.ndarray  # [T, h, w, C]
     meta: dict = field(default_factory=dict)
     reference: np.ndarray | None = None  # editing pairs: [1, h, w, C] latent of the source image
+    source_image: bytes | None = None  # editing pairs: JPEG of the source image at half the bucket size
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ class ShardWriter:
                 _add(tar, f"{s.key}.latent.npy", _npy_bytes(latent))
                 if s.reference is not None:
                     _add(tar, f"{s.key}.reference.npy", _npy_bytes(s.reference.astype(np.float16)))
+                if s.source_image is not None:
+                    _add(tar, f"{s.key}.source.jpg", s.source_image)
                 meta = {**s.meta, "key": s.key, "shape": list(latent.shape), "bucket": list(bucket),
                         "modality": self.modality}
                 _add(tar, f"{s.key}.json", json.dumps(meta).encode())
@@ -194,4 +199,4 @@ def read_shard(tar_uri: str, *, latent_channels: int | None = None) -> Iterator[
             if tuple(reference.shape) != (1, *latent.shape[1:]):
                 raise ShardError(f"{tar_uri}: sample {key} has reference shape {tuple(reference.shape)}, expected "
                                  f"{(1, *latent.shape[1:])}")
-        yield Sample(key, latent, meta, reference)
+        yield Sample(key, latent, meta, reference, parts[key].get("source.jpg"))

@@ -61,6 +61,7 @@ PROMPT_TEMPLATES = {
         "to create the target image:<|im_end|>",
         "<|im_start|>user\n{}")),
 }
+VISION_TOKENS = "<|vision_start|><|image_pad|><|vision_end|>"  # one image; the processor expands the pad
 CROP_START = {"video": 129, "image": 41, "image_edit": 55, "image2video": 132}  # Qwen2.5-VL tokens of the prefix
 MAX_LENGTH = {"image": 512, "image_edit": 512, "video": 256, "image2video": 256}  # caption tokens
 
@@ -68,7 +69,7 @@ MAX_LENGTH = {"image": 512, "image_edit": 512, "video": 256, "image2video": 256}
 class TextEncoders(Protocol):
     name: str
 
-    def encode(self, prompts: list[str], content: str = "image") -> TextBatch: ...
+    def encode(self, prompts: list[str], content: str = "image", images: list | None = None) -> TextBatch: ...
 
 
 class TinyTextEncoders(nn.Module):
@@ -92,7 +93,7 @@ class TinyTextEncoders(nn.Module):
         self.eval()
 
     @torch.no_grad()
-    def encode(self, prompts: list[str], content: str = "image") -> TextBatch:
+    def encode(self, prompts: list[str], content: str = "image", images: list | None = None) -> TextBatch:
         ids = torch.zeros(len(prompts), self.max_length, dtype=torch.long)
         mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool)
         for i, p in enumerate(prompts):
@@ -116,15 +117,25 @@ class QwenClipTextEncoders:
             c: len(tok(t.split("{}")[0], add_special_tokens=False)["input_ids"]) for c, t in PROMPT_TEMPLATES.items()}
 
     @torch.no_grad()
-    def encode(self, prompts: list[str], content: str = "image") -> TextBatch:
+    def encode(self, prompts: list[str], content: str = "image", images: list | None = None) -> TextBatch:
+        """``images``: for ``image_edit``, one PIL source image per prompt (already halved), given to
+        Qwen after the instruction as the Kandinsky code does (no length cap then)."""
         if content not in PROMPT_TEMPLATES:
             raise ValueError(f"content must be one of {CONTENT_TYPES}, not {content!r}")
         crop = self.crop_start[content]
-        texts = [PROMPT_TEMPLATES[content].format(p) for p in prompts]
-        inputs = self.qwen.tokenizer(texts, max_length=MAX_LENGTH[content] + crop, truncation=True, padding=True,
-                                     return_tensors="pt")
-        ids, attn = inputs["input_ids"].to(self.qwen.device), inputs["attention_mask"].to(self.qwen.device)
-        states = self.qwen.model.model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states[-1]
+        if images is not None:
+            if content != "image_edit" or len(images) != len(prompts):
+                raise ValueError("images go with content 'image_edit', one per prompt")
+            texts = [PROMPT_TEMPLATES[content].format(p + VISION_TOKENS + "<|im_end|>") for p in prompts]
+            inputs = self.qwen.processor(text=texts, images=[im.convert("RGB") for im in images], padding=True,
+                                         return_tensors="pt")
+        else:
+            texts = [PROMPT_TEMPLATES[content].format(p) for p in prompts]
+            inputs = self.qwen.tokenizer(texts, max_length=MAX_LENGTH[content] + crop, truncation=True,
+                                         padding=True, return_tensors="pt")
+        inputs = {k: v.to(self.qwen.device) for k, v in inputs.items()}
+        attn = inputs["attention_mask"]
+        states = self.qwen.model.model(**inputs, output_hidden_states=True).hidden_states[-1]
         hidden, mask = states[:, crop:].float(), attn[:, crop:].bool()
         return TextBatch(hidden.cpu(), mask.cpu(), self.clip.pooled(prompts).cpu())
 

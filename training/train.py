@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import json
 import random
 import time
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from training.attention import NablaParams
 from training.conditioning import edit_input, image_to_video_input, text_to_video_input
@@ -149,6 +151,7 @@ class Trainer:
             noise = torch.randn(x0.shape, generator=self.gen)
             loss_mask = None
             content = "video" if T > 1 else "image"  # the prompt template of the text encoder
+            images = None
             if c.visual_cond and T > 1 and self.rng.random() < self.cfg.i2v_share:
                 content = "image2video"
                 first = x0[:, :1]
@@ -163,11 +166,14 @@ class Trainer:
                     reference = torch.stack(refs)  # [b, 1, h, w, C] latents of the source images
                     build = lambda x_t: edit_input(x_t, reference)  # noqa: E731
                     content = "image_edit"
+                    sources = [batch.source_images[i] if batch.source_images else None for i in idx]
+                    if all(s is not None for s in sources):  # the text encoder sees the image to edit
+                        images = [Image.open(io.BytesIO(s)) for s in sources]
                 else:
                     build = lambda x_t: edit_input(x_t, None)  # noqa: E731 - text-to-image on an editing model
             else:
                 build = lambda x_t: x_t  # noqa: E731
-            text = self.text.encode(captions, content)
+            text = self.text.encode(captions, content, images)
 
             def predict(x_t, tt):
                 inputs = ModelInputs(build(x_t), tt, text.hidden, text.mask, text.pooled)
