@@ -596,7 +596,7 @@ def sample(
 
 @app.command()
 def soup(
-    checkpoints: list[Path] = typer.Argument(..., help="checkpoint files to average"),
+    checkpoints: list[Path] = typer.Argument(..., help="checkpoints to average (files, sharded folders or run folders)"),
     out: Path = typer.Option(..., "--out", help="souped checkpoint to write"),
     sizes: Optional[str] = typer.Option(None, "--sizes", help="comma-separated dataset sizes, one per checkpoint"),
     weighting: str = typer.Option("sqrt_size", "--weighting", help="equal, size or sqrt_size (report §6.4)"),
@@ -606,9 +606,10 @@ def soup(
     then domains into the final model."""
     import torch
 
+    from training.sample import load_checkpoint
     from training.soup import soup as soup_states
 
-    states = [torch.load(p, map_location="cpu", weights_only=False) for p in checkpoints]
+    states = [load_checkpoint(p) for p in checkpoints]
     n = [float(x) for x in sizes.split(",")] if sizes else None
     if n is not None and len(n) != len(states):
         _fail("--sizes needs one number per checkpoint")

@@ -80,6 +80,14 @@ def test_fsdp_on_two_ranks_checkpoints_and_resumes_exactly(tmp_path, skimage_dir
     model, cfg = load_model(run)  # the shards gathered in one process, for sampling
     ema = torch.load(tmp_path / "ema_full.pt", weights_only=False)
     assert cfg["fsdp"] and all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
+    # souping works on sharded checkpoints too: two copies of one average to itself
+    from training.sample import load_checkpoint
+    from training.soup import soup
+
+    state = load_checkpoint(run)
+    assert state["step"] == 3 and "opt" in state
+    merged = soup([state["ema"], load_checkpoint(ckpt)["ema"]], weighting="equal")
+    assert merged.keys() == ema.keys()
 
 
 def test_offloading_checkpointed_block_inputs_leaves_the_gradients_unchanged():

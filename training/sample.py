@@ -21,6 +21,15 @@ from training.text import text_encoders
 
 def load_model(checkpoint: str | Path, *, use_ema: bool = True) -> tuple[CrossDiT, dict]:
     """The model of a checkpoint file, a sharded (FSDP) checkpoint folder, or a run folder (its latest)."""
+    state = load_checkpoint(checkpoint)
+    model = CrossDiT(CONFIGS[state["model_config"]])
+    model.load_state_dict(state["ema" if use_ema else "model"])
+    return model.eval(), state["config"]
+
+
+def load_checkpoint(checkpoint: str | Path) -> dict:
+    """A checkpoint as one dict (model, ema, opt, config, model_config, step, ...), from a file, a sharded
+    (FSDP) checkpoint folder gathered in this process, or a run folder (its latest)."""
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir() and (checkpoint / "latest").exists():
         checkpoint = checkpoint / (checkpoint / "latest").read_text().strip()
@@ -33,12 +42,8 @@ def load_model(checkpoint: str | Path, *, use_ema: bool = True) -> tuple[CrossDi
             dcp_to_torch_save(checkpoint, Path(tmp) / "full.pt")
             state = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=False)
         extra = torch.load(checkpoint / "extra-rank00000.pt", map_location="cpu", weights_only=False)
-        state.update(config=extra["config"], model_config=extra["model_config"])
-    else:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model = CrossDiT(CONFIGS[state["model_config"]])
-    model.load_state_dict(state["ema" if use_ema else "model"])
-    return model.eval(), state["config"]
+        return {**extra, **state}
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)
 
 
 @torch.no_grad()
