@@ -572,25 +572,35 @@ def sample(
     guidance: Optional[float] = typer.Option(None, "--guidance",
                                              help="classifier-free guidance weight (default: 3.5 images, 5 video)"),
     seed: int = typer.Option(0, "--seed"),
+    image: Optional[Path] = typer.Option(None, "--image", help="PNG out: the image to edit (editing model); "
+                                                               ".mp4 out: the first frame (image-to-video model)"),
 ) -> None:
-    """Generate an image (PNG) or a text-to-video clip (MP4, 24 fps) from a checkpoint's EMA weights
-    (shifted Euler + CFG)."""
+    """Generate an image (PNG) or a video clip (MP4, 24 fps) from a checkpoint's EMA weights (shifted
+    Euler + CFG): text-to-image, instruct editing (--image), text-to-video, image-to-video (--image)."""
     from training.sample import load_model, sample_image, sample_video, write_mp4
     from training.sampler import IMAGE_GUIDANCE, IMAGE_SHIFT, VIDEO_GUIDANCE, VIDEO_SHIFT
+
+    from PIL import Image
 
     model, cfg = load_model(checkpoint)
     video = out.suffix.lower() == ".mp4"
     vae_model, info = _vae(vae, video=video)
-    if video:
-        _, frames = sample_video(model, cfg, prompt, vae=vae_model, vae_info=info, height=height, width=width,
-                                 seconds=seconds, steps=steps, shift=VIDEO_SHIFT if shift is None else shift,
-                                 guidance=VIDEO_GUIDANCE if guidance is None else guidance, seed=seed)
-        write_mp4(frames, out)
-    else:
-        _, image = sample_image(model, cfg, prompt, vae=vae_model, vae_info=info, height=height, width=width,
-                                steps=steps, shift=IMAGE_SHIFT if shift is None else shift,
-                                guidance=IMAGE_GUIDANCE if guidance is None else guidance, seed=seed)
-        image.save(out)
+    given = Image.open(image) if image is not None else None
+    try:
+        if video:
+            _, frames = sample_video(model, cfg, prompt, vae=vae_model, vae_info=info, height=height, width=width,
+                                     seconds=seconds, steps=steps, shift=VIDEO_SHIFT if shift is None else shift,
+                                     guidance=VIDEO_GUIDANCE if guidance is None else guidance, seed=seed,
+                                     first_image=given)
+            write_mp4(frames, out)
+        else:
+            _, picture = sample_image(model, cfg, prompt, vae=vae_model, vae_info=info, height=height, width=width,
+                                      steps=steps, shift=IMAGE_SHIFT if shift is None else shift,
+                                      guidance=IMAGE_GUIDANCE if guidance is None else guidance, seed=seed,
+                                      edit_image=given)
+            picture.save(out)
+    except ValueError as exc:
+        _fail(str(exc), 2)
     console.print(f"wrote {out}")
 
 

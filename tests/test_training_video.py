@@ -83,7 +83,7 @@ def test_scenes_to_shards_to_batches_to_training_to_mp4(bikes, tmp_path):
     assert (probed.width, probed.height, probed.frames, probed.codec) == (96, 64, video.shape[0], "h264")
 
 
-def test_encode_a_slice_of_curated_scenes_through_the_cli(engine, db_url, bikes, tmp_path):
+def test_encode_a_slice_of_curated_scenes_through_the_cli(engine, db_url, bikes, tmp_path, skimage_dir):
     import shutil
 
     from tests.helpers import submit_spec
@@ -112,7 +112,48 @@ def test_encode_a_slice_of_curated_scenes_through_the_cli(engine, db_url, bikes,
                                    "checkpoint_every": 0}))
     cli(db_url, "train", str(cfg), "--data", str(tmp_path / "shards"), "--out", str(tmp_path / "run"), "--steps", "1")
     cli(db_url, "sample", str(tmp_path / "run"), "--prompt", "bikes", "--vae", "tiny", "--out",
-        str(tmp_path / "s.mp4"), "--height", "64", "--width", "64", "--seconds", "0.25", "--steps", "2")
+        str(tmp_path / "s.mp4"), "--height", "64", "--width", "64", "--seconds", "0.25", "--steps", "2",
+        "--image", str(skimage_dir / "astronaut.png"))  # image-to-video: the model is tiny-i2v
     from curation.video import probe_video
 
     assert probe_video(tmp_path / "s.mp4").frames == 4 * (latent_frames(0.25) - 1) + 1
+
+
+def _random_model(name: str):
+    from training.configs import CONFIGS
+    from training.model import CrossDiT
+
+    torch.manual_seed(0)
+    model = CrossDiT(CONFIGS[name]).eval()
+    for p in model.parameters():  # away from the zero init, so the output depends on the inputs
+        torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+def test_image_to_video_keeps_the_first_frame_and_editing_follows_the_image(skimage_dir):
+    from PIL import Image
+
+    from training.encode import encode_image, tiny_image_vae
+    from training.sample import sample_image, sample_video
+
+    photo = Image.open(skimage_dir / "astronaut.png").convert("RGB").resize((64, 64))
+    vae, info = tiny_video_vae()
+    latent, frames = sample_video(_random_model("tiny-i2v"), {"text_encoders": "tiny"}, "a walk", vae=vae,
+                                  vae_info=info, height=64, width=64, seconds=0.5, steps=3, first_image=photo)
+    first = encode_video(vae, info, np.asarray(photo)[None])
+    assert torch.allclose(latent[0, 0], torch.from_numpy(first[0]))  # frame 0 is the image, clean
+    assert frames.shape == (4 * (latent_frames(0.5) - 1) + 1, 64, 64, 3)
+    with pytest.raises(ValueError, match="image-to-video model"):
+        sample_video(_random_model("tiny"), {"text_encoders": "tiny"}, "x", vae=vae, vae_info=info, height=64,
+                     width=64, seconds=0.25, steps=1, first_image=photo)
+
+    ivae, iinfo = tiny_image_vae()
+    editor = _random_model("tiny-edit")
+    kw = dict(vae=ivae, vae_info=iinfo, height=64, width=64, steps=3)
+    a, _ = sample_image(editor, {"text_encoders": "tiny-hf"}, "make it black and white", edit_image=photo, **kw)
+    b, _ = sample_image(editor, {"text_encoders": "tiny-hf"}, "make it black and white",
+                        edit_image=photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT), **kw)
+    assert a.shape == (1, 1, 8, 8, 16) and not torch.allclose(a, b)  # the result depends on the image edited
+    assert encode_image(ivae, iinfo, photo).shape == (1, 8, 8, 16)
+    with pytest.raises(ValueError, match="needs an editing model"):
+        sample_image(_random_model("tiny"), {"text_encoders": "tiny"}, "x", edit_image=photo, **kw)

@@ -1,6 +1,7 @@
 """Sampling from a checkpoint: text → CrossDiT (EMA weights) → shifted Euler with CFG → latent → VAE
-decode → PNG (``sample_image``, FLUX VAE) or H.264 MP4 at 24 fps (``sample_video``, HunyuanVideo VAE;
-text-to-video, with the 33-channel input of the video models: ``[x_t, 0, 0]``)."""
+decode → PNG (``sample_image``, FLUX VAE; text-to-image, or instruct editing of a given image) or H.264 MP4
+at 24 fps (``sample_video``, HunyuanVideo VAE; text-to-video with the 33-channel input ``[x_t, 0, 0]``, or
+image-to-video from a first frame kept clean at every step)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from PIL import Image
 
 from training.configs import CONFIGS
 from training.model import CrossDiT, ModelInputs
-from training.conditioning import text_to_video_input
-from training.encode import TEMPORAL_COMPRESSION, VIDEO_FPS
+from training.buckets import resize_to_bucket
+from training.conditioning import edit_input, first_frame_mask, image_to_video_input, text_to_video_input
+from training.encode import TEMPORAL_COMPRESSION, VIDEO_FPS, encode_image, encode_video
 from training.sampler import IMAGE_GUIDANCE, IMAGE_SHIFT, VIDEO_GUIDANCE, VIDEO_SHIFT, euler_sample, guided
 from training.shards import VaeInfo
 from training.text import text_encoders
@@ -49,17 +51,30 @@ def load_checkpoint(checkpoint: str | Path) -> dict:
 @torch.no_grad()
 def sample_image(model: CrossDiT, config: dict, prompt: str, *, vae, vae_info: VaeInfo, height: int = 256,
                  width: int = 256, steps: int = 50, shift: float = IMAGE_SHIFT, guidance: float = IMAGE_GUIDANCE,
-                 seed: int = 0) -> tuple[torch.Tensor, Image.Image]:
+                 seed: int = 0, edit_image: Image.Image | None = None) -> tuple[torch.Tensor, Image.Image]:
+    """Text-to-image; with ``edit_image``, instruct editing on an editing model (``prompt`` is the
+    instruction): the image, resized/cropped to the output size, is the reference latent, and the text
+    encoder sees it at half size in the ``image_edit`` template (unconditional branch: "" with the image)."""
     text = text_encoders(config["text_encoders"])
-    cond, uncond = text.encode([prompt]), text.encode([""])
     c = model.config
-    if c.visual_cond or c.instruct_type:
-        raise NotImplementedError("image sampling from conditioned (I2V / editing) models is not written yet")
+    if c.visual_cond:
+        raise ValueError("this is a video model: sample it to an .mp4")
+    if edit_image is not None and c.instruct_type != "channel":
+        raise ValueError("an image to edit needs an editing model (instruct_type 'channel')")
+    if edit_image is not None:
+        source = resize_to_bucket(edit_image.convert("RGB"), (height, width))
+        half = [source.resize((width // 2, height // 2), Image.Resampling.BICUBIC)]
+        cond, uncond = text.encode([prompt], "image_edit", half), text.encode([""], "image_edit", half)
+        reference = torch.from_numpy(encode_image(vae, vae_info, source))[None]  # 1, 1, h, w, C
+        build = lambda x: edit_input(x, reference)  # noqa: E731
+    else:
+        cond, uncond = text.encode([prompt]), text.encode([""])
+        build = (lambda x: edit_input(x, None)) if c.instruct_type == "channel" else (lambda x: x)
 
     def velocity(batch):
-        return lambda x, t: model(ModelInputs(x, t, batch.hidden, batch.mask, batch.pooled))
+        return lambda x, t: model(ModelInputs(build(x), t, batch.hidden, batch.mask, batch.pooled))
 
-    noise = torch.randn(1, 1, height // 8, width // 8, c.in_visual_dim, generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(1, 1, height // 8, width // 8, c.out_visual_dim, generator=torch.Generator().manual_seed(seed))
     latent = euler_sample(guided(velocity(cond), velocity(uncond), guidance), noise, steps=steps, shift=shift)
     z = latent[0, 0].permute(2, 0, 1)[None] / vae_info.scaling_factor + vae_info.shift_factor
     pixels = vae.decode(z).sample[0].clamp(-1, 1)
@@ -75,21 +90,36 @@ def latent_frames(seconds: float, fps: int = VIDEO_FPS) -> int:
 @torch.no_grad()
 def sample_video(model: CrossDiT, config: dict, prompt: str, *, vae, vae_info: VaeInfo, height: int = 256,
                  width: int = 256, seconds: float = 5.0, steps: int = 50, shift: float = VIDEO_SHIFT,
-                 guidance: float = VIDEO_GUIDANCE, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
-    """Latent [1, T, h, w, C] and uint8 RGB frames [4(T − 1) + 1, H, W, 3] of a text-to-video sample."""
+                 guidance: float = VIDEO_GUIDANCE, seed: int = 0,
+                 first_image: Image.Image | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Latent [1, T, h, w, C] and uint8 RGB frames [4(T − 1) + 1, H, W, 3] of a text-to-video sample; with
+    ``first_image`` (an I2V-capable model), image-to-video: the image's latent is latent frame 0, kept
+    clean at every step, with the ``image2video`` template."""
     text = text_encoders(config["text_encoders"])
-    cond, uncond = text.encode([prompt], "video"), text.encode([""], "video")
     c = model.config
     if c.instruct_type:
         raise ValueError("video sampling needs a video model, not an editing one")
-    build = text_to_video_input if c.visual_cond else (lambda x: x)
+    fixed = fixed_mask = None
+    T = latent_frames(seconds)
+    if first_image is not None:
+        if not c.visual_cond:
+            raise ValueError("a first frame needs an image-to-video model (visual_cond)")
+        frame = np.asarray(resize_to_bucket(first_image.convert("RGB"), (height, width)))[None]
+        first = torch.from_numpy(encode_video(vae, vae_info, frame))[None]  # 1, 1, h, w, C
+        cond, uncond = text.encode([prompt], "image2video"), text.encode([""], "image2video")
+        build = lambda x: image_to_video_input(x, first)  # noqa: E731
+        fixed = torch.cat([first, torch.zeros(1, T - 1, *first.shape[2:])], dim=1)
+        fixed_mask = first_frame_mask(fixed).expand_as(fixed)
+    else:
+        cond, uncond = text.encode([prompt], "video"), text.encode([""], "video")
+        build = text_to_video_input if c.visual_cond else (lambda x: x)
 
     def velocity(batch):
         return lambda x, t: model(ModelInputs(build(x), t, batch.hidden, batch.mask, batch.pooled))
 
-    T = latent_frames(seconds)
     noise = torch.randn(1, T, height // 8, width // 8, c.out_visual_dim, generator=torch.Generator().manual_seed(seed))
-    latent = euler_sample(guided(velocity(cond), velocity(uncond), guidance), noise, steps=steps, shift=shift)
+    latent = euler_sample(guided(velocity(cond), velocity(uncond), guidance), noise, steps=steps, shift=shift,
+                          fixed=fixed, fixed_mask=fixed_mask)
     z = latent[0].permute(3, 0, 1, 2)[None] / vae_info.scaling_factor + vae_info.shift_factor  # 1, C, T, h, w
     pixels = vae.decode(z).sample[0].clamp(-1, 1)  # 3, T', H, W
     frames = ((pixels.permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
