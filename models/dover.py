@@ -11,7 +11,7 @@ Our own implementation of the DOVER architecture, with the module and parameter 
 - ``aesthetic_backbone``: ConvNeXt-T inflated to 3D (temporal kernels 1,3,1 repeating; depths 3/3/9/3);
 - ``technical_head`` / ``aesthetic_head``: 1x1x1 convolutions 768 → 64 → 1 giving a score map, averaged.
 
-Inputs (``sample_views``): the technical view is three 32-frame clips (stride 2, one per third of the
+Inputs (``fragments``, ``aesthetic_view``, ``model_inputs``): the technical view is three 32-frame clips (stride 2, one per third of the
 scene) of *fragments* — a 7x7 grid of 32x32 native-resolution patches tiled into 224x224 (frames whose
 short side is under 224 are scaled up first); the aesthetic view is 32 frames (one per 32nd of the scene)
 resized to 224x224. ImageNet mean/std on the 0–255 scale. DOVER draws the patch and frame offsets at
@@ -373,15 +373,17 @@ def _normalise(frames: np.ndarray, clips: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.reshape(clips, T // clips, H, W, C).transpose(0, 4, 1, 2, 3)))
 
 
-def sample_views(technical_frames: np.ndarray, aesthetic_frames: np.ndarray, *,
-                 technical_is_fragments: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model inputs from the frames at ``technical_frame_indices`` (96, native size — or already turned
-    into ``fragments``) and ``aesthetic_frame_indices`` (32): [3, 3, 32, 224, 224] and [1, 3, 32, 224, 224]."""
-    tech = technical_frames if technical_is_fragments else fragments(technical_frames)
-    x = torch.from_numpy(aesthetic_frames).permute(0, 3, 1, 2).float()
-    resized = F.interpolate(x, size=(VIEW_SIZE, VIEW_SIZE), mode="bilinear", antialias=True, align_corners=False)
-    resized = resized.round().clamp(0, 255).permute(0, 2, 3, 1).numpy().astype(np.uint8)
-    return _normalise(tech, TECHNICAL_CLIPS), _normalise(resized, 1)
+def aesthetic_view(frames: np.ndarray) -> np.ndarray:
+    """[T, 224, 224, 3] uint8: whole frames resized (bilinear, antialiased), aspect ratio not kept."""
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(VIEW_SIZE, VIEW_SIZE), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).permute(0, 2, 3, 1).numpy().astype(np.uint8)
+
+
+def model_inputs(technical_views: np.ndarray, aesthetic_views: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalised tensors from the 96 ``fragments`` and 32 ``aesthetic_view`` frames:
+    [3, 3, 32, 224, 224] and [1, 3, 32, 224, 224]."""
+    return _normalise(technical_views, TECHNICAL_CLIPS), _normalise(aesthetic_views, 1)
 
 
 @dataclass(frozen=True)
@@ -412,9 +414,10 @@ class DoverModel:
     device: str = "cpu"
 
     @torch.no_grad()
-    def score(self, technical_frames: np.ndarray, aesthetic_frames: np.ndarray, *,
-              technical_is_fragments: bool = False) -> DoverScores:
-        tech, aes = sample_views(technical_frames, aesthetic_frames, technical_is_fragments=technical_is_fragments)
+    def score(self, technical_views: np.ndarray, aesthetic_views: np.ndarray) -> DoverScores:
+        """Scores from the prepared views (``fragments`` of the 96 technical frames, ``aesthetic_view`` of
+        the 32 aesthetic ones)."""
+        tech, aes = model_inputs(technical_views, aesthetic_views)
         t, a = self.model(tech.to(self.device), aes.to(self.device))
         return fuse(float(t), float(a))
 

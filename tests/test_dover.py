@@ -12,8 +12,8 @@ import torch
 from sqlalchemy import text
 
 from curation.sample_media import MediaUnavailable
-from models.dover import (DOVER, TINY, aesthetic_frame_indices, fragments, fuse, load_dover, sample_views,
-                          technical_frame_indices)
+from models.dover import (DOVER, TINY, aesthetic_frame_indices, aesthetic_view, fragments, fuse, load_dover,
+                          model_inputs, technical_frame_indices)
 from models.registry import MissingWeights, weights_dir
 from workers.stage import Span, StageItem
 
@@ -58,7 +58,7 @@ def test_views_sample_the_documented_frames_and_native_patches():
     assert np.array_equal(frag[0, 32:64, 64:96], frame[0, 68 + 18:68 + 50, 2 * 91 + 29:2 * 91 + 61])
     small = fragments(frame[:, :120, :160])  # short side under 224: scaled up first
     assert small.shape == (1, 224, 224, 3)
-    tech, aes = sample_views(np.repeat(frame, 96, 0), np.repeat(frame, 32, 0))
+    tech, aes = model_inputs(fragments(np.repeat(frame, 96, 0)), aesthetic_view(np.repeat(frame, 32, 0)))
     assert tuple(tech.shape) == (3, 3, 32, 224, 224) and tuple(aes.shape) == (1, 3, 32, 224, 224)
 
 

@@ -83,7 +83,7 @@ class DoverStage(Stage):
         return [self._score(item) for item in items]
 
     def _score(self, item: StageItem) -> DoverResult | ItemFailure:
-        from models.dover import aesthetic_frame_indices, fragments, sample_views, technical_frame_indices
+        from models.dover import aesthetic_frame_indices, aesthetic_view, fragments, technical_frame_indices
 
         what = f"asset {item.asset_id} ({item.uri})"
         if item.span is None:
@@ -100,7 +100,7 @@ class DoverStage(Stage):
                 if f.index in want_t:
                     tech[f.index] = fragments(f.pixels[None])[0]
                 if f.index in want_a:
-                    aes[f.index] = f.pixels
+                    aes[f.index] = aesthetic_view(f.pixels[None])[0]
                 last = f
                 if f.index >= n - 1:
                     break
@@ -109,13 +109,10 @@ class DoverStage(Stage):
         if last is None:
             return ItemFailure("corrupt_media", f"{what}: no frame decoded in the scene")
         # an index the stream did not deliver (fewer frames than the span says): the last frame
-        last_fragments = fragments(last.pixels[None])[0]
-        try:
-            tech_frames = np.stack([tech.get(i, last_fragments) for i in tech_idx])
-            aes_frames = np.stack([aes.get(i, last.pixels) for i in aes_idx])
-        except ValueError:
-            return ItemFailure("corrupt_media", f"{what}: the frame size changes inside the scene")
-        s = self._dover.score(tech_frames, aes_frames, technical_is_fragments=True)
+        last_t, last_a = fragments(last.pixels[None])[0], aesthetic_view(last.pixels[None])[0]
+        tech_views = np.stack([tech.get(i, last_t) for i in tech_idx])
+        aes_views = np.stack([aes.get(i, last_a) for i in aes_idx])
+        s = self._dover.score(tech_views, aes_views)
         d = self._dover
         return DoverResult(round(s.technical, 6), round(s.aesthetic, 6), round(s.overall, 6), round(s.technical_raw, 6),
                            round(s.aesthetic_raw, 6), len(want_t | want_a), d.name, d.weights_sha256)
