@@ -25,8 +25,8 @@ TINY_HIDDEN = 48  # the tiny CrossDiT's text width (training.configs "tiny": in_
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>")
 
-# Qwen's chat format (no default system prompt when none is given, as the Qwen2.5-VL template does
-# only for plain-text first turns).
+# Qwen's chat format for the tiny processor (the real processor brings its own template, which also adds
+# a default system prompt).
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for c in message['content'] %}"

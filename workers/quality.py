@@ -1,7 +1,7 @@
 """quality — technical image quality (report §4.2 "Quality Assessment"). This release scores
 BRISQUE (OpenCV, LIVE model files that ship offline): ``brisque``, unitless, roughly 0..100, **lower is
 better**, computed on the image resized to a ``short_side`` of 512 px so scores compare across
-resolutions. TOPIQ and Q-Align (the report's models) are not built yet.
+resolutions. The report's TOPIQ and Q-Align scores are the ``topiq`` and ``qalign`` stages.
 Provenance: ``model`` and ``weights_sha256`` on every row."""
 
 from __future__ import annotations
