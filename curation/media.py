@@ -124,3 +124,12 @@ def decode_image(
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise MediaError(f"{what}: cannot decode {img.format or 'image'} data: {exc}") from exc
     return img
+
+
+def fit_long_side(img: Image.Image, max_side: int) -> Image.Image:
+    """RGB ``img`` scaled down (bilinear) so its long side is at most ``max_side``; smaller images as they are."""
+    img = img.convert("RGB")
+    scale = max_side / max(img.size)
+    if scale >= 1:
+        return img
+    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BILINEAR)

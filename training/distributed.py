@@ -70,13 +70,13 @@ class ShardedCheckpointer:
         self._pending = None
         self._pending_path: Path | None = None
 
-    def save(self, path: Path, model, ema, opt, extra: dict) -> None:
+    def save(self, path: Path, model, ema, opt, progress: dict) -> None:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
         self.wait()
         path.mkdir(parents=True, exist_ok=True)
-        torch.save(extra, path / f"extra-rank{self.info.rank:05d}.pt")
+        torch.save(progress, _progress_file(path, self.info.rank))
         model_sd, opt_sd = get_state_dict(model, opt)
         state = {"model": model_sd, "ema": get_model_state_dict(ema), "opt": opt_sd}
         self._pending = dcp.async_save(state, checkpoint_id=str(path))
@@ -94,8 +94,8 @@ class ShardedCheckpointer:
         if self.info.world > 1:
             dist.barrier()  # and every rank sees the new ``latest``
 
-    def load(self, path: Path, model, ema, opt) -> dict:
-        """Restore the shards into the (already sharded) model, EMA and optimizer; returns this rank's extra."""
+    def load(self, path: Path, model, ema, opt) -> None:
+        """Restore the shards into the (already sharded) model, EMA and optimizer."""
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
                                                              set_model_state_dict, set_state_dict)
@@ -105,7 +105,15 @@ class ShardedCheckpointer:
         dcp.load(state, checkpoint_id=str(path))
         set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["opt"])
         set_model_state_dict(ema, state["ema"])
-        extra = path / f"extra-rank{self.info.rank:05d}.pt"
-        if not extra.exists():
-            raise FileNotFoundError(f"{extra}: this checkpoint was written by a different number of ranks")
-        return torch.load(extra, map_location="cpu", weights_only=False)
+
+
+def _progress_file(path: Path, rank: int) -> Path:
+    return path / f"extra-rank{rank:05d}.pt"
+
+
+def read_rank_progress(path: Path, rank: int) -> dict:
+    """One rank's small file of a sharded checkpoint: config, step, loader position, RNGs."""
+    file = _progress_file(path, rank)
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: missing — a sharded checkpoint resumes with the number of ranks that wrote it")
+    return torch.load(file, map_location="cpu", weights_only=False)

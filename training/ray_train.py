@@ -26,8 +26,7 @@ def _worker_loop(args: dict) -> None:
     if args["resume"]:
         trainer = Trainer.resume(out, args["shards"], out)
     else:
-        cfg = TrainConfig(**{**args["config"], "betas": tuple(args["config"]["betas"])})
-        trainer = Trainer(cfg, args["shards"], out)
+        trainer = Trainer(TrainConfig.from_dict(args["config"]), args["shards"], out)
     trainer.train(args["steps"], log=print)
     trainer.save()
     trainer.checkpointer.wait()

@@ -18,7 +18,9 @@ from training.conditioning import edit_input, first_frame_mask, image_to_video_i
 from training.encode import TEMPORAL_COMPRESSION, VIDEO_FPS, encode_image, encode_video
 from training.sampler import IMAGE_GUIDANCE, IMAGE_SHIFT, VIDEO_GUIDANCE, VIDEO_SHIFT, euler_sample, guided
 from training.shards import VaeInfo
+from training.distributed import read_rank_progress
 from training.text import text_encoders
+from training.train import resolve_checkpoint
 
 
 def load_model(checkpoint: str | Path, *, use_ema: bool = True) -> tuple[CrossDiT, dict]:
@@ -32,9 +34,7 @@ def load_model(checkpoint: str | Path, *, use_ema: bool = True) -> tuple[CrossDi
 def load_checkpoint(checkpoint: str | Path) -> dict:
     """A checkpoint as one dict (model, ema, opt, config, model_config, step, ...), from a file, a sharded
     (FSDP) checkpoint folder gathered in this process, or a run folder (its latest)."""
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir() and (checkpoint / "latest").exists():
-        checkpoint = checkpoint / (checkpoint / "latest").read_text().strip()
+    checkpoint = resolve_checkpoint(checkpoint)
     if checkpoint.is_dir():  # DCP shards: gather them into one state dict in this process
         import tempfile
 
@@ -43,8 +43,7 @@ def load_checkpoint(checkpoint: str | Path) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             dcp_to_torch_save(checkpoint, Path(tmp) / "full.pt")
             state = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=False)
-        extra = torch.load(checkpoint / "extra-rank00000.pt", map_location="cpu", weights_only=False)
-        return {**extra, **state}
+        return {**read_rank_progress(checkpoint, 0), **state}
     return torch.load(checkpoint, map_location="cpu", weights_only=False)
 
 

@@ -30,7 +30,7 @@ from training.attention import NablaParams
 from training.conditioning import edit_input, image_to_video_input, text_to_video_input
 from training.configs import CONFIGS
 from training.data import Batch, LatentLoader
-from training.distributed import ShardedCheckpointer, init_from_env, shard_model
+from training.distributed import ShardedCheckpointer, init_from_env, read_rank_progress, shard_model
 from training.flow import flow_loss, sample_t
 from training.model import CrossDiT, ModelInputs
 from training.soup import update_ema
@@ -66,6 +66,11 @@ class TrainConfig:
     hsdp_replicas: int = 1  # with fsdp: replicate over this many groups, shard within each (HSDP)
     nabla: dict | None = None  # e.g. {"P": 0.9, "wT": 11, "wH": 3, "wW": 3}
     log_every: int = 10
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """From ``dataclasses.asdict`` output (a checkpoint's or Ray's copy: ``betas`` may be a list)."""
+        return cls(**{**data, "betas": tuple(data["betas"])})
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
@@ -248,16 +253,12 @@ class Trainer:
 
     @classmethod
     def resume(cls, checkpoint: str | Path, shards: list[str], out_dir: Path | None = None) -> "Trainer":
-        checkpoint = Path(checkpoint)
-        if checkpoint.is_dir() and (checkpoint / "latest").exists():
-            checkpoint = checkpoint / (checkpoint / "latest").read_text().strip()
+        checkpoint = resolve_checkpoint(checkpoint)
         if checkpoint.is_dir():  # sharded (fsdp): the same number of ranks resumes it
-            rank = init_from_env().rank
-            state = torch.load(checkpoint / f"extra-rank{rank:05d}.pt", map_location="cpu", weights_only=False)
+            state = read_rank_progress(checkpoint, init_from_env().rank)
         else:
             state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        cfg = TrainConfig(**{**state["config"], "betas": tuple(state["config"]["betas"])})
-        trainer = cls(cfg, shards, out_dir or checkpoint.parent)
+        trainer = cls(TrainConfig.from_dict(state["config"]), shards, out_dir or checkpoint.parent)
         if trainer.checkpointer is not None:
             trainer.checkpointer.load(checkpoint, trainer.model, trainer.ema, trainer.opt)
         else:
@@ -269,6 +270,14 @@ class Trainer:
         trainer.rng.setstate(state["py_rng"])
         trainer.step_num = state["step"]
         return trainer
+
+
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """A checkpoint file or sharded folder; a run folder stands for its ``latest``."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir() and (checkpoint / "latest").exists():
+        return checkpoint / (checkpoint / "latest").read_text().strip()
+    return checkpoint
 
 
 def describe(trainer: Trainer) -> str:

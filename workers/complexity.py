@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from curation.media import fit_long_side
 from workers.edges import sobel_edges
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
@@ -101,11 +101,7 @@ class ComplexityStage(Stage):
         p = self.params
         out: list[ComplexityScores | ItemFailure] = []
         for item in items:
-            img: Image.Image = item.image.convert("RGB")
-            scale = p.max_side / max(img.size)
-            if scale < 1:
-                img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                                 Image.Resampling.BILINEAR)
+            img = fit_long_side(item.image, p.max_side)
             masks = self._sam.stats(np.asarray(img), p.points_per_side, p.pred_iou_thresh, p.stability_score_thresh)
             edges = sobel_edges(img, p.edge_short_side, p.edge_threshold)
             score = complexity_score(masks.count, edges.edge_density, p)

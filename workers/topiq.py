@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from curation.media import fit_long_side
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 
@@ -72,18 +72,10 @@ class TopiqStage(Stage):
         self._technical = load_topiq(TECHNICAL, self.params.technical_model)
         self._aesthetic = load_topiq(AESTHETIC, self.params.aesthetic_model)
 
-    def _capped(self, img: Image.Image) -> np.ndarray:
-        img = img.convert("RGB")
-        scale = self.params.max_side / max(img.size)
-        if scale < 1:
-            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                             Image.Resampling.BILINEAR)
-        return np.asarray(img)
-
     def process(self, items: Sequence[StageItem]) -> list[TopiqScores | ItemFailure]:
         if not hasattr(self, "_technical"):
             self.setup()
-        images = [self._capped(item.image) for item in items]
+        images = [np.asarray(fit_long_side(item.image, self.params.max_side)) for item in items]
         technical = self._technical.score(images)
         aesthetic = self._aesthetic.score(images)
         t, a = self._technical, self._aesthetic
