@@ -96,7 +96,7 @@ def run(
 
 def _start_workers(engine: Engine, job_id: int, address: Optional[str], workers: Optional[int]):
     from curation.spec import JobSpec
-    from workers.runtime import Supervisor, default_pool_size, install_sigterm, ray_init
+    from workers.supervisor import Supervisor, default_pool_size, install_sigterm, ray_init
     from workers.stage import get_stage
 
     with engine.connect() as conn:
@@ -376,7 +376,7 @@ def worker(
     """Start (or join, with --address) Ray and serve the given stages for every job until SIGTERM or
     Ctrl-C; then each worker finishes its task in hand and releases the rest."""
     from curation.db import database_url
-    from workers.runtime import Supervisor, default_pool_size, install_sigterm, ray_init
+    from workers.supervisor import Supervisor, default_pool_size, install_sigterm, ray_init
     from workers.stage import get_stage
 
     url = database_url()
@@ -541,7 +541,7 @@ def train(
         _fail(f"no .tar shards under {data}", 1)
     if ray_workers:
         from training.ray_train import train_on_ray
-        from workers.runtime import ray_init
+        from workers.supervisor import ray_init
 
         ray_init(address or Settings.from_env().ray_address, num_cpus=None)
         metrics = train_on_ray(TrainConfig.load(config), shards, out, workers=ray_workers, use_gpu=gpu, steps=steps,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 # Short broker timings so crash and restart tests finish in seconds. Set before anything reads them;
-# Ray workers inherit them (workers.runtime.ray_init passes CURATION_* on).
+# Ray workers inherit them (workers.supervisor.ray_init passes CURATION_* on).
 os.environ.update({
     "CURATION_WEIGHTS_DIR": tempfile.mkdtemp(prefix="curation-weights-"),  # starts empty: tests pull
     "CURATION_HEARTBEAT_S": "0.5",
@@ -189,7 +189,7 @@ def ray_local(s3_server):
     """One local Ray for the session (started after the S3 settings exist, so workers inherit them)."""
     import ray
 
-    from workers.runtime import ray_init
+    from workers.supervisor import ray_init
 
     ray_init(None, num_cpus=4, log_to_driver=True)
     yield

@@ -36,7 +36,7 @@ def run_until_done(
 ):
     """Start a Supervisor with ``pools``, wait for the job to leave 'running', stop the workers.
     Returns the supervisor (its slots tell restarts)."""
-    from workers.runtime import Supervisor
+    from workers.supervisor import Supervisor
 
     supervisor = Supervisor(database_url=db_url, pools=pools)
     supervisor.start()
