@@ -18,6 +18,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import Engine, text
 
@@ -45,7 +46,7 @@ def _engine() -> Engine:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -61,7 +62,7 @@ def _submit(spec_path: Path) -> tuple[Engine, int]:
         sub = plan_submit(engine, spec, base=spec_path.resolve().parent)
     except SpecError as exc:
         _fail(f"invalid job spec {spec_path}:\n{exc}")
-    console.print(f"job [bold]{sub.job_id}[/] ({spec.name}): {sub.n_assets} assets in {sub.n_tasks} tasks")
+    console.print(f"job [bold]{sub.job_id}[/] ({escape(spec.name)}): {sub.n_assets} assets in {sub.n_tasks} tasks")
     return engine, sub.job_id
 
 
@@ -106,21 +107,22 @@ def _start_workers(engine: Engine, job_id: int, address: Optional[str], workers:
     gpus = {s.name: s.gpus for s in spec.stages if s.gpus is not None}
     for stage in spec.stages:
         cls = get_stage(stage.name)
-        pools[stage.name] = workers or stage.workers or default_pool_size(cls, len(spec.stages), gpus=stage.gpus)
-    console.print("starting workers: " + ", ".join(f"{k} x{v}" + (f" ({gpus[k]:g} GPU each)" if gpus.get(k) else "")
-                                                   for k, v in pools.items()))
-    supervisor = Supervisor(database_url=engine.url.render_as_string(hide_password=False), pools=pools, gpus=gpus)
+        pools[stage.name] = workers or stage.workers or default_pool_size(cls, gpus=stage.gpus)
+    console.print("worker pools, sized by the queue (at most): "
+                  + ", ".join(f"{k} x{v}" + (f" ({gpus[k]:g} GPU each)" if gpus.get(k) else "") for k, v in pools.items()))
+    supervisor = Supervisor(database_url=engine.url.render_as_string(hide_password=False), pools=pools, gpus=gpus,
+                            job_ids=[job_id])
     install_sigterm(supervisor.request_stop)
     supervisor.start()
     return supervisor
 
 
 def _progress_table(status) -> Table:
-    table = Table(title=f"job {status.job_id} · {status.name} · {status.status} · {status.n_assets} assets")
+    table = Table(title=f"job {status.job_id} · {escape(status.name)} · {status.status} · {status.n_assets} assets")
     for col in ("stage", "scored", "errors", "queued", "running"):
         table.add_column(col, justify="right" if col != "stage" else "left")
     for s in status.stages:
-        table.add_row(s.stage, str(s.scored), str(s.errors), str(s.queued), str(s.running))
+        table.add_row(escape(s.stage), str(s.scored), str(s.errors), str(s.queued), str(s.running))
     if status.dead_tasks:
         table.caption = f"{status.dead_tasks} dead-lettered task(s)"
     return table
@@ -146,10 +148,10 @@ def _wait(engine: Engine, job_id: int, supervisor) -> None:
                 break
             if supervisor is not None:
                 if supervisor.stopping:
-                    console.print("stopping workers (signal received); the job stays queued")
+                    console.print("stopping workers (signal received; again to kill them now); the job stays queued")
                     break
                 for event in supervisor.watch(0.5):
-                    console.print(event)
+                    console.print(event, markup=False, highlight=False)
             else:
                 time.sleep(0.5)
             if time.monotonic() - last_sweep > broker.timing.sweep_s:
@@ -177,7 +179,7 @@ def _finish(engine: Engine, job_id: int) -> None:
                                   overwrite=exp.get("overwrite", False))
         except ExportError as exc:
             _fail(f"export failed: {exc} (the job's results are kept; re-run `curation export {job_id}`)", 1)
-        console.print(f"exported {result.n_rows} rows in {len(result.files)} Parquet file(s) to [bold]{result.output}[/]")
+        console.print(f"exported {result.n_rows} rows in {len(result.files)} Parquet file(s) to [bold]{escape(result.output)}[/]")
     with engine.connect() as conn:
         f = funnel(conn, job_id)
         errors = error_summary(conn, job_id)
@@ -220,7 +222,7 @@ def status(job: Optional[int] = typer.Argument(None, help="job id (default: list
             for col in ("job", "name", "status", "assets", "created"):
                 table.add_column(col)
             for r in rows:
-                table.add_row(str(r.job_id), r.name, r.status, str(r.n), r.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+                table.add_row(str(r.job_id), escape(r.name), r.status, str(r.n), r.created_at.strftime("%Y-%m-%d %H:%M:%S"))
             console.print(table)
             return
         try:
@@ -230,7 +232,7 @@ def status(job: Optional[int] = typer.Argument(None, help="job id (default: list
         console.print(_progress_table(st))
         _print_funnel(funnel(conn, job))
         for stage, cls, n, example in error_summary(conn, job):
-            console.print(f"  {stage}: {n} × {cls} — e.g. {example[:100]}", highlight=False)
+            console.print(f"  {stage}: {n} × {cls} — e.g. {escape(example[:100])}", highlight=False)
 
 
 @app.command()
@@ -287,8 +289,9 @@ def query(
     timeout: float = typer.Option(60.0, "--timeout", help="statement timeout in seconds"),
     limit: Optional[int] = typer.Option(None, "--limit", help="print at most this many rows"),
 ) -> None:
-    """Run read-only SQL (a READ ONLY transaction with a statement timeout). The curated view is
-    `curated_images`; see docs/curated-view.md."""
+    """Run one read-only SELECT as the database's curation_reader role (SELECT on the curated views and
+    the catalogue only, with a statement timeout); anything else is refused before it runs. The curated
+    views are `curated_images` and `curated_scenes`; see docs/curated-view.md."""
     from curation.query import QueryError, run_query, to_csv, to_json
 
     if fmt not in ("table", "csv", "json"):
@@ -306,7 +309,7 @@ def query(
 
         table = Table(*result.columns)
         for row in result.rows:
-            table.add_row(*[("" if v is None else str(_plain(v))) for v in row])
+            table.add_row(*[("" if v is None else escape(str(_plain(v)))) for v in row])
         console.print(table)
         console.print(f"{len(result.rows)} row(s)")
 
@@ -340,9 +343,9 @@ def export(
                               overwrite=overwrite, view=view or _view_of(spec))
     except ExportError as exc:
         _fail(str(exc), 1)
-    console.print(f"export {result.export_id}: {result.n_rows} rows in {len(result.files)} file(s) under {result.output}")
+    console.print(f"export {result.export_id}: {result.n_rows} rows in {len(result.files)} file(s) under {escape(result.output)}")
     for f in result.files:
-        console.print(f"  {f['bucket']}/{f['source']}: {f['rows']} rows  {f['uri']}", highlight=False)
+        console.print(f"  {f['bucket']}/{escape(f['source'])}: {f['rows']} rows  {escape(f['uri'])}", highlight=False)
 
 
 @app.command()
@@ -382,15 +385,21 @@ def worker(
     url = database_url()
     refs = [s.strip() for s in stages.split(",") if s.strip()]
     ray_init(address or Settings.from_env().ray_address, stages=refs)
-    pools = {r: workers or default_pool_size(get_stage(r), len(refs)) for r in refs}
+    pools = {r: workers or default_pool_size(get_stage(r)) for r in refs}
     supervisor = Supervisor(database_url=url, pools=pools, claim_batch=claim_batch)
     install_sigterm(supervisor.request_stop)
     supervisor.start()
-    console.print("serving " + ", ".join(f"{k} x{v}" for k, v in pools.items()) + " — Ctrl-C to stop")
+    console.print("serving " + ", ".join(f"{k} (at most x{v})" for k, v in pools.items())
+                  + "; actors start when their stage has work — Ctrl-C to stop")
+    shown = ""
     while not supervisor.stopping:
         for event in supervisor.watch(1.0):
-            console.print(event)
-    console.print("stopping: finishing tasks in hand, releasing the rest")
+            console.print(event, markup=False, highlight=False)
+        if supervisor.describe() != shown:
+            shown = supervisor.describe()
+            console.print(shown, markup=False, highlight=False)
+    console.print("stopping: finishing tasks in hand (30 s, or the task's deadline if later), releasing the rest; "
+                  "Ctrl-C again to kill them now")
     supervisor.stop()
 
 
@@ -416,7 +425,7 @@ def demo(
                     output if output != Path("out/demo") else Path("out/demo-video"), address)
         return
 
-    console.print(f"fetching sample photos into {folder} ...")
+    console.print(f"fetching sample photos into {escape(str(folder))} ...")
     try:
         counts = build_demo_folder(folder)
     except MediaUnavailable as exc:
@@ -452,7 +461,7 @@ def _demo_video(folder: Path, output: Path, address: str | None) -> None:
     from curation.sample_media import MediaUnavailable, build_demo_videos
     from models.registry import MissingWeights, pull
 
-    console.print(f"fetching sample videos into {folder} ...")
+    console.print(f"fetching sample videos into {escape(str(folder))} ...")
     try:
         counts = build_demo_videos(folder)
         pull("ppocrv4-det")
@@ -513,10 +522,16 @@ def encode(
 
     if view not in VIEWS:
         _fail(f"--view must be one of {', '.join(VIEWS)}", 2)
+    from curation.user_sql import UnsafeSQL, check_predicate
+
+    try:
+        check_predicate(where, what="--where")
+    except UnsafeSQL as exc:
+        _fail(str(exc), 2)
     model, info = _vae(vae, video=view == "curated_scenes")
     result = encode_slice(_engine(), predicate=where, output=output, tier=tier, vae=model, vae_info=info,
                           job_id=job, limit=limit, view=view, max_seconds=seconds)
-    console.print(f"{result.n_latents} latents in {len(result.shards)} shard(s) under {output}")
+    console.print(f"{result.n_latents} latents in {len(result.shards)} shard(s) under {escape(output)}")
 
 
 @app.command()
@@ -555,7 +570,7 @@ def train(
     path = trainer.save()
     if trainer.checkpointer is not None:
         trainer.checkpointer.wait()
-    console.print(f"checkpoint: {path}")
+    console.print(f"checkpoint: {escape(str(path))}")
 
 
 @app.command()
@@ -601,7 +616,7 @@ def sample(
             picture.save(out)
     except ValueError as exc:
         _fail(str(exc), 2)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {escape(str(out))}")
 
 
 @app.command()
@@ -627,7 +642,7 @@ def soup(
     merged = soup_states([s[key] for s in states], n, weighting)
     result = {**states[0], "model": merged, "ema": merged, "opt": None, "souped_from": [str(p) for p in checkpoints]}
     torch.save(result, out)
-    console.print(f"souped {len(states)} checkpoints ({weighting}) into {out}")
+    console.print(f"souped {len(states)} checkpoints ({weighting}) into {escape(str(out))}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -24,7 +24,7 @@ def index_name(model: str, dim: int) -> str:
     return f"clip_results_hnsw_{model.replace('-', '_')}_{dim}"
 
 
-def ensure_hnsw_index(conn: Connection, stage_version: str, asset_ids: Sequence[int], params: BaseModel) -> None:
+def ensure_hnsw_index(conn: Connection, config, asset_ids: Sequence[int], params: BaseModel) -> None:
     """Indexer (``workers.stage.Indexer``): create this model's HNSW index if it does not exist."""
     model = str(params.model)
     if not asset_ids or not _NAME.match(model):

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Engine, text
 
 from curation import storage
+from curation.user_sql import UnsafeSQL, check_predicate, reader_engine
 
 
 class ExportError(RuntimeError):
@@ -50,8 +51,10 @@ def export_slice(
 ) -> ExportResult:
     """Write the slice; ``output`` must hold no Parquet files yet, unless ``overwrite`` (then the
     Parquet files already there are deleted first, so readers never see two exports mixed)."""
-    if ";" in predicate:
-        raise ExportError("the predicate must be a single SQL expression (no ';')")
+    try:
+        check_predicate(predicate, what="the export predicate")
+    except UnsafeSQL as exc:
+        raise ExportError(str(exc)) from None
     if view not in EXPORT_VIEWS:
         raise ExportError(f"unknown view {view!r}; one of {', '.join(EXPORT_VIEWS)}")
     if storage.is_s3(output) or storage.exists(output):
@@ -62,8 +65,13 @@ def export_slice(
             storage.delete(uri)
     with engine.begin() as conn:
         export_id = conn.execute(text("SELECT nextval(pg_get_serial_sequence('exports', 'export_id'))")).scalar_one()
-    scope = "AND c.asset_id IN (SELECT asset_id FROM job_assets WHERE job_id = :job)" if job_id is not None else ""
-    sql = f"SELECT c.* FROM {view} c WHERE ({predicate}) {scope} ORDER BY c.asset_id"
+    # a view row is one (job, asset): the job's configurations and thresholds; without a job, one row per
+    # asset (its most recent job)
+    if job_id is not None:
+        sql = f"SELECT c.* FROM {view} c WHERE ({predicate}) AND c.job_id = :job ORDER BY c.asset_id"
+    else:
+        sql = (f"SELECT DISTINCT ON (c.asset_id) c.* FROM {view} c WHERE ({predicate}) "
+               "ORDER BY c.asset_id, c.job_id DESC")
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     counters: dict[tuple[str, str], int] = defaultdict(int)
     result = ExportResult(export_id=export_id, output=output, n_rows=0)
@@ -80,10 +88,9 @@ def export_slice(
         storage.write_bytes(uri, buf.getvalue())
         result.files.append({"uri": uri, "bucket": bucket, "source": source, "rows": len(rows)})
 
-    with engine.connect() as conn:
-        with conn.begin():
-            conn.execute(text("SET TRANSACTION READ ONLY"))
-            conn.execute(text("SELECT set_config('statement_timeout', :t, true)"), {"t": f"{int(timeout_s * 1000)}ms"})
+    reader = reader_engine(engine, timeout_s=timeout_s)  # the predicate is the user's: read-only role
+    try:
+        with reader.connect() as conn:
             try:
                 cursor = conn.execution_options(stream_results=True, max_row_buffer=5000).execute(
                     text(sql), {"job": job_id} if job_id is not None else {}
@@ -97,6 +104,8 @@ def export_slice(
                 result.n_rows += 1
                 if len(groups[key]) >= rows_per_file:
                     flush(key)
+    finally:
+        reader.dispose()
     for key in list(groups):
         flush(key)
     with engine.begin() as conn:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, text
 
+from curation.user_sql import check_predicate, reader_engine
+
 from training.encode import ImageRecord, SceneRecord, encode_images, encode_scenes
 from training.shards import ShardInfo, VaeInfo
 
@@ -19,26 +21,31 @@ class EncodeResult:
 
 
 VIEWS = {
-    "curated_images": "SELECT c.asset_id, c.uri, c.source FROM curated_images c WHERE ({predicate}) AND c.decoded",
-    "curated_scenes": "SELECT c.asset_id, c.uri, c.source, c.start_s, c.end_s FROM curated_scenes c WHERE ({predicate})",
+    # one row per asset even where several jobs hold it (a view row is one (job, asset))
+    "curated_images": "SELECT DISTINCT ON (c.asset_id) c.asset_id, c.uri, c.source FROM curated_images c "
+                      "WHERE ({predicate}) AND c.decoded",
+    "curated_scenes": "SELECT DISTINCT ON (c.asset_id) c.asset_id, c.uri, c.source, c.start_s, c.end_s "
+                      "FROM curated_scenes c WHERE ({predicate})",
 }
 
 
 def encode_slice(engine: Engine, *, predicate: str, output: str, tier: str, vae, vae_info: VaeInfo,
                  job_id: int | None = None, limit: int | None = None, view: str = "curated_images",
                  max_seconds: float = 5.0, samples_per_tar: dict[str, int] | None = None) -> EncodeResult:
-    """Encode the rows of ``view`` matching ``predicate`` (run in a READ ONLY transaction): images with
-    an image VAE, scenes (their first ``max_seconds`` at 24 fps) with a video VAE."""
-    if ";" in predicate:
-        raise ValueError("the predicate must be a single SQL expression (no ';')")
+    """Encode the rows of ``view`` matching ``predicate`` (checked, and run as the read-only role): images
+    with an image VAE, scenes (their first ``max_seconds`` at 24 fps) with a video VAE. Raises
+    ``UnsafeSQL`` (a ValueError) for a predicate that is not one expression."""
+    check_predicate(predicate, what="the encode predicate")
     if view not in VIEWS:
         raise ValueError(f"view must be one of {list(VIEWS)}, not {view!r}")
-    scope = " AND c.asset_id IN (SELECT asset_id FROM job_assets WHERE job_id = :job)" if job_id is not None else ""
+    scope = " AND c.job_id = :job" if job_id is not None else ""
     sql = VIEWS[view].format(predicate=predicate) + scope + " ORDER BY c.asset_id" + (" LIMIT :limit" if limit else "")
-    with engine.connect() as conn:
-        with conn.begin():
-            conn.execute(text("SET TRANSACTION READ ONLY"))
+    reader = reader_engine(engine, timeout_s=3600.0)
+    try:
+        with reader.connect() as conn:
             rows = conn.execute(text(sql), {"job": job_id, "limit": limit}).all()
+    finally:
+        reader.dispose()
     if view == "curated_scenes":
         scenes = [SceneRecord(f"a{r.asset_id}", r.uri, r.start_s, r.end_s, {"asset_id": r.asset_id, "source": r.source})
                   for r in rows]

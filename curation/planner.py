@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine, text
 from curation import storage
 from curation.broker import chunked, enqueue
 from curation.spec import JobSpec, SpecError
+from curation.user_sql import UnsafeSQL, check_predicate, reader_engine
 
 INSERT_BATCH = 10_000
 
@@ -59,14 +60,22 @@ def list_source(spec: JobSpec, base: Path = Path(".")) -> Iterator[str]:
             yield obj.uri
 
 
-def check_export_predicate(conn: Connection, predicate: str, view: str = "curated_images") -> None:
-    """Plan (not run) the export query so a bad predicate fails at submission, naming the field."""
+def check_export_predicate(engine: Engine, predicate: str, view: str = "curated_images") -> None:
+    """Check the predicate's shape, then plan (not run) the export query as the read-only role, so a bad
+    predicate fails at submission, naming the field."""
     try:
-        with conn.begin_nested():
+        check_predicate(predicate, what="export.where")
+    except UnsafeSQL as exc:
+        raise SpecError(str(exc)) from None
+    reader = reader_engine(engine, timeout_s=30.0)
+    try:
+        with reader.connect() as conn:
             conn.execute(text(f"EXPLAIN SELECT * FROM {view} WHERE ({predicate})"))
     except Exception as exc:  # noqa: BLE001 - any planner error is the user's predicate
         msg = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
         raise SpecError(f"export.where: not a valid predicate over {view}: {msg}") from None
+    finally:
+        reader.dispose()
 
 
 def check_weights(spec: JobSpec) -> None:
@@ -113,12 +122,13 @@ def submit(engine: Engine, spec: JobSpec, *, base: Path = Path(".")) -> Submissi
     if spec.source.is_list:
         if not storage.exists(src_uri):
             raise SpecError(f"source.uri: list file {spec.source.uri} does not exist")
-    elif not storage.prefix_reachable(src_uri):
-        raise SpecError(f"source.uri: {spec.source.uri} is not a readable folder or S3 prefix")
+    elif (problem := storage.prefix_problem(src_uri)) is not None:
+        raise SpecError(f"source.uri: cannot list {spec.source.uri}: {problem}")
     if spec.export is not None:
         out = spec.export.output
-        if storage.is_s3(out) and not storage.prefix_reachable(out):
-            raise SpecError(f"export.output: bucket of {out} is not reachable")
+        if storage.is_s3(out) and (problem := storage.prefix_problem(out)) is not None:
+            raise SpecError(f"export.output: cannot reach {out}: {problem}")
+        check_export_predicate(engine, spec.export.where, spec.view)
 
     check_weights(spec)
     uris = list(dict.fromkeys(list_source(spec, base)))  # de-duplicated, order kept
@@ -127,8 +137,6 @@ def submit(engine: Engine, spec: JobSpec, *, base: Path = Path(".")) -> Submissi
     first = spec.stage_classes()[0]
     spec_json = spec.model_dump(mode="json")
     with engine.begin() as conn:
-        if spec.export is not None:
-            check_export_predicate(conn, spec.export.where, spec.view)
         source_id = conn.execute(
             text(
                 "INSERT INTO sources (name, uri) VALUES (:n, :u) "
@@ -143,6 +151,12 @@ def submit(engine: Engine, spec: JobSpec, *, base: Path = Path(".")) -> Submissi
             ),
             {"n": spec.name, "m": spec.modality, "s": json.dumps(spec_json), "st": [s.name for s in spec.stages]},
         ).scalar_one()
+        # resolved params (defaults included): the thresholds the curated views apply for this job
+        conn.execute(
+            text("INSERT INTO job_stages (job_id, stage, position, params) VALUES (:j, :s, :i, CAST(:p AS jsonb))"),
+            [{"j": job_id, "s": st.name, "i": i, "p": json.dumps(spec.stage_params(i).model_dump(mode="json"))}
+             for i, st in enumerate(spec.stages)],
+        )
         asset_ids: list[int] = []
         for batch in chunked(uris, INSERT_BATCH):
             ids = _upsert_assets(conn, batch, source_id, spec.modality)

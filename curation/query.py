@@ -1,5 +1,6 @@
-"""Read-only SQL for users: ``curation query "SELECT ..."``. The statement runs in a READ ONLY
-transaction with a statement timeout, so a query can neither change data nor run away."""
+"""Read-only SQL for users: ``curation query "SELECT ..."``. The statement is checked (exactly one
+read-only SELECT) and runs as the ``curation_reader`` role with a statement timeout (curation/user_sql.py),
+so a query can neither change data nor run away. ``%`` in a query is an operator, not a placeholder."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
+
+from curation.user_sql import UnsafeSQL, check_query, reader_engine
 
 
 class QueryError(RuntimeError):
@@ -25,19 +28,30 @@ class QueryResult:
 
 
 def run_query(engine: Engine, sql: str, *, timeout_s: float = 60.0, max_rows: int | None = None) -> QueryResult:
-    with engine.connect() as conn:
-        with conn.begin():
-            conn.execute(text("SET TRANSACTION READ ONLY"))
-            conn.execute(text("SELECT set_config('statement_timeout', :t, true)"), {"t": f"{int(timeout_s * 1000)}ms"})
+    """Run one user statement as the reader role (``engine`` is the platform's: only its address is used)."""
+    try:
+        check_query(sql)
+    except UnsafeSQL as exc:
+        raise QueryError(str(exc)) from None
+    reader = reader_engine(engine, timeout_s=timeout_s)
+    try:
+        with reader.connect() as conn:
+            cursor = conn.connection.driver_connection.cursor()
             try:
-                result = conn.exec_driver_sql(sql)
+                cursor.execute(sql)  # no parameters: psycopg2 leaves '%' alone
             except Exception as exc:  # noqa: BLE001 - shown to the user as one line
-                msg = str(getattr(exc, "orig", exc)).strip()
-                raise QueryError(msg) from None
-            if not result.returns_rows:
+                raise QueryError(str(exc).strip()) from None
+            if cursor.description is None:
                 return QueryResult([], [])
-            columns = list(result.keys())
-            rows = [tuple(r) for r in (result.fetchmany(max_rows) if max_rows else result.fetchall())]
+            columns = [d.name for d in cursor.description]
+            rows = [tuple(r) for r in (cursor.fetchmany(max_rows) if max_rows else cursor.fetchall())]
+            conn.rollback()
+    except QueryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. the reader role cannot log in
+        raise QueryError(f"cannot connect as the read-only role: {str(getattr(exc, 'orig', exc)).strip()}") from None
+    finally:
+        reader.dispose()
     return QueryResult(columns, rows)
 
 

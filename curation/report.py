@@ -62,9 +62,11 @@ def job_status(conn: Connection, job_id: int) -> JobStatus:
     for ref in job.stages:
         cls = get_stage(ref)
         scored = conn.execute(
-            text(f"SELECT count(*) FROM {cls.result_table} r JOIN job_assets ja ON ja.asset_id = r.asset_id "
-                 "WHERE ja.job_id = :j AND r.stage_version = :v"),
-            {"j": job_id, "v": cls.stage_version()},
+            text(f"SELECT count(DISTINCT r.asset_id) FROM {cls.result_table} r "
+                 "JOIN job_assets ja ON ja.asset_id = r.asset_id "
+                 "WHERE ja.job_id = :j AND r.config_id IN (SELECT config_id FROM job_configs "
+                 "WHERE job_id = :j AND stage = :s)"),
+            {"j": job_id, "s": ref},
         ).scalar_one()
         errors = conn.execute(
             text("SELECT count(*) FROM item_errors e JOIN job_assets ja ON ja.asset_id = e.asset_id "
@@ -121,8 +123,7 @@ def video_funnel(conn: Connection, job_id: int) -> VideoFunnel:
             SELECT count(*) AS scenes,
                    count(*) FILTER (WHERE c.short_side >= 256) AS resolution_ok,
                    count(*) FILTER (WHERE c.short_side >= 256 AND c.is_unique) AS unique_
-            FROM job_assets ja JOIN curated_scenes c ON c.asset_id = ja.asset_id
-            WHERE ja.job_id = :j
+            FROM curated_scenes c WHERE c.job_id = :j
             """
         ),
         {"j": job_id},
@@ -146,8 +147,7 @@ def funnel(conn: Connection, job_id: int) -> Funnel | VideoFunnel:
                    count(*) FILTER (WHERE c.decoded) AS decoded,
                    count(*) FILTER (WHERE c.decoded AND c.short_side >= :min_side) AS resolution_ok,
                    count(*) FILTER (WHERE c.decoded AND c.short_side >= :min_side AND c.is_unique) AS unique_
-            FROM job_assets ja JOIN curated_images c ON c.asset_id = ja.asset_id
-            WHERE ja.job_id = :j
+            FROM curated_images c WHERE c.job_id = :j
             """
         ),
         {"j": job_id, "min_side": min_side},

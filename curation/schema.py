@@ -6,7 +6,8 @@ Tables, by layer:
 - catalogue: ``sources``, ``jobs``, ``assets``, ``job_assets`` (which job listed which asset);
 - broker: ``tasks`` (small and hot), ``task_attempts`` (append-only ledger), ``dead_tasks``,
   ``workers`` (heartbeats), ``item_errors`` (one row per failed ``(asset, stage, version)``);
-- stage results, one typed table per stage, primary key ``(asset_id, stage_version)``:
+- configurations: ``stage_configs``, ``job_stages`` (resolved params per job), ``job_configs`` (migration 0013);
+- stage results, one typed table per stage, primary key ``(asset_id, config_id)`` (migration 0013):
   ``probe_results``, ``resolution_results``, ``phash_results`` (+ ``near_duplicates``),
   ``edge_results``, ``quality_results``, ``text_results`` (migration 0003); for video (migration
   0004) ``video_probe_results``, ``scene_split_results`` (the scenes themselves are ``assets`` of kind
@@ -107,6 +108,37 @@ class JobAsset(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.job_id", ondelete="CASCADE"), primary_key=True)
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
     __table_args__ = (Index("job_assets_asset_idx", "asset_id"),)
+
+
+class StageConfigRow(Base):
+    """One configuration of a stage (``workers.stage.StageConfig``): what a result's ``config_id`` means."""
+
+    __tablename__ = "stage_configs"
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    stage: Mapped[str] = mapped_column(Text, nullable=False)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
+    params: Mapped[dict] = mapped_column(JSONB, nullable=False)
+    models: Mapped[dict] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class JobStage(Base):
+    """A job's stage with its resolved params (defaults included): the thresholds the views apply."""
+
+    __tablename__ = "job_stages"
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.job_id", ondelete="CASCADE"), primary_key=True)
+    stage: Mapped[str] = mapped_column(Text, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    params: Mapped[dict] = mapped_column(JSONB, nullable=False)
+
+
+class JobConfig(Base):
+    """Which configuration(s) a job's stage used (written with the stage's results)."""
+
+    __tablename__ = "job_configs"
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.job_id", ondelete="CASCADE"), primary_key=True)
+    stage: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(ForeignKey("stage_configs.config_id"), primary_key=True)
 
 
 # --- broker ----------------------------------------------------------------------------------
@@ -229,7 +261,8 @@ class ItemError(Base):
 class ProbeResult(Base):
     __tablename__ = "probe_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     format: Mapped[str] = mapped_column(Text, nullable=False)
     width: Mapped[int] = mapped_column(Integer, nullable=False)
     height: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -244,7 +277,8 @@ class ProbeResult(Base):
 class ResolutionResult(Base):
     __tablename__ = "resolution_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     short_side: Mapped[int] = mapped_column(Integer, nullable=False)
     long_side: Mapped[int] = mapped_column(Integer, nullable=False)
     aspect_ratio: Mapped[float] = mapped_column(Double, nullable=False)
@@ -254,7 +288,8 @@ class ResolutionResult(Base):
 class PhashResult(Base):
     __tablename__ = "phash_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     phash: Mapped[str] = mapped_column(BIT(64), nullable=False)
     created_at: Mapped[datetime] = _created()
     __table_args__ = (
@@ -266,12 +301,14 @@ class PhashResult(Base):
 
 
 class NearDuplicate(Base):
-    """A pair of assets whose perceptual hashes are within the phash stage's ``max_distance``.
+    """A pair of assets whose perceptual hashes are within ``curation.dedup.PAIR_SEARCH_BITS`` (the job's
+    ``max_distance`` is applied by the curated views).
     Stored in both directions so that "does a better-ranked neighbour exist" is one index probe."""
 
     __tablename__ = "near_duplicates"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
     other_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # of the hashes compared
     distance: Mapped[int] = mapped_column(SmallInteger, nullable=False)
     stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = _created()
@@ -280,7 +317,8 @@ class NearDuplicate(Base):
 class EdgeResult(Base):
     __tablename__ = "edge_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     edge_density: Mapped[float] = mapped_column(Double, nullable=False)
     edge_mean: Mapped[float] = mapped_column(Double, nullable=False)
     created_at: Mapped[datetime] = _created()
@@ -289,7 +327,8 @@ class EdgeResult(Base):
 class QualityResult(Base):
     __tablename__ = "quality_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     brisque: Mapped[float] = mapped_column(Double, nullable=False)
     model: Mapped[str] = mapped_column(Text, nullable=False)
     weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
@@ -299,7 +338,8 @@ class QualityResult(Base):
 class TextResult(Base):
     __tablename__ = "text_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     text_boxes: Mapped[int] = mapped_column(Integer, nullable=False)
     text_area: Mapped[float] = mapped_column(Double, nullable=False)
     model: Mapped[str] = mapped_column(Text, nullable=False)
@@ -313,7 +353,8 @@ class TextResult(Base):
 class VideoProbeResult(Base):
     __tablename__ = "video_probe_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     container: Mapped[str] = mapped_column(Text, nullable=False)
     codec: Mapped[str] = mapped_column(Text, nullable=False)
     width: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -337,7 +378,8 @@ class SceneSplitResult(Base):
 
     __tablename__ = "scene_split_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     detector: Mapped[str] = mapped_column(Text, nullable=False)
     cut_frames: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
     n_scenes: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -351,7 +393,8 @@ class SceneSplitResult(Base):
 class VideoHashResult(Base):
     __tablename__ = "video_hash_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     vhash: Mapped[str] = mapped_column(BIT(64), nullable=False)
     frames_hashed: Mapped[int] = mapped_column(Integer, nullable=False)
     created_at: Mapped[datetime] = _created()
@@ -366,7 +409,8 @@ class VideoHashResult(Base):
 class DynamicsResult(Base):
     __tablename__ = "dynamics_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     ms_ssim_mean: Mapped[float | None] = mapped_column(Double)
     ms_ssim_min: Mapped[float | None] = mapped_column(Double)
     ms_ssim_max: Mapped[float | None] = mapped_column(Double)
@@ -379,7 +423,8 @@ class DynamicsResult(Base):
 class VideoTextResult(Base):
     __tablename__ = "video_text_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     text_boxes_mean: Mapped[float] = mapped_column(Double, nullable=False)
     text_area_mean: Mapped[float] = mapped_column(Double, nullable=False)
     frames_sampled: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -393,7 +438,8 @@ class ClipResult(Base):
 
     __tablename__ = "clip_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     embedding: Mapped[list[float]] = mapped_column(Vector(), nullable=False)
     location: Mapped[str] = mapped_column(Text, nullable=False)
     location_p: Mapped[float] = mapped_column(Double, nullable=False)
@@ -412,7 +458,8 @@ class ClipResult(Base):
 class ObjectResult(Base):
     __tablename__ = "object_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     detections: Mapped[list] = mapped_column(JSONB, nullable=False)
     labels: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
     n_detections: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -429,7 +476,8 @@ class WatermarkResult(Base):
 
     __tablename__ = "watermark_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     classifier_p: Mapped[float] = mapped_column(Double, nullable=False)
     detector_conf: Mapped[float | None] = mapped_column(Double)
     watermark: Mapped[bool] = mapped_column(Boolean, nullable=False)
@@ -444,7 +492,8 @@ class WatermarkResult(Base):
 class MotionResult(Base):
     __tablename__ = "motion_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     camera_motion: Mapped[float] = mapped_column(Double, nullable=False)
     object_motion: Mapped[float] = mapped_column(Double, nullable=False)
     light_dynamics: Mapped[float] = mapped_column(Double, nullable=False)
@@ -457,7 +506,8 @@ class MotionResult(Base):
 class TopiqResult(Base):
     __tablename__ = "topiq_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     topiq_technical: Mapped[float] = mapped_column(Double, nullable=False)
     topiq_aesthetic: Mapped[float] = mapped_column(Double, nullable=False)
     technical_model: Mapped[str] = mapped_column(Text, nullable=False)
@@ -472,7 +522,8 @@ class QAlignResult(Base):
 
     __tablename__ = "qalign_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     qalign_quality: Mapped[float] = mapped_column(Double, nullable=False)
     qalign_aesthetic: Mapped[float] = mapped_column(Double, nullable=False)
     sft_candidate: Mapped[bool] = mapped_column(Boolean, nullable=False)
@@ -489,7 +540,8 @@ class QAlignResult(Base):
 class DoverResult(Base):
     __tablename__ = "dover_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     dover_technical: Mapped[float] = mapped_column(Double, nullable=False)
     dover_aesthetic: Mapped[float] = mapped_column(Double, nullable=False)
     dover_overall: Mapped[float] = mapped_column(Double, nullable=False)
@@ -504,7 +556,8 @@ class DoverResult(Base):
 class ComplexityResult(Base):
     __tablename__ = "complexity_results"
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    stage_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
+    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     mask_count: Mapped[int] = mapped_column(Integer, nullable=False)
     mask_coverage: Mapped[float] = mapped_column(Double, nullable=False)
     edge_density: Mapped[float] = mapped_column(Double, nullable=False)

@@ -56,11 +56,20 @@ class SourceSpec(BaseModel):
     def is_list(self) -> bool:
         return self.uri.lower().endswith(LIST_SUFFIXES)
 
+    @field_validator("name")
+    @classmethod
+    def _one_path_segment(cls, v: str | None) -> str | None:
+        # the name is a folder of the export (<output>/<bucket>/<source>/): never a way out of it
+        if v is not None and (".." in v or v.startswith(".")):
+            raise ValueError("must not start with '.' or contain '..' (it names a folder of the export)")
+        return v
+
     def source_name(self) -> str:
         if self.name:
             return self.name
-        stem = Path(self.uri.rstrip("/")).name or "source"
-        return "".join(c if c.isalnum() or c in "_.-" else "_" for c in stem)
+        stem = Path(self.uri.rstrip("/")).name
+        safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in stem).strip("_")
+        return safe or "source"
 
 
 class StageSpec(BaseModel):
@@ -82,9 +91,13 @@ class ExportSpec(BaseModel):
 
     @field_validator("where")
     @classmethod
-    def _no_statement_break(cls, v: str) -> str:
-        if ";" in v:
-            raise ValueError("must be a single SQL predicate (no ';')")
+    def _one_expression(cls, v: str) -> str:
+        from curation.user_sql import UnsafeSQL, check_predicate
+
+        try:
+            check_predicate(v, what="the predicate")
+        except UnsafeSQL as exc:
+            raise ValueError(str(exc)) from None
         return v
 
 
@@ -114,29 +127,7 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _stages_known_and_ordered(self) -> "JobSpec":
-        errors: list[str] = []
-        seen: list[str] = []
-        for i, stage in enumerate(self.stages):
-            where = f"stages[{i}]"
-            try:
-                cls = get_stage(stage.name)
-            except UnknownStage as exc:
-                errors.append(f"{where}.name: {exc.args[0]}")
-                continue
-            if self.modality not in cls.modalities:
-                errors.append(f"{where}.name: stage {stage.name!r} does not handle modality {self.modality!r}")
-            try:
-                cls.Params.model_validate(stage.params)
-            except ValidationError as exc:
-                for err in exc.errors():
-                    loc = ".".join(str(p) for p in err["loc"])
-                    errors.append(f"{where}.params.{loc}: {err['msg']} (stage {stage.name!r})")
-            for required in cls.requires:
-                if required not in seen:
-                    errors.append(f"{where}.name: stage {stage.name!r} needs stage {required!r} earlier in the list")
-            if cls.name in seen:
-                errors.append(f"{where}.name: stage {cls.name!r} is listed twice")
-            seen.append(cls.name)
+        errors = stage_errors(self.stages, self.modality)
         if 0 < self.scene_window_s < MIN_SCENE_WINDOW_S:
             errors.append(f"scene_window_s: 0 (never) or at least {MIN_SCENE_WINDOW_S:.0f} s, not {self.scene_window_s}")
         longest = max((float(s.params.get("max_scene_s", 60.0)) for s in self.stages if s.name == "scenes"), default=60.0)
@@ -164,6 +155,47 @@ class JobSpec(BaseModel):
         return get_stage(self.stages[index].name).Params.model_validate(self.stages[index].params)
 
 
+def stage_errors(stages: list[StageSpec], modality: str | None) -> list[str]:
+    """Every problem of the stage list: unknown stages, wrong modality, bad params, order, repeats."""
+    errors: list[str] = []
+    seen: list[str] = []
+    for i, stage in enumerate(stages):
+        where = f"stages[{i}]"
+        try:
+            cls = get_stage(stage.name)
+        except UnknownStage as exc:
+            errors.append(f"{where}.name: {exc.args[0]}")
+            continue
+        if modality is not None and modality not in cls.modalities:
+            errors.append(f"{where}.name: stage {stage.name!r} does not handle modality {modality!r}")
+        try:
+            cls.Params.model_validate(stage.params)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = ".".join(str(p) for p in err["loc"])
+                errors.append(f"{where}.params.{loc}: {err['msg']} (stage {stage.name!r})")
+        for required in cls.requires:
+            if required not in seen:
+                errors.append(f"{where}.name: stage {stage.name!r} needs stage {required!r} earlier in the list")
+        if cls.name in seen:
+            errors.append(f"{where}.name: stage {cls.name!r} is listed twice")
+        seen.append(cls.name)
+    return errors
+
+
+def _stage_errors_of_invalid(data: dict) -> list[str]:
+    """When other fields fail, pydantic skips the whole-spec check: run the stage checks on their own so
+    that every bad field is named at once."""
+    from pydantic import TypeAdapter
+
+    try:
+        stages = TypeAdapter(list[StageSpec]).validate_python(data.get("stages"))
+    except ValidationError:
+        return []  # the stage list's own shape errors are already reported
+    modality = data.get("modality") if data.get("modality") in ("image", "video") else None
+    return stage_errors(stages, modality)
+
+
 def _format(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
@@ -183,7 +215,9 @@ def parse_spec(data: Any) -> JobSpec:
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_format(exc)) from None
+        message = _format(exc)
+        extra = [e for e in _stage_errors_of_invalid(data) if e not in message]
+        raise SpecError("\n".join([message, *extra])) from None
 
 
 def load_spec(path: str | Path) -> JobSpec:

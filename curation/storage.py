@@ -175,18 +175,41 @@ def exists(uri: str) -> bool:
     return _local_path(uri).exists()
 
 
-def prefix_reachable(uri: str) -> bool:
-    """Whether a folder or S3 prefix can be listed at all (its bucket exists and we may list it)."""
+def prefix_problem(uri: str) -> str | None:
+    """Why a folder or S3 prefix cannot be listed (missing credentials, no such bucket, access denied,
+    endpoint unreachable, not a folder), or None when it can."""
     if is_s3(uri):
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
         bucket, key = _split_s3(uri)
         try:
             s3_client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
-            return True
-        except (ClientError, BotoCoreError):
-            return False
-    return _local_path(uri).is_dir()
+            return None
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            return (f"no usable S3 credentials ({exc}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                    "(or a profile), and AWS_ENDPOINT_URL for an S3-compatible server")
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchBucket", "404"):
+                return f"bucket {bucket!r} does not exist"
+            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                return f"access to bucket {bucket!r} denied ({code}): check the S3 credentials"
+            return f"S3 error {code or exc.__class__.__name__}: {exc}"
+        except BotoCoreError as exc:
+            return f"S3 endpoint unreachable: {exc}"
+    path = _local_path(uri)
+    if not path.exists():
+        return "no such folder"
+    if not path.is_dir():
+        return "not a folder"
+    if not os.access(path, os.R_OK | os.X_OK):
+        return "folder not readable"
+    return None
+
+
+def prefix_reachable(uri: str) -> bool:
+    """Whether a folder or S3 prefix can be listed at all (its bucket exists and we may list it)."""
+    return prefix_problem(uri) is None
 
 
 def join(base: str, *parts: str) -> str:

@@ -173,20 +173,20 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             name="sam2.1-hiera-tiny",
             family="segmentation",
-            library="sam2 (build_sam2, configs/sam2.1/sam2.1_hiera_t.yaml)",
+            library="transformers (Sam2Model + Sam2Processor; Hiera-T backbone, loaded strictly)",
             source="hf:facebook/sam2.1-hiera-tiny",
             licence="Apache-2.0",
             stages=("complexity",),
-            files={"sam2.1_hiera_tiny.pt": None},
+            files={"config.json": None, "model.safetensors": None},
         ),
         ModelSpec(
             name="sam2.1-hiera-large",
             family="segmentation",
-            library="sam2 (build_sam2, configs/sam2.1/sam2.1_hiera_l.yaml)",
+            library="transformers (Sam2Model + Sam2Processor; Hiera-L backbone, loaded strictly)",
             source="hf:facebook/sam2.1-hiera-large",
             licence="Apache-2.0",
             stages=("complexity",),
-            files={"sam2.1_hiera_large.pt": None},
+            files={"config.json": None, "model.safetensors": None},
         ),
     )
 }
@@ -300,6 +300,28 @@ def files_digest(st: ModelStatus) -> str:
     """One checksum for provenance: sha256 over the model's files' sha256s, in name order."""
     joined = "".join(st.spec.files[f] or recorded_sha256(st.where / f) for f in sorted(st.spec.files))
     return hashlib.sha256(joined.encode()).hexdigest()
+
+
+TINY_SUFFIX = "-tiny-random"
+
+
+def weights_identity(name: str, *, strict: bool = True) -> str | None:
+    """What identifies a model's weights in a stage configuration: ``files_digest`` of a registry
+    model's verified files, the sha256 of a local weights file given by path, ``random-init`` for a
+    tiny test variant. ``strict=False``: None for a string that names no model (any other param)."""
+    if name.endswith(TINY_SUFFIX):
+        return "random-init"
+    if name in REGISTRY:
+        st = status(name)
+        if not st.present:
+            if strict:
+                require(name)
+            return f"absent:{name}"
+        return files_digest(st)
+    path = Path(name)
+    if name.endswith((".onnx", ".pt", ".pth", ".safetensors", ".bin")) and path.is_file():
+        return recorded_sha256(path)
+    return None if not strict else f"unregistered:{name}"
 
 
 def pull(name: str) -> ModelStatus:

@@ -30,7 +30,8 @@ os.environ.update({
 ALL_TABLES = (
     "dover_results, topiq_results, qalign_results, complexity_results, motion_results, watermark_results, object_results, clip_results, video_text_results, dynamics_results, video_hash_results, scene_split_results, video_probe_results, "
     "text_results, quality_results, latents, shards, exports, edge_results, near_duplicates, phash_results, resolution_results, probe_results, item_errors, "
-    "workers, dead_tasks, task_attempts, tasks, job_assets, assets, jobs, sources"
+    "workers, dead_tasks, task_attempts, tasks, job_configs, job_stages, stage_configs, job_assets, assets, jobs, "
+    "sources"
 )
 
 

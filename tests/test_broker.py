@@ -30,8 +30,8 @@ def make_job(engine, n_assets: int, chunk: int, *, max_attempts: int = 5) -> tup
 def write_probe_rows(asset_ids, marker: str):
     def write(conn):
         conn.execute(
-            text("INSERT INTO probe_results (asset_id, stage_version, format, width, height, mode, bytes, sha256, "
-                 "decode_ms) SELECT a, 'probe@1', :m, 1, 1, 'RGB', 1, '\\x00', 0 FROM unnest(CAST(:ids AS bigint[])) a "
+            text("INSERT INTO probe_results (asset_id, config_id, stage_version, format, width, height, mode, bytes, sha256, "
+                 "decode_ms) SELECT a, 'probe:test', 'probe@1', :m, 1, 1, 'RGB', 1, '\\x00', 0 FROM unnest(CAST(:ids AS bigint[])) a "
                  "ON CONFLICT DO NOTHING"),
             {"ids": list(asset_ids), "m": marker},
         )

@@ -77,6 +77,7 @@ class ComplexityStage(Stage):
     result_type = ComplexityScores
     result_table = "complexity_results"
     Params = ComplexityParams
+    threshold_params = frozenset({"simple_threshold"})
     resources = Resources(cpus=1.0, memory_gb=3.0)
     batch_size = 4
     max_runtime_s = 1800.0

@@ -73,6 +73,7 @@ class DynamicsStage(Stage):
     result_type = DynamicsScores
     result_table = "dynamics_results"
     Params = DynamicsParams
+    threshold_params = frozenset({"static_above", "dynamic_below"})
     resources = Resources(cpus=1.0, memory_gb=1.5)
     batch_size = 4
     max_runtime_s = 3600.0

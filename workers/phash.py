@@ -25,7 +25,8 @@ DEFAULT_MAX_DISTANCE = 8
 
 class PhashParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_distance: int = Field(DEFAULT_MAX_DISTANCE, ge=0, le=32, description="Hamming bits for a near duplicate")
+    max_distance: int = Field(DEFAULT_MAX_DISTANCE, ge=0, le=16, description="Hamming bits for a near duplicate "
+                              "(applied when the slice is read; pairs are stored up to 16 bits)")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class PhashStage(Stage):
     result_type = PhashScores
     result_table = "phash_results"
     Params = PhashParams
+    threshold_params = frozenset({"max_distance"})
     resources = Resources(cpus=1.0, memory_gb=1.0)
     batch_size = 64
     needs_image = True

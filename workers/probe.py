@@ -46,6 +46,8 @@ class ProbeStage(Stage):
     result_type = ProbeScores
     result_table = "probe_results"
     Params = ProbeParams
+    run_params = frozenset({"decode_timeout_s", "max_pixels"})
+    reuse_by_content = False  # it computes the content hash
     resources = Resources(cpus=1.0, memory_gb=1.0)
     batch_size = 64
     needs_bytes = True

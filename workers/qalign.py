@@ -54,6 +54,7 @@ class QAlignScores:
 
 class QAlignModel(Stage):
     """What the image and the video Q-Align stages share: the VLM, loaded once per actor."""
+    threshold_params = frozenset({"sft_min_quality", "sft_min_aesthetic"})
 
     result_type = QAlignScores
     result_table = "qalign_results"

@@ -36,6 +36,7 @@ class ResolutionStage(Stage):
     result_type = ResolutionScores
     result_table = "resolution_results"
     Params = ResolutionParams
+    threshold_params = frozenset({"min_side"})  # a gate: short_side is stored whatever it is
     resources = Resources(cpus=0.5, memory_gb=0.5)
     batch_size = 1024
     requires = ("probe",)

@@ -42,7 +42,7 @@ from curation.media import DEFAULT_MAX_PIXELS, MediaError, decode_image
 from curation.schema import Base
 from curation.spec import JobSpec
 from curation.storage import StorageError
-from workers.stage import ItemFailure, Span, Stage, StageItem, get_stage
+from workers.stage import ItemFailure, Span, Stage, StageConfig, StageItem, get_stage
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +61,63 @@ class WorkerStats:
     fenced_out: int = 0
     task_failures: int = 0
     released: int = 0
+    reused: int = 0  # results taken from a byte-identical copy scored under the same config
 
 
 def _result_table(stage_cls: type[Stage]):
     return Base.metadata.tables[stage_cls.result_table]
 
 
-def load_results(conn: Connection, stage_cls: type[Stage], asset_ids: Sequence[int]) -> dict[int, Any]:
-    """Stored results of ``stage_cls`` (its current version) for the given assets, as result objects."""
-    if not asset_ids:
+def load_results(conn: Connection, stage_cls: type[Stage], asset_ids: Sequence[int],
+                 config_ids: Sequence[str]) -> dict[int, Any]:
+    """Stored results of ``stage_cls`` under any of ``config_ids`` for the given assets, as result
+    objects (the newest where an asset has several)."""
+    if not asset_ids or not config_ids:
         return {}
     table = _result_table(stage_cls)
     cols = stage_cls.result_columns()
     rows = conn.execute(
-        table.select().where(table.c.asset_id.in_(list(asset_ids)),
-                             table.c.stage_version == stage_cls.stage_version())
+        table.select().where(table.c.asset_id.in_(list(asset_ids)), table.c.config_id.in_(list(config_ids)))
+        .order_by(table.c.created_at)
     ).mappings().all()
     return {r["asset_id"]: stage_cls.result_type(**{c: r[c] for c in cols}) for r in rows}
+
+
+def job_config_ids(conn: Connection, job_id: int, stage_ref: str) -> list[str]:
+    """The configurations a job's stage used (``job_configs``, written with the stage's results)."""
+    return list(conn.execute(text("SELECT config_id FROM job_configs WHERE job_id = :j AND stage = :s"),
+                             {"j": job_id, "s": stage_ref}).scalars())
+
+
+_CONTENT_TWINS = (  # {table}: the stage's result table (a name from the stage class, not user input)
+    """
+    -- for each asset, another asset with the same content that has a result under the config:
+    -- an image by the sha256 of its bytes; a scene by its video's sha256 and its frames
+    WITH me AS (
+        SELECT a.asset_id, a.kind, a.start_frame, a.end_frame,
+               (SELECT p.sha256 FROM probe_results p WHERE p.asset_id = a.asset_id LIMIT 1) AS image_sha,
+               (SELECT v.sha256 FROM video_probe_results v
+                 WHERE v.asset_id = coalesce(a.parent_id, a.asset_id) LIMIT 1) AS video_sha
+        FROM assets a WHERE a.asset_id = ANY(:ids))
+    SELECT me.asset_id, donor.asset_id AS donor
+    FROM me
+    CROSS JOIN LATERAL (
+        SELECT o.asset_id FROM probe_results op JOIN assets o ON o.asset_id = op.asset_id
+        WHERE me.kind = 'image' AND op.sha256 = me.image_sha AND o.asset_id <> me.asset_id
+          AND EXISTS (SELECT 1 FROM {table} r WHERE r.asset_id = o.asset_id AND r.config_id = :c)
+        UNION ALL
+        SELECT o.asset_id FROM video_probe_results vp JOIN assets o
+          ON o.parent_id = vp.asset_id AND o.start_frame = me.start_frame AND o.end_frame = me.end_frame
+         AND o.kind = me.kind
+        WHERE me.kind IN ('scene', 'window') AND vp.sha256 = me.video_sha AND o.asset_id <> me.asset_id
+          AND EXISTS (SELECT 1 FROM {table} r WHERE r.asset_id = o.asset_id AND r.config_id = :c)
+        UNION ALL
+        SELECT o.asset_id FROM video_probe_results vp JOIN assets o ON o.asset_id = vp.asset_id
+        WHERE me.kind = 'video' AND vp.sha256 = me.video_sha AND o.asset_id <> me.asset_id
+          AND EXISTS (SELECT 1 FROM {table} r WHERE r.asset_id = o.asset_id AND r.config_id = :c)
+        LIMIT 1) donor
+    """
+)
 
 
 class StageWorker:
@@ -99,7 +139,7 @@ class StageWorker:
         self.engine = make_engine(database_url, pool_size=2, application_name=f"curation-{self.stage_cls.name}")
         self.broker = Broker(self.engine, self.timing)
         self.claim_batch = claim_batch
-        self._stages: dict[str, Stage] = {}
+        self._stages: dict[str, tuple[Stage, StageConfig]] = {}
         self._jobs: dict[int, _JobPlan] = {}
         self._stop = threading.Event()
         self._io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch")
@@ -188,22 +228,23 @@ class StageWorker:
             self._jobs[job_id] = plan
         return plan
 
-    def _stage_instance(self, plan: _JobPlan, ref: str) -> tuple[Stage, int]:
+    def _stage_instance(self, plan: _JobPlan, ref: str) -> tuple[Stage, StageConfig, int]:
+        """The stage set up for the job's params (once per actor and params) and its configuration."""
         index = plan.stage_refs.index(ref)
         params = plan.spec.stage_params(index)
         key = f"{ref}|{json.dumps(params.model_dump(mode='json'), sort_keys=True)}"
-        stage = self._stages.get(key)
-        if stage is None:
+        got = self._stages.get(key)
+        if got is None:
             stage = get_stage(ref)(params)
             stage.setup()
-            self._stages[key] = stage
-        return stage, index
+            got = self._stages[key] = (stage, stage.config())
+        return got[0], got[1], index
 
     def process_task(self, lease: Lease) -> None:
         try:
             plan = with_reconnect(lambda: self._plan(lease.job_id), what="load job")
-            stage, index = self._stage_instance(plan, lease.stage)
-            outcome = self._run_stage(lease, plan, stage, index)
+            stage, config, index = self._stage_instance(plan, lease.stage)
+            outcome = self._run_stage(lease, plan, stage, config, index)
         except Exception as exc:  # noqa: BLE001 - a task-level failure: retried with back-off
             log.exception("task %s (%s) failed", lease.task_id, lease.stage)
             self.stats.task_failures += 1
@@ -214,9 +255,10 @@ class StageWorker:
         if not outcome:
             self.stats.fenced_out += 1
 
-    def _inputs(self, conn: Connection, stage: Stage, plan: _JobPlan, asset_ids: Sequence[int]):
-        """Each asset's row (uri, parent, span) and the earlier results the stage requires. A scene's
-        prior comes from the scene itself, else from its parent video (e.g. ``video_probe``)."""
+    def _inputs(self, conn: Connection, stage: Stage, plan: _JobPlan, job_id: int, asset_ids: Sequence[int]):
+        """Each asset's row (uri, parent, span) and the earlier results the stage requires, under the
+        configurations the job used for them. A scene's prior comes from the scene itself, else from
+        its parent video (e.g. ``video_probe``)."""
         rows = {r.asset_id: r for r in conn.execute(
             text("SELECT asset_id, uri, parent_id, start_frame, end_frame, start_s, end_s FROM assets "
                  "WHERE asset_id = ANY(:ids)"), {"ids": list(asset_ids)}
@@ -226,31 +268,37 @@ class StageWorker:
         priors: dict[str, dict[int, Any]] = {}
         for required in stage.requires:
             ref = next(r for r in plan.stage_refs if get_stage(r).name == required)
-            got = load_results(conn, get_stage(ref), lookup)
+            got = load_results(conn, get_stage(ref), lookup, job_config_ids(conn, job_id, ref))
             priors[required] = {a: got.get(a, got.get(parents.get(a, -1))) for a in asset_ids
                                 if a in got or parents.get(a) in got}
         return rows, priors
 
-    def _run_stage(self, lease: Lease, plan: _JobPlan, stage: Stage, index: int) -> bool:
+    def _run_stage(self, lease: Lease, plan: _JobPlan, stage: Stage, config: StageConfig, index: int) -> bool:
         ids = list(lease.asset_ids)
         version = stage.stage_version()
 
         def read_state():
             with self.engine.connect() as conn:
-                done = load_results(conn, type(stage), ids)
+                done = load_results(conn, type(stage), ids, [config.config_id])
                 failed = set(conn.execute(
                     text("SELECT asset_id FROM item_errors WHERE asset_id = ANY(:ids) AND stage = :s "
                          "AND stage_version = :v"),
                     {"ids": ids, "s": lease.stage, "v": version},
                 ).scalars())
-                rows, priors = self._inputs(conn, stage, plan, ids)
-            return done, failed, rows, priors
+                rows, priors = self._inputs(conn, stage, plan, lease.job_id, ids)
+                fresh = [a for a in ids if a not in done and a not in failed]
+                twins = self._content_twins(conn, stage, config, fresh)
+            return done, failed, rows, priors, twins
 
-        done, failed, rows, priors = with_reconnect(read_state, what="read task inputs")
+        done, failed, rows, priors, twins = with_reconnect(read_state, what="read task inputs")
         todo = [a for a in ids if a not in done and a not in failed]
-        results: dict[int, Any] = {}
+        # a byte-identical copy of an asset scored under this config: its stored result, no stage work
+        results: dict[int, Any] = dict(twins)
+        self.stats.reused += len(twins)
         items: list[StageItem] = []
         for asset_id in todo:
+            if asset_id in results:
+                continue
             missing = [name for name, got in priors.items() if asset_id not in got]
             if missing:
                 results[asset_id] = ItemFailure("missing_prior", f"no {', '.join(missing)} result for this asset")
@@ -286,7 +334,7 @@ class StageWorker:
             nxt = get_stage(plan.stage_refs[index + 1])
             next_stage = NextStage(plan.stage_refs[index + 1], nxt.stage_version(), nxt.max_runtime_s)
 
-        write = self._writer(lease, stage, results)
+        write = self._writer(lease, stage, config, results)
         chunks = None
         if stage.children_field is not None:
             kept = {a for a in survivors}
@@ -313,6 +361,20 @@ class StageWorker:
             self.stats.items_ok += sum(1 for r in results.values() if not isinstance(r, ItemFailure))
             self.stats.item_errors += sum(1 for r in results.values() if isinstance(r, ItemFailure))
         return ok
+
+    def _content_twins(self, conn: Connection, stage: Stage, config: StageConfig,
+                       asset_ids: Sequence[int]) -> dict[int, Any]:
+        """Results under ``config`` of other assets with the same content as ``asset_ids`` (see
+        ``Stage.reuse_by_content``), keyed by the asset that gets them."""
+        if not asset_ids or not stage.reuse_by_content or stage.children_field is not None:
+            return {}
+        table = _result_table(type(stage))
+        pairs = conn.execute(text(_CONTENT_TWINS.format(table=table.name)),
+                             {"ids": list(asset_ids), "c": config.config_id}).all()
+        if not pairs:
+            return {}
+        stored = load_results(conn, type(stage), [p.donor for p in pairs], [config.config_id])
+        return {p.asset_id: stored[p.donor] for p in pairs if p.donor in stored}
 
     def _drop_scratch(self) -> None:
         if self._scratch is not None:
@@ -390,12 +452,14 @@ class StageWorker:
                 out.append(ItemFailure(f"stage_error:{exc.__class__.__name__}", f"{exc}"[:2000]))
         return out
 
-    def _writer(self, lease: Lease, stage: Stage, results: dict[int, Any]) -> Callable[[Connection], int]:
+    def _writer(self, lease: Lease, stage: Stage, config: StageConfig,
+                results: dict[int, Any]) -> Callable[[Connection], int]:
         version = stage.stage_version()
         table = _result_table(type(stage))
         columns = type(stage).result_columns()
         rows = [
-            {"asset_id": a, "stage_version": version, **{c: getattr(r, c) for c in columns}}
+            {"asset_id": a, "config_id": config.config_id, "stage_version": version,
+             **{c: getattr(r, c) for c in columns}}
             for a, r in results.items() if not isinstance(r, ItemFailure)
         ]
         errors = [
@@ -406,10 +470,15 @@ class StageWorker:
         ]
 
         def write(conn: Connection) -> int:
+            record = {"c": config.config_id, "st": config.stage, "v": config.stage_version,
+                      "p": json.dumps(config.params, sort_keys=True, default=str),
+                      "m": json.dumps(config.models, sort_keys=True), "j": lease.job_id, "ref": lease.stage}
+            for statement in _RECORD_CONFIG:
+                conn.execute(statement, record)
             if rows:
                 conn.execute(pg_insert(table).values(rows).on_conflict_do_nothing())
                 for indexer in stage.indexers:
-                    indexer(conn, version, [r["asset_id"] for r in rows], stage.params)
+                    indexer(conn, config, [r["asset_id"] for r in rows], stage.params)
             if errors:
                 conn.execute(pg_insert(Base.metadata.tables["item_errors"]).values(errors).on_conflict_do_nothing())
             return len(rows)
@@ -481,6 +550,12 @@ class StageWorker:
 
         return write_all, lambda: chunk_by_seconds(created, seconds_per_task)
 
+
+_RECORD_CONFIG = (
+    text("INSERT INTO stage_configs (config_id, stage, stage_version, params, models) "
+         "VALUES (:c, :st, :v, CAST(:p AS jsonb), CAST(:m AS jsonb)) ON CONFLICT DO NOTHING"),
+    text("INSERT INTO job_configs (job_id, stage, config_id) VALUES (:j, :ref, :c) ON CONFLICT DO NOTHING"),
+)
 
 _ADOPT_SCENES = text(
     """

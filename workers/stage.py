@@ -13,7 +13,9 @@ predicate over the ``curated_images`` view.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -66,12 +68,33 @@ class ItemFailure:
     message: str
 
 
+@dataclass(frozen=True)
+class StageConfig:
+    """What makes a stored result: the stage version, the parameters that change the score, and each
+    model's weights identity (registry digest or file sha256). Results are keyed by ``config_id``: the
+    same configuration is reused, another is computed and stored beside it."""
+
+    stage: str
+    stage_version: str
+    params: dict[str, Any]
+    models: dict[str, str]
+
+    def canonical(self) -> str:
+        return json.dumps({"stage": self.stage, "version": self.stage_version, "params": self.params,
+                           "models": self.models}, sort_keys=True, separators=(",", ":"), default=str)
+
+    @property
+    def config_id(self) -> str:
+        """Stable: the same inputs give the same id on every machine and in every release."""
+        return f"{self.stage}:{hashlib.sha256(self.canonical().encode()).hexdigest()[:20]}"
+
+
 class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-Indexer = Callable[[Connection, str, Sequence[int], BaseModel], None]
-"""Runs in the completion transaction after the stage's rows are written: (conn, stage_version,
+Indexer = Callable[[Connection, "StageConfig", Sequence[int], BaseModel], None]
+"""Runs in the completion transaction after the stage's rows are written: (conn, the stage's config,
 asset ids with a result, params). Lives in ``curation/`` so stage modules stay free of SQL."""
 
 
@@ -92,6 +115,16 @@ class Stage(ABC):
     requires: ClassVar[tuple[str, ...]] = ()  # earlier stages whose results ``prior`` must hold
     models: ClassVar[tuple[str, ...]] = ()  # registry names of the weights the stage loads (models/registry.py)
     indexers: ClassVar[tuple[Indexer, ...]] = ()
+    threshold_params: ClassVar[frozenset[str]] = frozenset()
+    """Params that only threshold a stored raw score (a flag, a gate, a duplicate distance): applied
+    when a slice is read (the curated views read them from ``job_stages``), never part of the config,
+    so changing one recomputes nothing."""
+    run_params: ClassVar[frozenset[str]] = frozenset({"timeout_s"})
+    """Params that bound the run (time limits, decode guards), not the score: not part of the config."""
+    reuse_by_content: ClassVar[bool] = True
+    """A byte-identical copy of an asset already scored under the same config (same sha256; for a scene,
+    the same video content and frames) gets the stored result instead of being fetched and scored.
+    False for the stages that compute the content hash (probe, video_probe)."""
     children_field: ClassVar[str | None] = None
     """A stage that cuts its input into new assets (the scene split) names the result field holding
     the ``Span`` list; the runtime stores them as assets of kind ``scene`` and the *scenes* go on to
@@ -117,6 +150,22 @@ class Stage(ABC):
         """The registry models this stage loads with these params (a stage whose model is a param
         overrides this). Checked at submission: absent weights refuse the job."""
         return cls.models
+
+    def config(self) -> StageConfig:
+        """This instance's configuration (see ``StageConfig``). Model identities come from the registry
+        (a string param naming a registry model or a weights file); a tiny test variant is
+        ``random-init``."""
+        from models.registry import weights_identity
+
+        scored = {k: v for k, v in self.params.model_dump(mode="json").items()
+                  if k not in self.threshold_params and k not in self.run_params}
+        models = {m: weights_identity(m) for m in self.models_for(self.params)}
+        for value in scored.values():
+            if isinstance(value, str) and value not in models:
+                identity = weights_identity(value, strict=False)
+                if identity is not None:
+                    models[value] = identity
+        return StageConfig(self.name, self.stage_version(), scored, models)
 
     def setup(self) -> None:
         """Load models once per actor. Default: nothing to load."""

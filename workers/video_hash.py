@@ -37,7 +37,8 @@ DEFAULT_MAX_DISTANCE = 10
 class VideoHashParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     frames: int = Field(FRAMES, ge=1, le=256, description="evenly spaced frames averaged into the hashed picture")
-    max_distance: int = Field(DEFAULT_MAX_DISTANCE, ge=0, le=32, description="Hamming bits for a near duplicate")
+    max_distance: int = Field(DEFAULT_MAX_DISTANCE, ge=0, le=16, description="Hamming bits for a near duplicate "
+                              "(applied when the slice is read; pairs are stored up to 16 bits)")
     timeout_s: float = Field(DEFAULT_VIDEO_TIMEOUT_S, gt=0)
 
 
@@ -61,6 +62,7 @@ class VideoHashStage(Stage):
     result_type = VideoHashScores
     result_table = "video_hash_results"
     Params = VideoHashParams
+    threshold_params = frozenset({"max_distance"})
     resources = Resources(cpus=1.0, memory_gb=1.0)
     batch_size = 8
     max_runtime_s = 3600.0

@@ -71,6 +71,8 @@ class VideoProbeStage(Stage):
     result_type = VideoProbeScores
     result_table = "video_probe_results"
     Params = VideoProbeParams
+    run_params = frozenset({"timeout_s", "max_pixels", "max_duration_s"})
+    reuse_by_content = False  # it computes the content hash
     resources = Resources(cpus=1.0, memory_gb=1.0)
     batch_size = 8
     max_runtime_s = 3600.0

@@ -74,6 +74,7 @@ class WatermarkModels(Stage):
     """What the image and the video watermark stages share: both models, loaded once per actor."""
 
     Params = WatermarkParams
+    threshold_params = frozenset({"classifier_threshold", "detector_threshold"})
     result_type = WatermarkScores
     result_table = "watermark_results"
 
