@@ -305,23 +305,21 @@ def files_digest(st: ModelStatus) -> str:
 TINY_SUFFIX = "-tiny-random"
 
 
-def weights_identity(name: str, *, strict: bool = True) -> str | None:
+def weights_identity(name: str) -> str:
     """What identifies a model's weights in a stage configuration: ``files_digest`` of a registry
     model's verified files, the sha256 of a local weights file given by path, ``random-init`` for a
-    tiny test variant. ``strict=False``: None for a string that names no model (any other param)."""
+    tiny test variant."""
     if name.endswith(TINY_SUFFIX):
         return "random-init"
     if name in REGISTRY:
-        st = status(name)
-        if not st.present:
-            if strict:
-                require(name)
-            return f"absent:{name}"
-        return files_digest(st)
+        return files_digest(require(name))
     path = Path(name)
-    if name.endswith((".onnx", ".pt", ".pth", ".safetensors", ".bin")) and path.is_file():
+    if path.is_file():
         return recorded_sha256(path)
-    return None if not strict else f"unregistered:{name}"
+    raise MissingWeights(f"{name!r} is neither a registered model nor a weights file")
+
+
+WEIGHT_SUFFIXES = (".onnx", ".pt", ".pth", ".safetensors", ".bin", ".ckpt")
 
 
 def pull(name: str) -> ModelStatus:

@@ -19,6 +19,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -152,19 +153,17 @@ class Stage(ABC):
         return cls.models
 
     def config(self) -> StageConfig:
-        """This instance's configuration (see ``StageConfig``). Model identities come from the registry
-        (a string param naming a registry model or a weights file); a tiny test variant is
-        ``random-init``."""
-        from models.registry import weights_identity
+        """This instance's configuration (see ``StageConfig``): the models ``models_for`` declares and any
+        weights file a param names, identified by their digests (a tiny test variant: ``random-init``,
+        its name being in the params)."""
+        from models.registry import WEIGHT_SUFFIXES, weights_identity
 
         scored = {k: v for k, v in self.params.model_dump(mode="json").items()
                   if k not in self.threshold_params and k not in self.run_params}
         models = {m: weights_identity(m) for m in self.models_for(self.params)}
-        for value in scored.values():
-            if isinstance(value, str) and value not in models:
-                identity = weights_identity(value, strict=False)
-                if identity is not None:
-                    models[value] = identity
+        for value in scored.values():  # a weights file given by path (e.g. a YOLO .onnx export)
+            if isinstance(value, str) and value.endswith(WEIGHT_SUFFIXES) and Path(value).is_file():
+                models.setdefault(value, weights_identity(value))
         return StageConfig(self.name, self.stage_version(), scored, models)
 
     def setup(self) -> None:

@@ -1,0 +1,146 @@
+"""Results keyed by their configuration (migration 0013, ``workers.stage.StageConfig``): another config is
+computed and stored beside the old one, the same config is reused, thresholds are applied when the slice
+is read, and byte-identical copies cost no stage work. Workers run in-process (the same StageWorker the
+Ray actors run) on real photos."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import pytest
+from PIL import Image
+from sqlalchemy import text
+
+from tests.helpers import submit_spec
+from workers.runtime import StageWorker
+from workers.stage import get_stage
+
+
+def drain(db_url, *stages):
+    """Run each stage's worker until its queue is empty; the counters of each."""
+    return {stage: StageWorker(db_url, stage).run(idle_exit_s=0.5) for stage in stages}
+
+
+@pytest.fixture
+def few_photos(tmp_path, skimage_dir):
+    d = tmp_path / "few"
+    d.mkdir()
+    for name in ("astronaut.png", "rocket.jpg", "coffee.png"):
+        shutil.copyfile(skimage_dir / name, d / name)
+    return d
+
+
+def job(engine, folder, name, stages):
+    return submit_spec(engine, {"name": name, "modality": "image", "source": {"uri": str(folder), "name": "few"},
+                                "stages": stages, "chunk_size": 8})
+
+
+def test_stage_config_identity():
+    text_stage = get_stage("text")
+    a = text_stage(text_stage.Params(backend="ppocrv4")).config()
+    b = text_stage(text_stage.Params(backend="craft", craft_model="craft-tiny-random")).config()
+    assert a.config_id != b.config_id and a.config_id.startswith("text:")
+    assert a.config_id == text_stage(text_stage.Params()).config().config_id  # stable
+    assert a.models and all(len(v) == 64 for v in a.models.values())  # PP-OCRv4's weights digest
+    phash = get_stage("phash")
+    # a threshold is not part of the identity; a time limit neither
+    assert phash(phash.Params(max_distance=2)).config() == phash(phash.Params(max_distance=12)).config()
+    dyn = get_stage("dynamics")
+    assert dyn(dyn.Params(static_above=0.9, timeout_s=5)).config() == dyn(dyn.Params()).config()
+    assert dyn(dyn.Params(sample_fps=4)).config() != dyn(dyn.Params()).config()
+
+
+def test_two_text_backends_keep_both_results_and_each_job_sees_its_own(engine, db_url, few_photos):
+    ppocr = job(engine, few_photos, "ppocr", [{"name": "probe"}, {"name": "text"}])
+    drain(db_url, "probe", "text")
+    craft = job(engine, few_photos, "craft", [{"name": "probe"},
+                                              {"name": "text", "params": {"backend": "craft",
+                                                                          "craft_model": "craft-tiny-random"}}])
+    runs = drain(db_url, "probe", "text")
+    assert runs["probe"]["items_ok"] == 0  # same probe config: reused
+    assert runs["text"]["items_ok"] == 3  # another text config: computed
+    with engine.connect() as conn:
+        per_asset = conn.execute(text(
+            "SELECT asset_id, count(*) AS n, array_agg(DISTINCT model ORDER BY model) AS models "
+            "FROM text_results GROUP BY asset_id")).all()
+        assert len(per_asset) == 3 and all(r.n == 2 for r in per_asset)
+        assert all(len(r.models) == 2 for r in per_asset)
+        for job_id in (ppocr, craft):
+            shown = conn.execute(text(
+                "SELECT c.asset_id, c.text_boxes, t.text_boxes AS own FROM curated_images c "
+                "JOIN job_configs jc ON jc.job_id = c.job_id AND jc.stage = 'text' "
+                "JOIN text_results t ON t.asset_id = c.asset_id AND t.config_id = jc.config_id "
+                "WHERE c.job_id = :j"), {"j": job_id}).all()
+            assert len(shown) == 3 and all(r.text_boxes == r.own for r in shown)
+        configs = conn.execute(text("SELECT job_id, config_id FROM job_configs WHERE stage = 'text' ORDER BY 1")).all()
+        assert [c.job_id for c in configs] == [ppocr, craft] and configs[0].config_id != configs[1].config_id
+        stored = conn.execute(text("SELECT params, models FROM stage_configs WHERE config_id = :c"),
+                              {"c": configs[1].config_id}).one()
+        assert stored.params["backend"] == "craft"
+
+    again = job(engine, few_photos, "ppocr again", [{"name": "probe"}, {"name": "text"}])
+    rerun = drain(db_url, "probe", "text")
+    assert rerun["probe"]["items_ok"] == 0 and rerun["text"]["items_ok"] == 0  # nothing scored
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM text_results")).scalar_one() == 6
+        assert conn.execute(text("SELECT count(*) FROM curated_images WHERE job_id = :j AND text_boxes IS NOT NULL"),
+                            {"j": again}).scalar_one() == 3
+
+
+def test_a_changed_threshold_changes_the_slice_without_scoring(engine, db_url, tmp_path, skimage_dir):
+    folder = tmp_path / "dups"
+    folder.mkdir()
+    shutil.copyfile(skimage_dir / "astronaut.png", folder / "astronaut.png")
+    shutil.copyfile(skimage_dir / "coffee.png", folder / "coffee.png")
+    with Image.open(skimage_dir / "astronaut.png") as im:  # cropped, smaller, re-encoded: 2 bits away
+        buf = io.BytesIO()
+        im.convert("RGB").crop((8, 8, 504, 504)).resize((307, 307)).save(buf, "JPEG", quality=30)
+    (folder / "astronaut-small.jpg").write_bytes(buf.getvalue())
+    stages = [{"name": "probe"}, {"name": "phash", "params": {"max_distance": 8}}]
+    loose = job(engine, folder, "loose", stages)
+    drain(db_url, "probe", "phash")
+    with engine.connect() as conn:
+        copy = conn.execute(text("SELECT asset_id, near_duplicate_distance AS d, is_unique FROM curated_images "
+                                 "WHERE job_id = :j AND uri LIKE '%astronaut-small.jpg'"), {"j": loose}).one()
+    assert copy.is_unique is False and copy.d is not None and copy.d >= 1
+    strict = job(engine, folder, "strict", [{"name": "probe"},
+                                            {"name": "phash", "params": {"max_distance": copy.d - 1}}])
+    runs = drain(db_url, "probe", "phash")
+    assert runs["probe"]["items_ok"] == 0 and runs["phash"]["items_ok"] == 0  # nothing recomputed
+    with engine.connect() as conn:
+        flags = dict(conn.execute(text("SELECT job_id, is_unique FROM curated_images WHERE asset_id = :a"),
+                                  {"a": copy.asset_id}).all())
+        n_pairs = conn.execute(text("SELECT count(*) FROM near_duplicates")).scalar_one()
+    assert flags == {loose: False, strict: True}
+    assert n_pairs >= 2
+
+
+def test_byte_identical_copies_cost_no_stage_work(engine, db_url, tmp_path, skimage_dir):
+    folder = tmp_path / "copies"
+    (folder / "a").mkdir(parents=True)
+    (folder / "b").mkdir()
+    originals = ("astronaut.png", "rocket.jpg")
+    for name in originals:
+        shutil.copyfile(skimage_dir / name, folder / "a" / name)
+        shutil.copyfile(skimage_dir / name, folder / "b" / ("copy-of-" + name))
+        shutil.copyfile(skimage_dir / name, folder / "b" / ("second-copy-of-" + name))
+    stages = [{"name": "probe"}, {"name": "phash"}, {"name": "edges"}]
+    first = job(engine, folder / "a", "originals", stages)
+    drain(db_url, "probe", "phash", "edges")
+    second = submit_spec(engine, {"name": "copies", "modality": "image", "source": {"uri": str(folder / "b"),
+                                                                                   "name": "mirror"},
+                                  "stages": stages, "chunk_size": 8})
+    runs = drain(db_url, "probe", "phash", "edges")
+    assert runs["probe"]["items_ok"] == 4  # the probe hashes the bytes: the one stage that reads the copies
+    assert runs["phash"]["reused"] == 4 and runs["edges"]["reused"] == 4
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT c.uri, c.edge_density, c.phash, c.exact_duplicate_of, c.is_unique FROM curated_images c "
+            "WHERE c.job_id = :j ORDER BY c.uri"), {"j": second}).all()
+        originals_rows = {r.uri.rsplit("/", 1)[-1]: r for r in conn.execute(text(
+            "SELECT uri, edge_density, phash FROM curated_images WHERE job_id = :j"), {"j": first})}
+    assert len(rows) == 4 and all(r.exact_duplicate_of is not None and not r.is_unique for r in rows)
+    for r in rows:
+        original = originals_rows[r.uri.rsplit("/", 1)[-1].removeprefix("second-").removeprefix("copy-of-")]
+        assert (r.edge_density, r.phash) == (original.edge_density, original.phash)
