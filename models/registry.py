@@ -207,15 +207,29 @@ def refuse_tiny(name: str, error: type[Exception] = MissingWeights) -> None:
                     f"(only where {TINY_ENV}=1, as in the tests)")
 
 
-def check_choice(value: str, allowed: tuple[str, ...], tiny: str, what: str) -> str:
-    """Validate a stage's model parameter: one of ``allowed`` registry names, or the ``tiny`` test
-    variant where tiny models are allowed. Raises ``ValueError`` (a spec error) otherwise."""
-    if value == tiny:
+def check_model(value: str, family: str, *, what: str, tiny: str | None = None,
+                names: tuple[str, ...] | None = None, file_suffix: str | None = None) -> str:
+    """The one validator of a stage's model parameter, run at submission: a registry model of ``family``
+    (and, where given, one of ``names``: the architectures the stage's loader builds), the ``tiny``
+    test variant where tiny models are allowed, or an existing weights file ending in ``file_suffix``.
+    Raises ``ValueError`` (a spec error naming the field) otherwise."""
+    if tiny is not None and value == tiny:
         refuse_tiny(value, ValueError)
         return value
-    if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}; one of {', '.join(allowed)}")
-    return value
+    choices = [n for n, spec in REGISTRY.items() if spec.family == family and (names is None or n in names)]
+    if value in REGISTRY:
+        spec = REGISTRY[value]
+        if spec.family != family:
+            raise ValueError(f"{value!r} is a {spec.family} model, not a {what}; one of {', '.join(choices)}")
+        if names is not None and value not in names:
+            raise ValueError(f"{value!r} is not a {what} this stage loads; one of {', '.join(choices)}")
+        return value
+    if file_suffix is not None and value.endswith(file_suffix):
+        if not Path(value).is_file():
+            raise ValueError(f"{what} file {value} does not exist")
+        return value
+    extra = f", or a local {file_suffix} file" if file_suffix else ""
+    raise ValueError(f"unknown {what} {value!r}; one of {', '.join(choices)}{extra}")
 
 
 def weights_dir() -> Path:

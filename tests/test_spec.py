@@ -112,3 +112,22 @@ def test_models_run_on_the_cpu_when_no_gpu_is_visible(monkeypatch):
         pytest.skip("a GPU is visible here")
     assert torch_device() == "cpu" and onnx_providers()[-1] == "CPUExecutionProvider"
     assert load_clip(TINY).device == "cpu"
+
+
+@pytest.mark.parametrize("stage, params, field", [
+    ("motion", {"model": "brisque-live"}, "stages[1].params.model"),
+    ("watermark", {"classifier": "clip-vit-b-32"}, "stages[1].params.classifier"),
+    ("watermark", {"detector": "watermark-resnext101-32x8d"}, "stages[1].params.detector"),
+    ("objects", {"model": "dover"}, "stages[1].params.model"),
+    ("complexity", {"model": "topiq-nr-koniq"}, "stages[1].params.model"),
+    ("topiq", {"technical_model": "brisque-live"}, "stages[1].params.technical_model"),
+])
+def test_a_model_of_another_family_is_refused_at_submission(tmp_path, stage, params, field):
+    """One validator (models.registry.check_model) checks every model parameter's family."""
+    from curation.spec import SpecError, parse_spec
+
+    modality = "video" if stage == "motion" else "image"
+    first = "video_probe" if modality == "video" else "probe"
+    stages = [{"name": first}, {"name": stage, "params": params}]
+    with pytest.raises(SpecError, match=field.replace("[", r"\[").replace("]", r"\]") + ".*model"):
+        parse_spec({"name": "j", "modality": modality, "source": {"uri": str(tmp_path)}, "stages": stages})

@@ -37,9 +37,9 @@ class DoverParams(BaseModel):
     @classmethod
     def _known(cls, v: str) -> str:
         from models.dover import REAL, TINY
-        from models.registry import check_choice
+        from models.registry import check_model
 
-        return check_choice(v, (REAL,), TINY, "DOVER model")
+        return check_model(v, "vqa", names=(REAL,), tiny=TINY, what="DOVER model")
 
 
 @dataclass(frozen=True)

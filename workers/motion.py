@@ -29,14 +29,9 @@ class MotionParams(BaseModel):
     @classmethod
     def _known(cls, v: str) -> str:
         from models.motion import TINY
-        from models.registry import REGISTRY, refuse_tiny
+        from models.registry import check_model
 
-        if v == TINY:
-            refuse_tiny(v, ValueError)
-            return v
-        if v not in REGISTRY:
-            raise ValueError(f"unknown motion model {v!r}")
-        return v
+        return check_model(v, "motion", tiny=TINY, what="motion model")
 
 
 @dataclass(frozen=True)

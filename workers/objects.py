@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -33,15 +32,9 @@ class ObjectsParams(BaseModel):
     @field_validator("model")
     @classmethod
     def _registry_or_file(cls, v: str) -> str:
-        from models.registry import REGISTRY
+        from models.registry import check_model
 
-        if v in REGISTRY:
-            return v
-        if v.endswith(".onnx"):
-            if not Path(v).is_file():
-                raise ValueError(f"ONNX file {v} does not exist")
-            return v
-        raise ValueError(f"not a registry model or an .onnx file: {v!r}")
+        return check_model(v, "yolo", file_suffix=".onnx", what="YOLO model")
 
 
 @dataclass(frozen=True)

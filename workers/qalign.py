@@ -37,9 +37,9 @@ class QAlignParams(BaseModel):
     @classmethod
     def _known(cls, v: str) -> str:
         from models.qwen_vl import REAL, TINY
-        from models.registry import check_choice
+        from models.registry import check_model
 
-        return check_choice(v, (REAL,), TINY, "Q-Align VLM")
+        return check_model(v, "vlm", names=(REAL,), tiny=TINY, what="Q-Align VLM")
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,11 @@ class TopiqParams(BaseModel):
     @field_validator("technical_model", "aesthetic_model")
     @classmethod
     def _known(cls, v: str, info) -> str:
-        from models.registry import check_choice
+        from models.registry import check_model
         from models.topiq import AESTHETIC, TECHNICAL, TINY
 
         allowed = (TECHNICAL,) if info.field_name == "technical_model" else (AESTHETIC,)
-        return check_choice(v, allowed, TINY, "TOPIQ model")
+        return check_model(v, "iqa", names=allowed, tiny=TINY, what="TOPIQ model")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -36,26 +35,17 @@ class WatermarkParams(BaseModel):
     @field_validator("classifier")
     @classmethod
     def _classifier(cls, v: str) -> str:
-        from models.registry import REGISTRY, refuse_tiny
+        from models.registry import check_model
         from models.watermark import TINY
 
-        if v == TINY:
-            refuse_tiny(v, ValueError)
-            return v
-        if v not in REGISTRY:
-            raise ValueError(f"unknown classifier {v!r}")
-        return v
+        return check_model(v, "watermark", tiny=TINY, what="watermark classifier")
 
     @field_validator("detector")
     @classmethod
     def _detector(cls, v: str | None) -> str | None:
-        from models.registry import REGISTRY
+        from models.registry import check_model
 
-        if v is None or v in REGISTRY:
-            return v
-        if v.endswith(".onnx") and Path(v).is_file():
-            return v
-        raise ValueError(f"not a registry model or an existing .onnx file: {v!r}")
+        return None if v is None else check_model(v, "yolo", file_suffix=".onnx", what="YOLO detector")
 
 
 @dataclass(frozen=True)
