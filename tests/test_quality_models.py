@@ -4,6 +4,7 @@ and a job that writes all three into curated_images."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -176,25 +177,84 @@ def test_complexity_on_real_photos_and_a_plain_background(photos):
     assert busy.edge_density == pytest.approx(edges.edge_density, abs=1e-6)
 
 
-def test_sam2_real_configuration_loads_a_released_layout_checkpoint():
+@pytest.fixture(scope="module")
+def sam2_release():
+    """A SAM 2.1 Hiera-T checkpoint in the Hugging Face layout (``save_pretrained``: config.json +
+    model.safetensors), written from the release's configuration with random weights into the weights folder."""
     import torch
-    from sam2.build_sam import build_sam2
+    from transformers import Sam2Model
 
-    from models.sam2_masks import CONFIGS, load_sam2
+    from models.sam2_masks import released_config
 
     name = "sam2.1-hiera-tiny"
     dest = weights_dir() / name
-    dest.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = Sam2Model(released_config(name)).eval()
+    model.save_pretrained(dest)
+    yield name, dest, model
+    shutil.rmtree(dest)
+
+
+def test_sam2_release_configuration_loads_strictly_with_identical_outputs(sam2_release, photos):
+    import torch
+    from transformers import Sam2VideoConfig, Sam2VideoModel
+
+    from models.registry import REGISTRY
+    from models.sam2_masks import load_sam2, released_config
+
+    name, dest, real = sam2_release
+    assert {p.name for p in dest.iterdir()} == set(REGISTRY[name].files)  # the registry's files are the layout
+    with torch.device("meta"):  # with the video tracker's modules: SAM 2.1 Hiera-T's "38.9M"
+        tracker = Sam2VideoModel(Sam2VideoConfig(vision_config=released_config(name).vision_config))
+    assert 38.9e6 <= sum(p.numel() for p in tracker.parameters()) < 39.0e6
+    loaded = load_sam2(name)
+    assert loaded.image_size == 1024 and len(loaded.weights_sha256) == 64
+    assert loaded.model.state_dict().keys() == real.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), real.state_dict().values()))
+    image = np.array(photos["coffee.png"].resize((320, 240)))
+    prompts = loaded.processor(images=image, input_points=[[[[80, 60]], [[240, 180]]]], input_labels=[[[1], [1]]],
+                               return_tensors="pt")
+    with torch.inference_mode():
+        a, b = (m(pixel_values=prompts["pixel_values"], input_points=prompts["input_points"],
+                  input_labels=prompts["input_labels"]) for m in (real, loaded.model))
+    assert a.pred_masks.shape == (1, 2, 3, 256, 256)
+    assert torch.equal(a.pred_masks, b.pred_masks) and torch.equal(a.iou_scores, b.iou_scores)
+
+
+def test_sam2_loader_refuses_a_checkpoint_with_missing_foreign_or_reshaped_keys(sam2_release):
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import Sam2VideoConfig
+
+    from models.sam2_masks import CONFIGS, load_sam2, released_config
+
+    name, dest, _ = sam2_release
+    path = dest / "model.safetensors"
+    state, config = load_file(str(path)), (dest / "config.json").read_text()
+    key = "mask_decoder.iou_prediction_head.proj_out.weight"
+    bad = [({k: v for k, v in state.items() if k != key}, f"parameters missing: 1 (e.g. {key})"),
+           ({**state, "extra_head.weight": torch.zeros(2)}, "unexpected keys: 1 (e.g. extra_head.weight)"),
+           ({**state, key: torch.zeros(2, 2)}, f"shapes differ: 1 (e.g. {key} (2, 2) ")]
     try:
-        torch.manual_seed(0)
-        real = build_sam2(CONFIGS[name], None, device="cpu", mode="eval")
-        assert 38.9e6 <= sum(p.numel() for p in real.parameters()) < 39.0e6  # SAM 2.1 Hiera-T: "38.9M"
-        torch.save({"model": real.state_dict()}, dest / "sam2.1_hiera_tiny.pt")  # the released layout
-        loaded = load_sam2(name)
-        assert loaded.image_size == 1024 and len(loaded.weights_sha256) == 64
-        assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), real.state_dict().values()))
+        for weights, message in bad:
+            save_file(weights, str(path), metadata={"format": "pt"})
+            with pytest.raises(MissingWeights, match=re.escape(message)):
+                load_sam2(name)
+        # the published folder also serves Sam2VideoModel: a sam2_video config.json, and the tracker's modules
+        # are the only keys left unused
+        Sam2VideoConfig(vision_config=released_config(name).vision_config).to_json_file(dest / "config.json")
+        save_file({**state, "memory_encoder.projection.bias": torch.zeros(64)}, str(path), metadata={"format": "pt"})
+        assert load_sam2(name).name == name
+        large = json.loads(config)
+        large["vision_config"]["backbone_config"].update(CONFIGS["sam2.1-hiera-large"])
+        (dest / "config.json").write_text(json.dumps(large))
+        with pytest.raises(MissingWeights, match="is not sam2.1-hiera-tiny's"):
+            load_sam2(name)
     finally:
-        shutil.rmtree(dest)
+        save_file(state, str(path), metadata={"format": "pt"})
+        (dest / "config.json").write_text(config)
 
 
 # --- a job, and the guards ---------------------------------------------------------------------------
