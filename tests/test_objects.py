@@ -14,6 +14,7 @@ from curation.sample_media import MediaUnavailable
 from curation.spec import SpecError, parse_spec
 from models.yolo import load_yolo
 from tests.helpers import spy_on_frames
+from tests.missing import unavailable
 
 
 def test_real_yolov8_finds_the_face_and_maps_boxes_back(yolo_onnx, skimage_dir):
@@ -97,7 +98,7 @@ def test_scenes_detect_over_five_evenly_spaced_frames(yolo_onnx, media_cache, mo
     try:
         megamind = sample_clips(media_cache)["Megamind"]
     except (MediaUnavailable, KeyError) as exc:
-        pytest.skip(f"real clips unavailable: {exc}")
+        unavailable(f"real clips unavailable: {exc}")
     seen = spy_on_frames(monkeypatch)
     stage = VideoObjectsStage(VideoObjectsParams(model=str(yolo_onnx), conf=0.1))
     result = stage.process([StageItem(1, str(megamind), path=str(megamind), span=Span(0, 98, 0.0417, 4.129))])[0]

@@ -35,3 +35,47 @@ def test_phash_column_is_bit64_with_an_hnsw_hamming_index(db_url):
     assert typ == "bit(64)"
     assert "hnsw" in idx and "bit_hamming_ops" in idx
     assert tuple(int(x) for x in ver.split(".")[:2]) >= (0, 8)
+
+
+def test_every_migration_downgrades_and_upgrades_again(pg_server):
+    """head → base → head on a database of its own: every downgrade runs, and the schema comes back
+    the same (tables, their columns, views)."""
+    from alembic import command
+    from sqlalchemy.engine import make_url
+
+    from curation.db import alembic_config
+
+    admin = make_engine(pg_server.url, pool_size=1).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS roundtrip"))
+        conn.execute(text("CREATE DATABASE roundtrip"))
+    url = make_url(pg_server.url).set(database="roundtrip").render_as_string(hide_password=False)
+    engine = make_engine(url, pool_size=1)
+
+    def shape():
+        with engine.connect() as conn:
+            return sorted(conn.execute(text(
+                "SELECT table_name, table_type, (SELECT array_agg(column_name::text ORDER BY column_name) "
+                "FROM information_schema.columns c WHERE c.table_name = t.table_name AND c.table_schema = 'public') "
+                "FROM information_schema.tables t WHERE table_schema = 'public'")).all())
+
+    def migrate(target: str) -> None:
+        cfg = alembic_config()
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            if target == "base":
+                command.downgrade(cfg, "base")
+            else:
+                command.upgrade(cfg, target)
+
+    try:
+        migrate("head")
+        at_head = shape()
+        migrate("base")
+        assert [t for t in shape() if t[0] != "alembic_version"] == []
+        migrate("head")
+        assert shape() == at_head
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text("DROP DATABASE IF EXISTS roundtrip WITH (FORCE)"))

@@ -11,8 +11,16 @@ import yaml
 from sqlalchemy import text
 
 from curation.sample_media import MediaUnavailable
-from training.encode import (HUNYUAN_SCALING, SceneRecord, encode_scenes, encode_video, scene_frame_count,
-                             tiny_video_vae, video_frame_count)
+from tests.missing import unavailable
+from training.encode import (
+    HUNYUAN_SCALING,
+    SceneRecord,
+    encode_scenes,
+    encode_video,
+    scene_frame_count,
+    tiny_video_vae,
+    video_frame_count,
+)
 from training.sample import latent_frames
 
 
@@ -42,7 +50,7 @@ def bikes(media_cache):
     try:
         return sample_clips(media_cache)["bikes"]
     except (MediaUnavailable, KeyError) as exc:
-        pytest.skip(f"real clips unavailable: {exc}")
+        unavailable(f"real clips unavailable: {exc}")
 
 
 def test_scenes_to_shards_to_batches_to_training_to_mp4(bikes, tmp_path):

@@ -16,12 +16,12 @@ from sqlalchemy import text
 from curation.media import MediaError
 from curation.sample_media import ClipPart, MediaUnavailable, sample_clips, write_audio_only, write_clip
 from curation.video import evenly_spaced_times, frames_at, iter_frames, probe_video, times_at_fps
+from tests.helpers import spy_on_frames
+from tests.missing import unavailable
 from workers.dynamics import DynamicsParams, DynamicsStage, dynamics_of
 from workers.scenes import MAX_SCENE_S, MIN_SCENE_S, ScenesParams, constrain, detect_cuts, make_detector
 from workers.stage import Span, StageItem
 from workers.video_hash import video_hash_bits
-
-from tests.helpers import spy_on_frames
 
 # bikes.mp4 has real cuts at 30, 76, 137, 187 and 242: parts taken from it stay inside one shot
 
@@ -31,10 +31,10 @@ def clips(media_cache):
     try:
         found = sample_clips(media_cache)
     except MediaUnavailable as exc:
-        pytest.skip(f"real video clips unavailable: {exc}")
+        unavailable(f"real video clips unavailable: {exc}")
     missing = {"bikes", "bigbuckbunny", "carphone_pristine", "vtest", "tree", "Megamind"} - set(found)
     if missing:
-        pytest.skip(f"real video clips missing: {sorted(missing)}")
+        unavailable(f"real video clips missing: {sorted(missing)}")
     return found
 
 

@@ -11,9 +11,10 @@ from PIL import Image
 from curation.sample_media import MediaUnavailable
 from curation.spec import SpecError, parse_spec
 from models.watermark import TINY, load_classifier
+from tests.helpers import spy_on_frames
+from tests.missing import unavailable
 from workers.stage import Span, StageItem
 from workers.watermark import WatermarkParams, WatermarkStage
-from tests.helpers import spy_on_frames
 
 
 def test_scores_flag_and_provenance_on_real_photos(skimage_dir, yolo_onnx):
@@ -67,7 +68,7 @@ def test_scenes_average_five_evenly_spaced_frames(media_cache, monkeypatch):
     try:
         bikes = sample_clips(media_cache)["bikes"]
     except (MediaUnavailable, KeyError) as exc:
-        pytest.skip(f"real clips unavailable: {exc}")
+        unavailable(f"real clips unavailable: {exc}")
     seen = spy_on_frames(monkeypatch)
     stage = VideoWatermarkStage(VideoWatermarkParams(classifier=TINY, detector=None))
     result = stage.process([StageItem(1, str(bikes), path=str(bikes), span=Span(76, 137, 3.04, 5.48))])[0]

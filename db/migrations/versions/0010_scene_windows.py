@@ -22,7 +22,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # curated_scenes reads video_probe_results.* : drop it around the column, then restore 0009's view
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from view_snapshots import load_revision
+
+    op.execute("DROP VIEW IF EXISTS curated_scenes")
     op.execute("ALTER TABLE video_probe_results DROP COLUMN start_s")
+    op.execute(load_revision("0009_topiq_qalign_complexity.py").CURATED_SCENES_VIEW)
     for table in ("scene_split_results", "item_errors", "job_assets"):
         op.execute(f"DELETE FROM {table} WHERE asset_id IN (SELECT asset_id FROM assets WHERE kind = 'window')")
     op.execute("DELETE FROM assets WHERE kind = 'window'")
