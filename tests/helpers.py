@@ -49,7 +49,7 @@ def run_until_done(
             if on_tick is not None:
                 on_tick()
     finally:
-        supervisor.stop(timeout_s=30)
+        supervisor.stop(grace_s=30)
     return supervisor
 
 

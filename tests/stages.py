@@ -10,6 +10,7 @@ from pydantic import Field
 
 from workers.edges import EdgesStage
 from workers.probe import ProbeParams, ProbeStage
+from workers.stage import Resources
 
 
 class SlowProbeParams(ProbeParams):
@@ -47,3 +48,10 @@ class RaisingEdges(EdgesStage):
         if any("raise" in item.uri for item in items):
             raise ValueError("this stage cannot handle " + ", ".join(i.uri for i in items if "raise" in i.uri))
         return super().process(items)
+
+
+class UnplaceableEdges(EdgesStage):
+    """The edges stage asking for more CPUs than a test's Ray has: Ray cannot place its actors (Ray
+    does not hold actors to their ``memory``, so that would not do)."""
+
+    resources = Resources(cpus=64.0, memory_gb=1.5)
