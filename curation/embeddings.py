@@ -3,18 +3,17 @@
 ``clip_results.embedding`` is an undimensioned ``vector`` so that models of any width share the table;
 pgvector indexes a fixed dimension, so each model gets a partial expression index
 ``USING hnsw ((embedding::vector(D)) vector_cosine_ops) WHERE model = '<model>'``, created by the
-stage's indexer the first time that model's rows are written. ``similar`` uses the same expression
+runtime (after the completion that wrote the model's first rows) for a stage that declares
+``embedding_index``. ``similar`` uses the same expression
 and predicate, so the planner picks that index.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import BaseModel
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
 _LOCK_KEY = 4242005
 _NAME = re.compile(r"^[a-z0-9-]+$")
@@ -24,22 +23,25 @@ def index_name(model: str, dim: int) -> str:
     return f"clip_results_hnsw_{model.replace('-', '_')}_{dim}"
 
 
-def ensure_hnsw_index(conn: Connection, config, asset_ids: Sequence[int], params: BaseModel) -> None:
-    """Indexer (``workers.stage.Indexer``): create this model's HNSW index if it does not exist."""
-    model = str(params.model)
-    if not asset_ids or not _NAME.match(model):
-        return
-    dim = conn.execute(text("SELECT vector_dims(embedding) FROM clip_results WHERE asset_id = ANY(:ids) AND model = :m "
-                            "LIMIT 1"), {"ids": list(asset_ids), "m": model}).scalar()
-    if dim is None:
-        return
-    name = index_name(model, int(dim))
-    if conn.execute(text("SELECT 1 FROM pg_indexes WHERE indexname = :n"), {"n": name}).first():
-        return
-    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
-    # DDL takes no bind parameters: the model name matched ^[a-z0-9-]+$ and dim is an int
-    conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON clip_results USING hnsw "
-                      f"((embedding::vector({int(dim)})) vector_cosine_ops) WHERE model = '{model}'"))
+def ensure_hnsw_index(engine: Engine, model: str) -> str | None:
+    """Create ``model``'s HNSW cosine index on ``clip_results`` if it does not exist yet (its rows fix the
+    dimension). The runtime calls it after a completion committed, never inside one: a first build over
+    many rows takes long, and a worker's completion transaction must stay short. Returns the index name."""
+    if not _NAME.match(model):
+        return None
+    with engine.begin() as conn:
+        dim = conn.execute(text("SELECT vector_dims(embedding) FROM clip_results WHERE model = :m LIMIT 1"),
+                           {"m": model}).scalar()
+        if dim is None:
+            return None
+        name = index_name(model, int(dim))
+        if conn.execute(text("SELECT 1 FROM pg_indexes WHERE indexname = :n"), {"n": name}).first():
+            return name
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+        # DDL takes no bind parameters: the model name matched ^[a-z0-9-]+$ and dim is an int
+        conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON clip_results USING hnsw "
+                          f"((embedding::vector({int(dim)})) vector_cosine_ops) WHERE model = '{model}'"))
+    return name
 
 
 def _literal(vector) -> str:

@@ -15,8 +15,9 @@ from sqlalchemy import text
 from curation.sample_media import MediaUnavailable
 from curation.spec import SpecError, parse_spec
 from models.registry import MissingWeights, weights_dir
-from workers.stage import Span, StageItem
 from tests.helpers import spy_on_frames, submit_spec
+from tests.missing import unavailable
+from workers.stage import Span, StageItem
 
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "camera.png")
 
@@ -57,7 +58,7 @@ def test_topiq_scores_real_photos_with_provenance(photos):
 def test_topiq_loader_takes_a_pyiqa_checkpoint_and_refuses_a_wrong_one(tmp_path):
     import torch
 
-    from models.topiq import TECHNICAL, TINY, _cfanet, _CONFIGS, load_topiq
+    from models.topiq import _CONFIGS, TECHNICAL, TINY, _cfanet, load_topiq
 
     dest = weights_dir() / TECHNICAL
     dest.mkdir(parents=True, exist_ok=True)
@@ -130,7 +131,7 @@ def test_video_qalign_rates_eight_evenly_spaced_frames_together(media_cache, mon
     try:
         bikes = sample_clips(media_cache)["bikes"]
     except (MediaUnavailable, KeyError) as exc:
-        pytest.skip(f"real clips unavailable: {exc}")
+        unavailable(f"real clips unavailable: {exc}")
     seen = spy_on_frames(monkeypatch)
     stage = VideoQAlignStage(VideoQAlignParams(model=TINY))
     stage.setup()

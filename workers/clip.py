@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from curation.embeddings import ensure_hnsw_index
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 DEFAULT_MODEL = "clip-vit-b-32"
@@ -82,7 +81,7 @@ class ClipModelStage(Stage):
     Params = ClipParams
     result_type = ClipScores
     result_table = "clip_results"
-    indexers = (ensure_hnsw_index,)
+    embedding_model_param = "model"
 
     @classmethod
     def models_for(cls, params: BaseModel) -> tuple[str, ...]:

@@ -47,10 +47,10 @@ class ComplexityParams(BaseModel):
     @field_validator("model")
     @classmethod
     def _known(cls, v: str) -> str:
-        from models.registry import check_choice
-        from models.sam2_masks import CONFIGS, TINY
+        from models.registry import check_model
+        from models.sam2_masks import TINY
 
-        return check_choice(v, tuple(CONFIGS), TINY, "SAM 2 model")
+        return check_model(v, "segmentation", tiny=TINY, what="SAM 2 model")
 
 
 def complexity_score(mask_count: int, edge_density: float, p: ComplexityParams) -> float:

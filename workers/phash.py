@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import imagehash
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.dedup import record_near_duplicates
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 DEFAULT_MAX_DISTANCE = 8
@@ -51,7 +50,7 @@ class PhashStage(Stage):
     needs_image = True
     requires = ("probe",)
     image_draft_size = 64  # the hash works on 32x32; JPEGs decode at up to 1/8 scale
-    indexers = (record_near_duplicates,)
+    near_duplicate_column = "phash"
 
     def process(self, items: Sequence[StageItem]) -> list[PhashScores | ItemFailure]:
         return [PhashScores(phash=phash_bits(item.image)) for item in items]

@@ -38,6 +38,8 @@ from curation import storage
 from curation.broker import Broker, Lease, NextStage
 from curation.config import BrokerTiming
 from curation.db import make_engine, with_reconnect
+from curation.dedup import record_near_duplicates
+from curation.embeddings import ensure_hnsw_index
 from curation.media import DEFAULT_MAX_PIXELS, MediaError, decode_image
 from curation.schema import Base
 from curation.spec import JobSpec
@@ -140,6 +142,7 @@ class StageWorker:
         self.broker = Broker(self.engine, self.timing)
         self.claim_batch = claim_batch
         self._stages: dict[str, tuple[Stage, StageConfig]] = {}
+        self._indexed_models: set[str] = set()
         self._jobs: dict[int, _JobPlan] = {}
         self._stop = threading.Event()
         self._io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch")
@@ -357,10 +360,22 @@ class StageWorker:
                                          survivor_chunks=chunks),
             what="complete",
         )
+        if ok and stage.embedding_model_param is not None and results:
+            self._ensure_embedding_index(str(getattr(stage.params, stage.embedding_model_param)))
         if ok:
             self.stats.items_ok += sum(1 for r in results.values() if not isinstance(r, ItemFailure))
             self.stats.item_errors += sum(1 for r in results.values() if isinstance(r, ItemFailure))
         return ok
+
+    def _ensure_embedding_index(self, model: str) -> None:
+        """Once per actor and model, outside any completion transaction (see ``curation.embeddings``)."""
+        if model in self._indexed_models:
+            return
+        try:
+            if with_reconnect(lambda: ensure_hnsw_index(self.engine, model), what="embedding index"):
+                self._indexed_models.add(model)
+        except Exception as exc:  # noqa: BLE001 - the results are stored; the next completion tries again
+            log.warning("HNSW index of %s not created yet: %s", model, exc)
 
     def _content_twins(self, conn: Connection, stage: Stage, config: StageConfig,
                        asset_ids: Sequence[int]) -> dict[int, Any]:
@@ -477,8 +492,9 @@ class StageWorker:
                 conn.execute(statement, record)
             if rows:
                 conn.execute(pg_insert(table).values(rows).on_conflict_do_nothing())
-                for indexer in stage.indexers:
-                    indexer(conn, config, [r["asset_id"] for r in rows], stage.params)
+                if stage.near_duplicate_column is not None:
+                    record_near_duplicates(conn, table.name, stage.near_duplicate_column, config.config_id,
+                                           config.stage_version, [r["asset_id"] for r in rows])
             if errors:
                 conn.execute(pg_insert(Base.metadata.tables["item_errors"]).values(errors).on_conflict_do_nothing())
             return len(rows)

@@ -17,13 +17,12 @@ import hashlib
 import importlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection
 
 
 @dataclass(frozen=True)
@@ -94,11 +93,6 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-Indexer = Callable[[Connection, "StageConfig", Sequence[int], BaseModel], None]
-"""Runs in the completion transaction after the stage's rows are written: (conn, the stage's config,
-asset ids with a result, params). Lives in ``curation/`` so stage modules stay free of SQL."""
-
-
 class Stage(ABC):
     name: ClassVar[str]
     version: ClassVar[str]
@@ -115,7 +109,12 @@ class Stage(ABC):
     image_draft_size: ClassVar[int | None] = None  # decode JPEG at reduced scale when enough
     requires: ClassVar[tuple[str, ...]] = ()  # earlier stages whose results ``prior`` must hold
     models: ClassVar[tuple[str, ...]] = ()  # registry names of the weights the stage loads (models/registry.py)
-    indexers: ClassVar[tuple[Indexer, ...]] = ()
+    near_duplicate_column: ClassVar[str | None] = None
+    """A ``bit(64)`` hash column: the runtime records near-duplicate pairs of the rows it writes
+    (``curation.dedup``), in the same transaction. Stage modules declare; they run no SQL."""
+    embedding_model_param: ClassVar[str | None] = None
+    """The param naming the model of an ``embedding`` column: the runtime makes sure that model's HNSW
+    index exists (``curation.embeddings``), after the completion commits."""
     threshold_params: ClassVar[frozenset[str]] = frozenset()
     """Params that only threshold a stored raw score (a flag, a gate, a duplicate distance): applied
     when a slice is read (the curated views read them from ``job_stages``), never part of the config,

@@ -24,7 +24,6 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.dedup import near_duplicate_indexer
 from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times
 from workers.scene_frames import scene_frames
 from workers.stage import ItemFailure, Resources, Span, Stage, StageItem
@@ -67,7 +66,7 @@ class VideoHashStage(Stage):
     batch_size = 8
     max_runtime_s = 3600.0
     needs_path = True
-    indexers = (near_duplicate_indexer("video_hash_results", "vhash", lock_key=4242004),)
+    near_duplicate_column = "vhash"
 
     def times(self, span: Span) -> list[float]:
         return evenly_spaced_times(span.start_s, span.end_s, self.params.frames)
