@@ -7,14 +7,9 @@ Tables, by layer:
 - broker: ``tasks`` (small and hot), ``task_attempts`` (append-only ledger), ``dead_tasks``,
   ``workers`` (heartbeats), ``item_errors`` (one row per failed ``(asset, stage, version)``);
 - configurations: ``stage_configs``, ``job_stages`` (resolved params per job), ``job_configs`` (migration 0013);
-- stage results, one typed table per stage, primary key ``(asset_id, config_id)`` (migration 0013):
-  ``probe_results``, ``resolution_results``, ``phash_results`` (+ ``near_duplicates``),
-  ``edge_results``, ``quality_results``, ``text_results`` (migration 0003); for video (migration
-  0004) ``video_probe_results``, ``scene_split_results`` (the scenes themselves are ``assets`` of kind
-  ``scene``), ``video_hash_results`` (+ ``near_duplicates``), ``dynamics_results``, ``video_text_results``;
-  ``clip_results`` (images and scenes; pgvector embeddings, migration 0005); ``object_results``
-  (migration 0006); ``watermark_results`` (images and scenes, migration 0007); ``motion_results`` (0008); ``topiq_results``,
-  ``qalign_results`` (images and scenes) and ``complexity_results`` (0009); ``dover_results`` (scenes, 0011);
+- stage results, one typed table per stage, primary key ``(asset_id, config_id)`` (migration 0013), its
+  columns declared by the stage's result dataclass (``curation/result_tables.py``); the pairs of near
+  duplicates in ``near_duplicates``;
 - outputs: ``exports``, ``shards`` and ``latents`` (VAE-latent tar shards, migration 0002).
 
 The views users slice on, ``curated_images`` and ``curated_scenes``, are defined in the migrations and
@@ -25,17 +20,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pgvector.sqlalchemy import BIT, Vector
 from sqlalchemy import (
     BigInteger,
-    Boolean,
     CheckConstraint,
     DateTime,
     Double,
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     SmallInteger,
     Text,
     UniqueConstraint,
@@ -256,48 +248,9 @@ class ItemError(Base):
 
 
 # --- stage results ---------------------------------------------------------------------------
-
-
-class ProbeResult(Base):
-    __tablename__ = "probe_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    format: Mapped[str] = mapped_column(Text, nullable=False)
-    width: Mapped[int] = mapped_column(Integer, nullable=False)
-    height: Mapped[int] = mapped_column(Integer, nullable=False)
-    mode: Mapped[str] = mapped_column(Text, nullable=False)
-    bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    sha256: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
-    decode_ms: Mapped[float] = mapped_column(Double, nullable=False)
-    created_at: Mapped[datetime] = _created()
-    __table_args__ = (Index("probe_results_sha256_idx", "sha256"),)
-
-
-class ResolutionResult(Base):
-    __tablename__ = "resolution_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    short_side: Mapped[int] = mapped_column(Integer, nullable=False)
-    long_side: Mapped[int] = mapped_column(Integer, nullable=False)
-    aspect_ratio: Mapped[float] = mapped_column(Double, nullable=False)
-    created_at: Mapped[datetime] = _created()
-
-
-class PhashResult(Base):
-    __tablename__ = "phash_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    phash: Mapped[str] = mapped_column(BIT(64), nullable=False)
-    created_at: Mapped[datetime] = _created()
-    __table_args__ = (
-        Index(
-            "phash_results_hnsw_idx", "phash", postgresql_using="hnsw",
-            postgresql_ops={"phash": "bit_hamming_ops"},
-        ),
-    )
+# Each stage's result table is declared once, by the stage's result dataclass, and built from it by
+# ``curation.result_tables.result_table`` (key (asset_id, config_id)). Here only the pairs table the
+# near-duplicate search writes.
 
 
 class NearDuplicate(Base):
@@ -312,265 +265,6 @@ class NearDuplicate(Base):
     distance: Mapped[int] = mapped_column(SmallInteger, nullable=False)
     stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = _created()
-
-
-class EdgeResult(Base):
-    __tablename__ = "edge_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    edge_density: Mapped[float] = mapped_column(Double, nullable=False)
-    edge_mean: Mapped[float] = mapped_column(Double, nullable=False)
-    created_at: Mapped[datetime] = _created()
-
-
-class QualityResult(Base):
-    __tablename__ = "quality_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    brisque: Mapped[float] = mapped_column(Double, nullable=False)
-    model: Mapped[str] = mapped_column(Text, nullable=False)
-    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[datetime] = _created()
-
-
-class TextResult(Base):
-    __tablename__ = "text_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    text_boxes: Mapped[int] = mapped_column(Integer, nullable=False)
-    text_area: Mapped[float] = mapped_column(Double, nullable=False)
-    model: Mapped[str] = mapped_column(Text, nullable=False)
-    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[datetime] = _created()
-
-
-# --- video stage results (migration 0004) -----------------------------------------------------
-
-
-class VideoProbeResult(Base):
-    __tablename__ = "video_probe_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    container: Mapped[str] = mapped_column(Text, nullable=False)
-    codec: Mapped[str] = mapped_column(Text, nullable=False)
-    width: Mapped[int] = mapped_column(Integer, nullable=False)
-    height: Mapped[int] = mapped_column(Integer, nullable=False)
-    fps: Mapped[float] = mapped_column(Double, nullable=False)
-    variable_frame_rate: Mapped[bool] = mapped_column(Boolean, nullable=False)
-    frames: Mapped[int] = mapped_column(Integer, nullable=False)
-    duration_s: Mapped[float] = mapped_column(Double, nullable=False)
-    rotation: Mapped[int] = mapped_column(SmallInteger, nullable=False)
-    has_audio: Mapped[bool] = mapped_column(Boolean, nullable=False)
-    bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    sha256: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
-    probe_ms: Mapped[float] = mapped_column(Double, nullable=False)
-    start_s: Mapped[float] = mapped_column(Double, nullable=False, server_default="0")
-    created_at: Mapped[datetime] = _created()
-    __table_args__ = (Index("video_probe_results_sha256_idx", "sha256"),)
-
-
-class SceneSplitResult(Base):
-    """Per video: the cuts found and what the 2-60 s rule did. The scenes are rows of ``assets``."""
-
-    __tablename__ = "scene_split_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    detector: Mapped[str] = mapped_column(Text, nullable=False)
-    cut_frames: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
-    n_scenes: Mapped[int] = mapped_column(Integer, nullable=False)
-    n_dropped_short: Mapped[int] = mapped_column(Integer, nullable=False)
-    n_split_long: Mapped[int] = mapped_column(Integer, nullable=False)
-    frames: Mapped[int] = mapped_column(Integer, nullable=False)
-    analysis_ms: Mapped[float] = mapped_column(Double, nullable=False)
-    created_at: Mapped[datetime] = _created()
-
-
-class VideoHashResult(Base):
-    __tablename__ = "video_hash_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    vhash: Mapped[str] = mapped_column(BIT(64), nullable=False)
-    frames_hashed: Mapped[int] = mapped_column(Integer, nullable=False)
-    created_at: Mapped[datetime] = _created()
-    __table_args__ = (
-        Index(
-            "video_hash_results_hnsw_idx", "vhash", postgresql_using="hnsw",
-            postgresql_ops={"vhash": "bit_hamming_ops"},
-        ),
-    )
-
-
-class DynamicsResult(Base):
-    __tablename__ = "dynamics_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    ms_ssim_mean: Mapped[float | None] = mapped_column(Double)
-    ms_ssim_min: Mapped[float | None] = mapped_column(Double)
-    ms_ssim_max: Mapped[float | None] = mapped_column(Double)
-    pairs: Mapped[int] = mapped_column(Integer, nullable=False)
-    too_static: Mapped[bool] = mapped_column(Boolean, nullable=False)
-    too_dynamic: Mapped[bool] = mapped_column(Boolean, nullable=False)
-    created_at: Mapped[datetime] = _created()
-
-
-class VideoTextResult(Base):
-    __tablename__ = "video_text_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    text_boxes_mean: Mapped[float] = mapped_column(Double, nullable=False)
-    text_area_mean: Mapped[float] = mapped_column(Double, nullable=False)
-    frames_sampled: Mapped[int] = mapped_column(Integer, nullable=False)
-    model: Mapped[str] = mapped_column(Text, nullable=False)
-    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[datetime] = _created()
-
-
-class ClipResult(Base):
-    """CLIP embedding + zero-shot classes of an image (stage ``clip``) or a scene (``video_clip``)."""
-
-    __tablename__ = "clip_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    embedding: Mapped[list[float]] = mapped_column(Vector(), nullable=False)
-    location: Mapped[str] = mapped_column(Text, nullable=False)
-    location_p: Mapped[float] = mapped_column(Double, nullable=False)
-    style: Mapped[str] = mapped_column(Text, nullable=False)
-    style_p: Mapped[float] = mapped_column(Double, nullable=False)
-    main_subject: Mapped[str] = mapped_column(Text, nullable=False)
-    main_subject_p: Mapped[float] = mapped_column(Double, nullable=False)
-    place_type: Mapped[str] = mapped_column(Text, nullable=False)
-    place_type_p: Mapped[float] = mapped_column(Double, nullable=False)
-    model: Mapped[str] = mapped_column(Text, nullable=False)
-    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
-    taxonomy_sha256: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[datetime] = _created()
-
-
-class ObjectResult(Base):
-    __tablename__ = "object_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    detections: Mapped[list] = mapped_column(JSONB, nullable=False)
-    labels: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
-    n_detections: Mapped[int] = mapped_column(Integer, nullable=False)
-    max_conf: Mapped[float] = mapped_column(Double, nullable=False)
-    frames_sampled: Mapped[int] = mapped_column(Integer, nullable=False)
-    model: Mapped[str] = mapped_column(Text, nullable=False)
-    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[datetime] = _created()
-    __table_args__ = (Index("object_results_labels_idx", "labels", postgresql_using="gin"),)
-
-
-class WatermarkResult(Base):
-    """The watermark pair's scores for an image (``watermark``) or a scene (``video_watermark``)."""
-
-    __tablename__ = "watermark_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    classifier_p: Mapped[float] = mapped_column(Double, nullable=False)
-    detector_conf: Mapped[float | None] = mapped_column(Double)
-    watermark: Mapped[bool] = mapped_column(Boolean, nullable=False)
-    frames_sampled: Mapped[int] = mapped_column(Integer, nullable=False)
-    classifier_model: Mapped[str] = mapped_column(Text, nullable=False)
-    classifier_sha256: Mapped[str] = mapped_column(Text, nullable=False)
-    detector_model: Mapped[str | None] = mapped_column(Text)
-    detector_sha256: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = _created()
-
-
-class MotionResult(Base):
-    __tablename__ = "motion_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    camera_motion: Mapped[float] = mapped_column(Double, nullable=False)
-    object_motion: Mapped[float] = mapped_column(Double, nullable=False)
-    light_dynamics: Mapped[float] = mapped_column(Double, nullable=False)
-    frames_sampled: Mapped[int] = mapped_column(Integer, nullable=False)
-    model: Mapped[str] = mapped_column(Text, nullable=False)
-    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[datetime] = _created()
-
-
-class TopiqResult(Base):
-    __tablename__ = "topiq_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    topiq_technical: Mapped[float] = mapped_column(Double, nullable=False)
-    topiq_aesthetic: Mapped[float] = mapped_column(Double, nullable=False)
-    technical_model: Mapped[str] = mapped_column(Text, nullable=False)
-    technical_sha256: Mapped[str] = mapped_column(Text, nullable=False)
-    aesthetic_model: Mapped[str] = mapped_column(Text, nullable=False)
-    aesthetic_sha256: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[datetime] = _created()
-
-
-class QAlignResult(Base):
-    """Q-Align ratings (1..5) of an image (``qalign``) or a scene (``video_qalign``)."""
-
-    __tablename__ = "qalign_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    qalign_quality: Mapped[float] = mapped_column(Double, nullable=False)
-    qalign_aesthetic: Mapped[float] = mapped_column(Double, nullable=False)
-    sft_candidate: Mapped[bool] = mapped_column(Boolean, nullable=False)
-    frames_sampled: Mapped[int] = mapped_column(Integer, nullable=False)
-    model: Mapped[str] = mapped_column(Text, nullable=False)
-    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[datetime] = _created()
-    __table_args__ = (
-        CheckConstraint("qalign_quality BETWEEN 1 AND 5", name="qalign_results_qalign_quality_check"),
-        CheckConstraint("qalign_aesthetic BETWEEN 1 AND 5", name="qalign_results_qalign_aesthetic_check"),
-    )
-
-
-class DoverResult(Base):
-    __tablename__ = "dover_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    dover_technical: Mapped[float] = mapped_column(Double, nullable=False)
-    dover_aesthetic: Mapped[float] = mapped_column(Double, nullable=False)
-    dover_overall: Mapped[float] = mapped_column(Double, nullable=False)
-    technical_raw: Mapped[float] = mapped_column(Double, nullable=False)
-    aesthetic_raw: Mapped[float] = mapped_column(Double, nullable=False)
-    frames_sampled: Mapped[int] = mapped_column(Integer, nullable=False)
-    model: Mapped[str] = mapped_column(Text, nullable=False)
-    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[datetime] = _created()
-
-
-class ComplexityResult(Base):
-    __tablename__ = "complexity_results"
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id"), primary_key=True)
-    config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # workers.stage.StageConfig (migration 0013)
-    stage_version: Mapped[str] = mapped_column(Text, nullable=False)
-    mask_count: Mapped[int] = mapped_column(Integer, nullable=False)
-    mask_coverage: Mapped[float] = mapped_column(Double, nullable=False)
-    edge_density: Mapped[float] = mapped_column(Double, nullable=False)
-    edge_mean: Mapped[float] = mapped_column(Double, nullable=False)
-    complexity: Mapped[float] = mapped_column(Double, nullable=False)
-    too_simple: Mapped[bool] = mapped_column(Boolean, nullable=False)
-    model: Mapped[str] = mapped_column(Text, nullable=False)
-    weights_sha256: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[datetime] = _created()
-    __table_args__ = (CheckConstraint("mask_count >= 0", name="complexity_results_mask_count_check"),)
-
-
-# --- outputs ---------------------------------------------------------------------------------
 
 
 class Export(Base):

@@ -79,3 +79,34 @@ def test_every_migration_downgrades_and_upgrades_again(pg_server):
         engine.dispose()
         with admin.connect() as conn:
             conn.execute(text("DROP DATABASE IF EXISTS roundtrip WITH (FORCE)"))
+
+
+def test_every_stage_table_matches_its_result_dataclass(db_url):
+    """The result dataclass is the one declaration of a stage's columns: the migrated table has exactly
+    its fields (+ the key columns), with the same SQL types, nullability and key."""
+    from sqlalchemy.dialects import postgresql
+
+    from curation.result_tables import KEY_COLUMNS, result_table
+    from workers.stage import builtin_stage_names, get_stage
+
+    engine = make_engine(db_url, pool_size=1)
+    dialect = postgresql.dialect()
+    with engine.connect() as conn:
+        for name in builtin_stage_names():
+            cls = get_stage(name)
+            table = result_table(cls.result_table, cls.result_type, cls.children_field)
+            assert [c for c in table.columns.keys() if c not in KEY_COLUMNS] == cls.result_columns()
+            db = {r.attname: r for r in conn.execute(text(
+                "SELECT attname, format_type(atttypid, atttypmod) AS type, attnotnull FROM pg_attribute "
+                "WHERE attrelid = CAST(:t AS regclass) AND attnum > 0 AND NOT attisdropped"), {"t": cls.result_table})}
+            assert set(db) == set(table.columns.keys()), (name, set(db) ^ set(table.columns.keys()))
+            for col in table.columns:
+                declared = col.type.compile(dialect=dialect).lower()
+                stored = db[col.name].type.lower()
+                aliases = {"double precision": "double precision", "float": "double precision",
+                           "timestamp with time zone": "timestamp with time zone", "vector": "vector",
+                           "bytea": "bytea", "bit(64)": "bit(64)"}
+                assert aliases.get(declared, declared) == stored, f"{cls.result_table}.{col.name}: {declared} vs {stored}"
+                assert db[col.name].attnotnull == (not col.nullable), f"{cls.result_table}.{col.name} nullability"
+            pk = inspect(engine).get_pk_constraint(cls.result_table)["constrained_columns"]
+            assert set(pk) == {"asset_id", "config_id"}, cls.result_table

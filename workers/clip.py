@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from workers.columns import Embedding
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 DEFAULT_MODEL = "clip-vit-b-32"
@@ -45,7 +46,7 @@ class ClipParams(BaseModel):
 
 @dataclass(frozen=True)
 class ClipScores:
-    embedding: Any  # numpy float32 vector, L2-normalised
+    embedding: Embedding  # numpy float32 vector, L2-normalised
     location: str
     location_p: float
     style: str

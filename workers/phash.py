@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import imagehash
 from pydantic import BaseModel, ConfigDict, Field
 
+from workers.columns import Bits64
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 DEFAULT_MAX_DISTANCE = 8
@@ -30,7 +31,7 @@ class PhashParams(BaseModel):
 
 @dataclass(frozen=True)
 class PhashScores:
-    phash: str  # 64 characters of '0'/'1'
+    phash: Bits64
 
 
 def phash_bits(image) -> str:

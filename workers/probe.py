@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.media import DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_PIXELS, MediaError, decode_image, read_header
+from workers.columns import BigInt
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 
@@ -35,7 +36,7 @@ class ProbeScores:
     width: int
     height: int
     mode: str
-    bytes: int
+    bytes: BigInt
     sha256: bytes
     decode_ms: float
 

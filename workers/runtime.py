@@ -41,6 +41,7 @@ from curation.db import make_engine, with_reconnect
 from curation.dedup import record_near_duplicates
 from curation.embeddings import ensure_hnsw_index
 from curation.media import DEFAULT_MAX_PIXELS, MediaError, decode_image
+from curation.result_tables import result_table
 from curation.schema import Base
 from curation.spec import JobSpec
 from curation.storage import StorageError
@@ -67,7 +68,7 @@ class WorkerStats:
 
 
 def _result_table(stage_cls: type[Stage]):
-    return Base.metadata.tables[stage_cls.result_table]
+    return result_table(stage_cls.result_table, stage_cls.result_type, stage_cls.children_field)
 
 
 def load_results(conn: Connection, stage_cls: type[Stage], asset_ids: Sequence[int],

@@ -24,9 +24,10 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times
-from workers.scene_frames import scene_frames
-from workers.stage import ItemFailure, Resources, Span, Stage, StageItem
+from curation.video import DecodedFrame
+from workers.columns import Bits64
+from workers.scene_frames import FrameSampledParams, FrameSampledStage, sampled_frames
+from workers.stage import Resources
 
 FRAMES = 16
 HASH_SIDE = 64
@@ -43,7 +44,7 @@ class VideoHashParams(BaseModel):
 
 @dataclass(frozen=True)
 class VideoHashScores:
-    vhash: str  # 64 characters of '0'/'1'
+    vhash: Bits64
     frames_hashed: int
 
 

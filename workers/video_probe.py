@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curation.media import DEFAULT_MAX_PIXELS, MediaError
 from curation.video import DEFAULT_VIDEO_TIMEOUT_S, probe_video
+from workers.columns import BigInt, SmallInt
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 DEFAULT_MAX_DURATION_S = 4 * 3600.0
@@ -46,9 +47,9 @@ class VideoProbeScores:
     variable_frame_rate: bool
     frames: int
     duration_s: float
-    rotation: int
+    rotation: SmallInt
     has_audio: bool
-    bytes: int
+    bytes: BigInt
     sha256: bytes
     probe_ms: float
     start_s: float = 0.0  # presentation time of the first frame
