@@ -20,11 +20,15 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from workers.columns import Embedding
+from workers.columns import Embedding, ViewColumns
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 DEFAULT_MODEL = "clip-vit-b-32"
 TAXONOMIES = ("location", "style", "main_subject", "place_type")
+
+
+CLIP_VIEW_COLUMNS = ("cl.location", "cl.location_p", "cl.style", "cl.style_p", "cl.main_subject",
+                     "cl.main_subject_p", "cl.place_type", "cl.place_type_p")  # the zero-shot classes shown in both curated views
 
 
 class ClipParams(BaseModel):
@@ -102,6 +106,7 @@ class ClipModelStage(Stage):
 
 
 class ClipStage(ClipModelStage):
+    view_columns = (ViewColumns("curated_images", "cl", CLIP_VIEW_COLUMNS),)
     name = "clip"
     version = "1"
     resources = Resources(cpus=1.0, memory_gb=2.0)

@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation.media import fit_long_side
+from workers.columns import ViewColumns
 from workers.edges import sobel_edges
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
@@ -73,6 +74,9 @@ class ComplexityScores:
 
 class ComplexityStage(Stage):
     name = "complexity"
+    view_columns = (ViewColumns("curated_images", "cx", ("cx.complexity", "cx.mask_count", "cx.mask_coverage",
+                                                     "(cx.complexity < (tcx.params->>'simple_threshold')::float8) AS too_simple"),
+                               thresholds="tcx"),)
     version = "1"
     result_type = ComplexityScores
     result_table = "complexity_results"

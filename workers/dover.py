@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation.media import MediaError
 from curation.video import DEFAULT_VIDEO_TIMEOUT_S, iter_frames
+from workers.columns import ViewColumns
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 
@@ -56,6 +57,7 @@ class DoverResult:
 
 class DoverStage(Stage):
     name = "dover"
+    view_columns = (ViewColumns("curated_scenes", "dv", ("dv.dover_technical", "dv.dover_aesthetic", "dv.dover_overall")),)
     version = "1"
     modalities = frozenset({"video"})
     result_type = DoverResult

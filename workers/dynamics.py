@@ -24,9 +24,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.ms_ssim import ms_ssim
-from curation.video import DEFAULT_VIDEO_TIMEOUT_S, scaled_size, times_at_fps
-from workers.scene_frames import scene_frames
-from workers.stage import ItemFailure, Resources, Span, Stage, StageItem
+from curation.video import DEFAULT_VIDEO_TIMEOUT_S, DecodedFrame, scaled_size, times_at_fps
+from workers.columns import ViewColumns
+from workers.scene_frames import FrameSampledStage
+from workers.stage import Resources, Span, StageItem
 
 SAMPLE_FPS = 2.0  # report §4.4
 STATIC_ABOVE = 0.98
@@ -69,6 +70,10 @@ def dynamics_of(frames: Sequence[np.ndarray], static_above: float, dynamic_below
 class DynamicsStage(Stage):
     name = "dynamics"
     version = "1"
+    view_columns = (ViewColumns("curated_scenes", "d", (
+        "d.ms_ssim_mean", "d.ms_ssim_min", "d.ms_ssim_max", "d.pairs AS ms_ssim_pairs",
+        "(d.ms_ssim_mean >= (td.params->>'static_above')::float8) AS too_static",
+        "(d.ms_ssim_mean <= (td.params->>'dynamic_below')::float8) AS too_dynamic"), thresholds="td"),)
     modalities = frozenset({"video"})
     result_type = DynamicsScores
     result_table = "dynamics_results"

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from workers.columns import ViewColumns
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 
@@ -50,6 +51,7 @@ def sobel_edges(image: Image.Image, short_side: int, threshold: float) -> EdgeSc
 
 class EdgesStage(Stage):
     name = "edges"
+    view_columns = (ViewColumns("curated_images", "e", ("e.edge_density", "e.edge_mean")),)
     version = "1"
     result_type = EdgeScores
     result_table = "edge_results"

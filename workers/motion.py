@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times
-from workers.scene_frames import scene_frames
-from workers.stage import ItemFailure, Resources, Span, Stage, StageItem
+from curation.video import DEFAULT_VIDEO_TIMEOUT_S, DecodedFrame, evenly_spaced_times
+from workers.columns import ViewColumns
+from workers.scene_frames import FrameSampledStage
+from workers.stage import Resources, Span, StageItem
 
 DEFAULT_MODEL = "kandinsky-video-motion"
 
@@ -47,6 +48,7 @@ class MotionScores:
 class MotionStage(Stage):
     name = "motion"
     version = "1"
+    view_columns = (ViewColumns("curated_scenes", "mo", ("mo.camera_motion", "mo.object_motion", "mo.light_dynamics")),)
     modalities = frozenset({"video"})
     result_type = MotionScores
     result_table = "motion_results"

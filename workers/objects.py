@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from workers.columns import ViewColumns
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 DEFAULT_MODEL = "yolov8n-oiv7"
@@ -86,6 +87,7 @@ class ObjectModel(Stage):
 
 
 class ObjectsStage(ObjectModel):
+    view_columns = (ViewColumns("curated_images", "ob", ("ob.labels AS object_labels", "ob.n_detections AS n_objects")),)
     name = "objects"
     version = "1"
     resources = Resources(cpus=1.0, memory_gb=1.5)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import imagehash
 from pydantic import BaseModel, ConfigDict, Field
 
-from workers.columns import Bits64
+from workers.columns import Bits64, ViewColumns
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 DEFAULT_MAX_DISTANCE = 8
@@ -41,6 +41,7 @@ def phash_bits(image) -> str:
 
 class PhashStage(Stage):
     name = "phash"
+    view_columns = (ViewColumns("curated_images", "h", ("h.phash",), thresholds="th"),)
     version = "1"
     result_type = PhashScores
     result_table = "phash_results"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.media import DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_PIXELS, MediaError, decode_image, read_header
-from workers.columns import BigInt
+from workers.columns import BigInt, ViewColumns
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 
@@ -43,6 +43,8 @@ class ProbeScores:
 
 class ProbeStage(Stage):
     name = "probe"
+    view_columns = (ViewColumns("curated_images", "p", ("p.format", "p.width", "p.height", "p.mode", "p.bytes",
+                                                     "encode(p.sha256, 'hex') AS sha256", "p.decode_ms")),)
     version = "1"
     result_type = ProbeScores
     result_table = "probe_results"

@@ -20,10 +20,17 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from workers.columns import ViewColumns
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 SFT_MIN_QUALITY = 4.0  # report §3, SFT dataset curation of the editing pairs
 SFT_MIN_AESTHETIC = 2.0
+
+
+QALIGN_VIEW_COLUMNS = (
+    "qa.qalign_quality", "qa.qalign_aesthetic",
+    "(qa.qalign_quality > (tqa.params->>'sft_min_quality')::float8"
+    " AND qa.qalign_aesthetic > (tqa.params->>'sft_min_aesthetic')::float8) AS qalign_sft_candidate")  # the report's SFT rule with the job's thresholds
 
 
 class QAlignParams(BaseModel):
@@ -87,6 +94,7 @@ class QAlignModel(Stage):
 class QAlignStage(QAlignModel):
     name = "qalign"
     version = "1"
+    view_columns = (ViewColumns("curated_images", "qa", QALIGN_VIEW_COLUMNS, thresholds="tqa"),)
     Params = QAlignParams
     batch_size = 8
     needs_image = True

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from workers.columns import ViewColumns
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 
@@ -30,6 +31,7 @@ class QualityScores:
 
 class QualityStage(Stage):
     name = "quality"
+    view_columns = (ViewColumns("curated_images", "q", ("q.brisque",)),)
     version = "1"
     result_type = QualityScores
     result_table = "quality_results"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from workers.columns import ViewColumns
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 REPORT_MIN_SIDE = 256
@@ -32,6 +33,7 @@ class ResolutionScores:
 
 class ResolutionStage(Stage):
     name = "resolution"
+    view_columns = (ViewColumns("curated_images", "r", ("r.short_side", "r.long_side", "r.aspect_ratio")),)
     version = "1"
     result_type = ResolutionScores
     result_table = "resolution_results"

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curation.media import MediaError
 from curation.video import DEFAULT_VIDEO_TIMEOUT_S, iter_frames
+from workers.columns import ViewColumns
 from workers.stage import ItemFailure, Resources, Span, Stage, StageItem
 
 MIN_SCENE_S = 2.0  # report §4.4
@@ -122,6 +123,7 @@ def constrain(bounds: Sequence[int], times: Sequence[float], end_time: float, mi
 
 class ScenesStage(Stage):
     name = "scenes"
+    view_columns = (ViewColumns("curated_scenes", "sp", (), of="a.parent_id"),)
     version = "1"
     modalities = frozenset({"video"})
     result_type = ScenesResult

@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from workers.columns import ViewColumns
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -120,6 +122,8 @@ class Stage(ABC):
     when a slice is read (the curated views read them from ``job_stages``), never part of the config,
     so changing one recomputes nothing."""
     run_params: ClassVar[frozenset[str]] = frozenset({"timeout_s"})
+    view_columns: ClassVar[tuple[ViewColumns, ...]] = ()
+    """What the stage shows in the curated views (rendered by ``workers/views.py``)."""
     """Params that bound the run (time limits, decode guards), not the score: not part of the config."""
     reuse_by_content: ClassVar[bool] = True
     """A byte-identical copy of an asset already scored under the same config (same sha256; for a scene,

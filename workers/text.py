@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from workers.columns import ViewColumns
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 
@@ -66,6 +67,7 @@ class TextScores:
 
 class TextStage(Stage):
     name = "text"
+    view_columns = (ViewColumns("curated_images", "tx", ("tx.text_boxes", "tx.text_area")),)
     version = "1"
     result_type = TextScores
     result_table = "text_results"

@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation.media import fit_long_side
+from workers.columns import ViewColumns
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 
@@ -50,6 +51,7 @@ class TopiqScores:
 
 class TopiqStage(Stage):
     name = "topiq"
+    view_columns = (ViewColumns("curated_images", "tq", ("tq.topiq_technical", "tq.topiq_aesthetic")),)
     version = "1"
     result_type = TopiqScores
     result_table = "topiq_results"

@@ -15,10 +15,11 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
-from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times
-from workers.clip import ClipModelStage, ClipParams, ClipScores, clip_scores
-from workers.scene_frames import scene_frames
-from workers.stage import ItemFailure, Resources, Span, StageItem
+from curation.video import DecodedFrame
+from workers.clip import CLIP_VIEW_COLUMNS, ClipModelStage, ClipParams, ClipScores, clip_scores
+from workers.columns import ViewColumns
+from workers.scene_frames import FrameSampledParams, FrameSampledStage, sampled_frames
+from workers.stage import Resources
 
 FRAMES = 5
 
@@ -26,6 +27,7 @@ FRAMES = 5
 class VideoClipParams(ClipParams):
     frames: int = Field(FRAMES, ge=1, le=64, description="evenly spaced frames embedded per scene")
     timeout_s: float = Field(DEFAULT_VIDEO_TIMEOUT_S, gt=0)
+    view_columns = (ViewColumns("curated_scenes", "cl", CLIP_VIEW_COLUMNS),)
 
 
 class VideoClipStage(ClipModelStage):

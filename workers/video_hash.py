@@ -25,7 +25,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.video import DecodedFrame
-from workers.columns import Bits64
+from workers.columns import Bits64, ViewColumns
 from workers.scene_frames import FrameSampledParams, FrameSampledStage, sampled_frames
 from workers.stage import Resources
 
@@ -55,6 +55,7 @@ def video_hash_bits(frames: Sequence[np.ndarray]) -> str:
     return "".join("1" if b else "0" for b in bits)
 
 
+    view_columns = (ViewColumns("curated_scenes", "h", ("h.vhash",), thresholds="th"),)
 class VideoHashStage(Stage):
     name = "video_hash"
     version = "1"

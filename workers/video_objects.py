@@ -5,11 +5,8 @@ frames, ``n_detections`` and ``max_conf`` the means over them, every box kept wi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from pydantic import Field
-
-from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times
+from curation.video import DecodedFrame
+from workers.columns import ViewColumns
 from workers.objects import ObjectModel, ObjectScores, ObjectsParams, object_scores
 from workers.scene_frames import scene_frames
 from workers.stage import ItemFailure, Resources, Span, StageItem
@@ -23,6 +20,7 @@ class VideoObjectsParams(ObjectsParams):
 
 
 class VideoObjectsStage(ObjectModel):
+    view_columns = (ViewColumns("curated_scenes", "ob", ("ob.labels AS object_labels", "ob.n_detections AS n_objects")),)
     name = "video_objects"
     version = "1"
     modalities = frozenset({"video"})

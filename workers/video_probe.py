@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curation.media import DEFAULT_MAX_PIXELS, MediaError
 from curation.video import DEFAULT_VIDEO_TIMEOUT_S, probe_video
-from workers.columns import BigInt, SmallInt
+from workers.columns import BigInt, SmallInt, ViewColumns
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 DEFAULT_MAX_DURATION_S = 4 * 3600.0
@@ -67,6 +67,11 @@ def _sha256(path: str) -> tuple[bytes, int]:
 
 class VideoProbeStage(Stage):
     name = "video_probe"
+    view_columns = (ViewColumns("curated_scenes", "p", (
+        "p.container", "p.codec", "p.width", "p.height", "p.fps", "p.variable_frame_rate", "p.rotation", "p.has_audio",
+        "p.bytes AS video_bytes", "encode(p.sha256, 'hex') AS video_sha256", "least(p.width, p.height) AS short_side",
+        "greatest(p.width, p.height) AS long_side",
+        "round((p.width::numeric / nullif(p.height, 0)), 4)::double precision AS aspect_ratio"), of="a.parent_id"),)
     version = "1"
     modalities = frozenset({"video"})
     result_type = VideoProbeScores

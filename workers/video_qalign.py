@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from PIL import Image
 from pydantic import Field
 
-from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times
-from workers.qalign import QAlignModel, QAlignParams, QAlignScores
-from workers.scene_frames import scene_frames
-from workers.stage import ItemFailure, Span, StageItem
+from curation.video import DecodedFrame
+from workers.columns import ViewColumns
+from workers.qalign import QALIGN_VIEW_COLUMNS, QAlignModel, QAlignParams, QAlignScores
+from workers.scene_frames import FrameSampledParams, FrameSampledStage, sampled_frames
 
 FRAMES = 8
 
@@ -21,6 +21,7 @@ FRAMES = 8
 class VideoQAlignParams(QAlignParams):
     frames: int = Field(FRAMES, ge=1, le=64, description="evenly spaced frames per scene")
     timeout_s: float = Field(DEFAULT_VIDEO_TIMEOUT_S, gt=0)
+    view_columns = (ViewColumns("curated_scenes", "qa", QALIGN_VIEW_COLUMNS, thresholds="tqa"),)
 
 
 class VideoQAlignStage(QAlignModel):

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
-from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times
-from workers.scene_frames import scene_frames
-from workers.stage import ItemFailure, Resources, Span, Stage, StageItem
+from curation.video import DecodedFrame
+from workers.columns import ViewColumns
+from workers.scene_frames import FrameSampledParams, FrameSampledStage, sampled_frames
+from workers.stage import Resources
 from workers.text import TextParams, load_backend, text_models
 
 FRAMES = 3  # report §4.4
@@ -38,6 +39,7 @@ class VideoTextScores:
     weights_sha256: str
 
 
+    view_columns = (ViewColumns("curated_scenes", "tx", ("tx.text_boxes_mean", "tx.text_area_mean")),)
 class VideoTextStage(Stage):
     name = "video_text"
     version = "1"

@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from PIL import Image
 from pydantic import Field
 
-from curation.video import DEFAULT_VIDEO_TIMEOUT_S, evenly_spaced_times
-from workers.scene_frames import scene_frames
-from workers.stage import ItemFailure, Resources, Span, StageItem
-from workers.watermark import WatermarkModels, WatermarkParams, WatermarkScores
+from curation.video import DecodedFrame
+from workers.columns import ViewColumns
+from workers.scene_frames import FrameSampledParams, FrameSampledStage, sampled_frames
+from workers.stage import Resources
+from workers.watermark import WATERMARK_VIEW_COLUMNS, WatermarkModels, WatermarkParams, WatermarkScores
 
 FRAMES = 5  # report §4.4
 
@@ -20,6 +21,7 @@ FRAMES = 5  # report §4.4
 class VideoWatermarkParams(WatermarkParams):
     frames: int = Field(FRAMES, ge=1, le=64, description="evenly spaced frames per scene")
     timeout_s: float = Field(DEFAULT_VIDEO_TIMEOUT_S, gt=0)
+    view_columns = (ViewColumns("curated_scenes", "wm", WATERMARK_VIEW_COLUMNS, thresholds="tw"),)
 
 
 class VideoWatermarkStage(WatermarkModels):

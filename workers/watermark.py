@@ -17,11 +17,18 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from workers.columns import ViewColumns
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 CLASSIFIER = "watermark-resnext101-32x8d"
 DETECTOR = "watermark-yolo"
 THRESHOLD = 0.5
+
+
+WATERMARK_VIEW_COLUMNS = (
+    "wm.classifier_p AS watermark_classifier_p", "wm.detector_conf AS watermark_detector_conf",
+    "(wm.classifier_p >= (tw.params->>'classifier_threshold')::float8"
+    " OR coalesce(wm.detector_conf >= (tw.params->>'detector_threshold')::float8, false)) AS watermark")  # either score at or above the job's threshold (the report: "either model ... above a defined threshold")
 
 
 class WatermarkParams(BaseModel):
@@ -112,6 +119,7 @@ class WatermarkModels(Stage):
 
 
 class WatermarkStage(WatermarkModels):
+    view_columns = (ViewColumns("curated_images", "wm", WATERMARK_VIEW_COLUMNS, thresholds="tw"),)
     name = "watermark"
     version = "1"
     resources = Resources(cpus=1.0, memory_gb=2.0)

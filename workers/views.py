@@ -1,0 +1,186 @@
+"""The curated views, rendered from the stage registry: each built-in stage's ``view_columns``
+(``workers.columns.ViewColumns``) in registry order, inside a fixed skeleton per view (the job's rows,
+the asset, the duplicate rules, the bucket).
+
+A migration that changes a view applies a plain SQL file rendered by this module and committed with it
+(``db/migrations/views/<view>.<revision>.sql``, written by ``python -m workers.views <revision>``);
+``tests/test_views.py`` checks that the rendering equals the newest file, so a stage's view columns
+cannot change without a migration. Adding a scoring stage to a view = its ``view_columns``, a migration
+with its table's DDL that applies the newly rendered file.
+
+Rules of every view: one row per (job, asset) (``job_assets``); a stage's row is the newest result of
+the configurations that job used (``job_configs``); flags compare raw scores with the job's resolved
+params (``job_stages``), read when the slice is read.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from workers.columns import ViewColumns
+from workers.stage import builtin_stage_names, get_stage
+
+VIEWS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations" / "views"
+VIEW_NAMES = ("curated_images", "curated_scenes")
+
+_SKELETON = {
+    "curated_images": {
+        "kind": "image",
+        "head": (
+            "ja.job_id",
+            "a.asset_id",
+            "a.uri",
+            "s.name AS source",
+            "(p.asset_id IS NOT NULL) AS decoded",
+            "ex.duplicate_of AS exact_duplicate_of",
+            "nd.duplicate_of AS near_duplicate_of",
+            "nd.distance AS near_duplicate_distance",
+            "(p.asset_id IS NOT NULL AND ex.duplicate_of IS NULL AND nd.duplicate_of IS NULL) AS is_unique",
+            "CASE WHEN r.short_side >= 1024 THEN 1024 WHEN r.short_side >= 512 THEN 512 "
+            "WHEN r.short_side >= 256 THEN 256 END AS bucket",
+        ),
+        "needs": ("p", "r", "h", "th"),
+        "duplicates": """\
+-- exact duplicate: the same bytes were seen first under a lower asset id (any job, any config)
+LEFT JOIN LATERAL (SELECT min(o.asset_id) AS duplicate_of FROM probe_results o
+                   WHERE o.sha256 = p.sha256 AND o.asset_id < a.asset_id) ex ON true
+-- near duplicate: a neighbour within the job's phash max_distance ranks higher
+-- (more pixels, then more bytes, then the lower asset id); the best-ranked asset of a group is kept
+LEFT JOIN LATERAL (SELECT n.other_id AS duplicate_of, n.distance FROM near_duplicates n
+                   JOIN LATERAL (SELECT * FROM probe_results y WHERE y.asset_id = n.other_id
+                                 ORDER BY y.created_at DESC LIMIT 1) op ON true
+                   WHERE n.asset_id = a.asset_id AND n.config_id = h.config_id
+                     AND n.distance <= (th.params->>'max_distance')::int
+                     AND (op.width::bigint * op.height, op.bytes, -op.asset_id)
+                       > (p.width::bigint * p.height, p.bytes, -a.asset_id)
+                   ORDER BY op.width::bigint * op.height DESC, op.bytes DESC, op.asset_id
+                   LIMIT 1) nd ON true""",
+    },
+    "curated_scenes": {
+        "kind": "scene",
+        "head": (
+            "ja.job_id",
+            "a.asset_id",
+            "a.uri",
+            "s.name AS source",
+            "a.parent_id AS video_id",
+            "a.start_frame",
+            "a.end_frame",
+            "a.start_s",
+            "a.end_s",
+            "(a.end_s - a.start_s) AS duration_s",
+            "ex.duplicate_of AS exact_duplicate_of",
+            "nd.duplicate_of AS near_duplicate_of",
+            "nd.distance AS near_duplicate_distance",
+            "(h.asset_id IS NOT NULL AND ex.duplicate_of IS NULL AND nd.duplicate_of IS NULL) AS is_unique",
+            "CASE WHEN least(p.width, p.height) >= 1024 THEN 1024 WHEN least(p.width, p.height) >= 512 THEN 512 "
+            "WHEN least(p.width, p.height) >= 256 THEN 256 END AS bucket",
+        ),
+        "needs": ("p", "h", "th"),
+        "duplicates": """\
+-- exact duplicate: the same frames of a byte-identical video seen first under a lower asset id
+LEFT JOIN LATERAL (SELECT min(o.asset_id) AS duplicate_of FROM assets o
+                   JOIN video_probe_results op ON op.asset_id = o.parent_id
+                   WHERE op.sha256 = p.sha256 AND o.start_frame = a.start_frame AND o.end_frame = a.end_frame
+                     AND o.asset_id < a.asset_id) ex ON true
+-- near duplicate: a scene within the job's video_hash max_distance ranks higher
+-- (longer, then more pixels, then the lower asset id); the best-ranked scene of a group is kept
+LEFT JOIN LATERAL (SELECT n.other_id AS duplicate_of, n.distance FROM near_duplicates n
+                   JOIN assets o ON o.asset_id = n.other_id
+                   JOIN LATERAL (SELECT * FROM video_probe_results y WHERE y.asset_id = o.parent_id
+                                 ORDER BY y.created_at DESC LIMIT 1) op ON true
+                   WHERE n.asset_id = a.asset_id AND n.config_id = h.config_id
+                     AND n.distance <= (th.params->>'max_distance')::int
+                     AND (round((o.end_s - o.start_s)::numeric, 2), op.width::bigint * op.height, -o.asset_id)
+                       > (round((a.end_s - a.start_s)::numeric, 2), p.width::bigint * p.height, -a.asset_id)
+                   ORDER BY round((o.end_s - o.start_s)::numeric, 2) DESC, op.width::bigint * op.height DESC,
+                            o.asset_id
+                   LIMIT 1) nd ON true""",
+    },
+}
+
+
+class ViewError(ValueError):
+    """The stage declarations do not make a valid view (a missing alias, two stages on one alias)."""
+
+
+def declarations(view: str) -> list[tuple[str, str, ViewColumns]]:
+    """(stage name, result table, declaration) of every built-in stage shown in ``view``, registry order."""
+    out = []
+    for name in builtin_stage_names():
+        cls = get_stage(name)
+        for decl in cls.view_columns:
+            if decl.view == view:
+                out.append((cls.name, cls.result_table, decl))
+    return out
+
+
+def render_view(view: str, revision: str) -> str:
+    """The ``CREATE VIEW`` statement of ``view`` as the stage registry declares it now."""
+    if view not in _SKELETON:
+        raise ViewError(f"unknown view {view!r}; one of {', '.join(_SKELETON)}")
+    skeleton = _SKELETON[view]
+    decls = declarations(view)
+    aliases = [d.alias for _, _, d in decls] + [d.thresholds for _, _, d in decls if d.thresholds]
+    if len(set(aliases)) != len(aliases):
+        raise ViewError(f"{view}: two stages use the same alias ({sorted(a for a in aliases if aliases.count(a) > 1)})")
+    missing = [a for a in skeleton["needs"] if a not in aliases]
+    if missing:
+        raise ViewError(f"{view}: the skeleton needs the aliases {missing}, which no stage declares")
+    select = list(skeleton["head"])
+    for name, _, decl in decls:
+        select += list(decl.columns) + [f"{decl.alias}.stage_version AS {name}_version"]
+    joins = []
+    for name, _, decl in decls:
+        if decl.thresholds:
+            joins.append(f"LEFT JOIN job_stages {decl.thresholds} ON {decl.thresholds}.job_id = ja.job_id "
+                         f"AND {decl.thresholds}.stage = '{name}'")
+    for name, table, decl in decls:
+        joins.append(f"LEFT JOIN LATERAL (SELECT * FROM {table} x WHERE x.asset_id = {decl.of}\n"
+                     f"                   AND x.config_id IN (SELECT jc.config_id FROM job_configs jc "
+                     f"WHERE jc.job_id = ja.job_id)\n"
+                     f"                   ORDER BY x.created_at DESC LIMIT 1) {decl.alias} ON true")
+    lines = [
+        f"-- {view} as of migration {revision}, rendered by workers/views.py from the stage registry:",
+        "-- one row per (job, asset); each stage's columns from the results of the configurations the job",
+        "-- used (job_configs), flags from the job's resolved params (job_stages).",
+        f"CREATE VIEW {view} AS",
+        "SELECT",
+        ",\n".join(f"    {item}" for item in select),
+        "FROM job_assets ja",
+        "JOIN assets a ON a.asset_id = ja.asset_id",
+        "JOIN sources s ON s.source_id = a.source_id",
+        *joins,
+        skeleton["duplicates"],
+        f"WHERE a.kind = '{skeleton['kind']}';",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def snapshot_path(view: str, revision: str) -> Path:
+    return VIEWS_DIR / f"{view}.{revision}.sql"
+
+
+def newest_snapshot(view: str) -> tuple[str, Path]:
+    """(revision, file) of the newest committed rendering of ``view``."""
+    files = sorted(VIEWS_DIR.glob(f"{view}.*.sql"))
+    if not files:
+        raise ViewError(f"no committed snapshot of {view} in {VIEWS_DIR}")
+    return files[-1].name.split(".")[1], files[-1]
+
+
+def main(argv: list[str]) -> int:
+    """``python -m workers.views REVISION``: write every view's rendering for a new migration."""
+    if len(argv) != 1:
+        print("usage: python -m workers.views REVISION   (e.g. 0014)", file=sys.stderr)
+        return 2
+    for view in VIEW_NAMES:
+        path = snapshot_path(view, argv[0])
+        path.write_text(render_view(view, argv[0]))
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
