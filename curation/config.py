@@ -3,7 +3,7 @@
 | variable                         | default            | meaning                                               |
 |----------------------------------|--------------------|-------------------------------------------------------|
 | ``CURATION_DATABASE_URL``        | (embedded)         | DSN of an external PostgreSQL >= 15 with pgvector >= 0.8 |
-| ``CURATION_HOME``                | ``./.curation``    | state folder: embedded database, logs                 |
+| ``CURATION_HOME``                | see ``find_home``  | state folder: embedded database, logs                 |
 | ``CURATION_RAY_ADDRESS``         | (local Ray)        | same as ``--address``                                 |
 | ``CURATION_HEARTBEAT_S``         | 10                 | worker heartbeat period                               |
 | ``CURATION_WORKER_TIMEOUT_S``    | 60                 | a worker whose heartbeat is older is dead             |
@@ -51,6 +51,17 @@ class BrokerTiming:
         )
 
 
+def find_home(start: Path | None = None) -> Path:
+    """The state folder when ``CURATION_HOME`` is not set: the nearest ``.curation`` holding an embedded
+    database in the working folder or a folder above it (as git finds ``.git``), so ``status`` and
+    ``query`` from a subfolder reach the database ``run`` started; else ``./.curation``."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".curation" / "pg").is_dir():
+            return folder / ".curation"
+    return here / ".curation"
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -60,7 +71,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> "Settings":
-        home = Path(os.environ.get("CURATION_HOME") or ".curation").resolve()
+        home = Path(os.environ["CURATION_HOME"]).resolve() if os.environ.get("CURATION_HOME") else find_home()
         return cls(
             home=home,
             database_url=os.environ.get("CURATION_DATABASE_URL") or None,

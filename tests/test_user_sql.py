@@ -272,3 +272,4 @@ def test_s3_source_without_credentials_says_so(engine, monkeypatch):
     finally:
         monkeypatch.undo()
         storage.reset_s3_client()
+
