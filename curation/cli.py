@@ -160,30 +160,18 @@ def _wait(engine: Engine, job_id: int, supervisor) -> None:
     console.print()
 
 
-def _view_of(spec: dict | None) -> str:
-    return "curated_scenes" if (spec or {}).get("modality") == "video" else "curated_images"
-
-
 def _finish(engine: Engine, job_id: int) -> None:
-    from curation.export import ExportError, export_slice
-    from curation.report import error_summary, funnel
+    from curation import jobs
+    from curation.export import ExportError
 
-    with engine.connect() as conn:
-        row = conn.execute(text("SELECT status, spec FROM jobs WHERE job_id=:j"), {"j": job_id}).one()
-    if row.status == "completed" and row.spec.get("export"):
-        exp = row.spec["export"]
-        try:
-            result = export_slice(engine, predicate=exp["where"], output=exp["output"], job_id=job_id,
-                                  view=_view_of(row.spec),
-                                  rows_per_file=exp.get("rows_per_file", 100_000),
-                                  overwrite=exp.get("overwrite", False))
-        except ExportError as exc:
-            _fail(f"export failed: {exc} (the job's results are kept; re-run `curation export {job_id}`)", 1)
+    try:
+        result = jobs.export_finished(engine, job_id)
+    except ExportError as exc:
+        _fail(f"export failed: {exc} (the job's results are kept; re-run `curation export {job_id}`)", 1)
+    if result is not None:
         console.print(f"exported {result.n_rows} rows in {len(result.files)} Parquet file(s) to [bold]{escape(result.output)}[/]")
-    with engine.connect() as conn:
-        f = funnel(conn, job_id)
-        errors = error_summary(conn, job_id)
-    _print_funnel(f)
+    _print_funnel(jobs.funnel(engine, job_id))
+    errors = jobs.item_errors(engine, job_id)
     if errors:
         table = Table(title="item errors")
         for col in ("stage", "class", "count", "example"):
@@ -210,42 +198,37 @@ def _print_funnel(f) -> None:
 @app.command()
 def status(job: Optional[int] = typer.Argument(None, help="job id (default: list recent jobs)")) -> None:
     """Progress of one job per stage, or a list of recent jobs."""
-    from curation.report import error_summary, funnel, job_status
+    from curation import jobs
 
     engine = _engine()
-    with engine.connect() as conn:
-        if job is None:
-            rows = conn.execute(text(
-                "SELECT j.job_id, j.name, j.status, j.created_at, (SELECT count(*) FROM job_assets ja "
-                "WHERE ja.job_id=j.job_id) AS n FROM jobs j ORDER BY j.job_id DESC LIMIT 20")).all()
-            table = Table(title="jobs")
-            for col in ("job", "name", "status", "assets", "created"):
-                table.add_column(col)
-            for r in rows:
-                table.add_row(str(r.job_id), escape(r.name), r.status, str(r.n), r.created_at.strftime("%Y-%m-%d %H:%M:%S"))
-            console.print(table)
-            return
-        try:
-            st = job_status(conn, job)
-        except LookupError as exc:
-            _fail(str(exc), 1)
-        console.print(_progress_table(st))
-        _print_funnel(funnel(conn, job))
-        for stage, cls, n, example in error_summary(conn, job):
-            console.print(f"  {stage}: {n} × {cls} — e.g. {escape(example[:100])}", highlight=False)
+    if job is None:
+        table = Table(title="jobs")
+        for col in ("job", "name", "status", "assets", "created"):
+            table.add_column(col)
+        for j in jobs.list_jobs(engine, limit=20):
+            table.add_row(str(j.id), escape(j.name), j.status, str(j.n_assets), j.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+        console.print(table)
+        return
+    try:
+        st = jobs.status(engine, job)
+    except jobs.UnknownJob as exc:
+        _fail(str(exc), 1)
+    console.print(_progress_table(st))
+    _print_funnel(jobs.funnel(engine, job))
+    for stage, cls, n, example in jobs.item_errors(engine, job):
+        console.print(f"  {stage}: {n} × {cls} — e.g. {escape(example[:100])}", highlight=False)
 
 
 @app.command()
 def cancel(job: int = typer.Argument(..., help="job id")) -> None:
     """Cancel a job: its queued and running tasks are removed (running workers are fenced out and
     write nothing); results already committed stay."""
-    engine = _engine()
-    with engine.begin() as conn:
-        n = conn.execute(text("UPDATE jobs SET status='cancelled', finished_at=now() WHERE job_id=:j "
-                              "AND status='running'"), {"j": job}).rowcount
-        if n == 0:
-            _fail(f"job {job} does not exist or is not running", 1)
-        removed = conn.execute(text("DELETE FROM tasks WHERE job_id=:j"), {"j": job}).rowcount
+    from curation import jobs
+
+    try:
+        removed = jobs.cancel(_engine(), job)
+    except (jobs.UnknownJob, jobs.JobNotRunning) as exc:
+        _fail(str(exc), 1)
     console.print(f"job {job} cancelled; {removed} task(s) removed")
 
 
@@ -253,33 +236,13 @@ def cancel(job: int = typer.Argument(..., help="job id")) -> None:
 def retry(job: int = typer.Argument(..., help="job id")) -> None:
     """Re-run only the failed and dead-lettered items of a job: their item errors are cleared and
     they are enqueued again at the stage where they failed."""
-    from curation.broker import chunked, enqueue
-    from curation.spec import JobSpec
-    from workers.stage import get_stage
+    from curation import jobs
 
-    engine = _engine()
-    with engine.begin() as conn:
-        row = conn.execute(text("SELECT spec FROM jobs WHERE job_id=:j FOR UPDATE"), {"j": job}).first()
-        if row is None:
-            _fail(f"no job {job}", 1)
-        spec = JobSpec.model_validate(row.spec)
-        failed = conn.execute(text(
-            "DELETE FROM item_errors e USING job_assets ja WHERE ja.asset_id=e.asset_id AND ja.job_id=:j "
-            "RETURNING e.stage, e.asset_id"), {"j": job}).all()
-        conn.execute(text("DELETE FROM dead_tasks WHERE job_id=:j"), {"j": job})
-        by_stage: dict[str, list[int]] = {}
-        for stage, asset_id in failed:
-            by_stage.setdefault(stage, []).append(asset_id)
-        n_tasks = 0
-        stamp = int(time.time())
-        for stage, ids in by_stage.items():
-            cls = get_stage(stage)
-            chunks = [(f"retry{stamp}-{i}", c) for i, c in enumerate(chunked(sorted(ids), spec.chunk_size))]
-            n_tasks += enqueue(conn, job_id=job, stage=stage, stage_version=cls.stage_version(), chunks=chunks,
-                               max_attempts=spec.max_attempts, max_runtime_s=cls.max_runtime_s)
-        if n_tasks:
-            conn.execute(text("UPDATE jobs SET status='running', finished_at=NULL WHERE job_id=:j"), {"j": job})
-    console.print(f"job {job}: {len(failed)} failed item(s) re-enqueued in {n_tasks} task(s)")
+    try:
+        n_failed, n_tasks = jobs.retry(_engine(), job)
+    except jobs.UnknownJob as exc:
+        _fail(str(exc), 1)
+    console.print(f"job {job}: {n_failed} failed item(s) re-enqueued in {n_tasks} task(s)")
 
 
 @app.command()
@@ -319,29 +282,22 @@ def export(
     job: Optional[int] = typer.Argument(None, help="job id (default: all assets)"),
     where: Optional[str] = typer.Option(None, "--where", help="SQL predicate over the view"),
     output: Optional[str] = typer.Option(None, "--output", help="folder or s3:// prefix"),
-    rows_per_file: int = typer.Option(100_000, "--rows-per-file"),
+    rows_per_file: Optional[int] = typer.Option(None, "--rows-per-file", help="(default: the job spec's, else 100000)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace Parquet files already under --output"),
     view: Optional[str] = typer.Option(None, "--view", help="curated_images or curated_scenes "
                                        "(default: from the job's modality, else curated_images)"),
 ) -> None:
     """Write a slice of curated_images (or curated_scenes) to Parquet, grouped by shortest-side bucket
     and source. Uses the job spec's export section unless --where/--output are given."""
-    from curation.export import ExportError, export_slice
+    from curation import jobs
+    from curation.export import ExportError
 
-    engine = _engine()
-    spec = None
-    if job is not None:
-        with engine.connect() as conn:
-            spec = conn.execute(text("SELECT spec FROM jobs WHERE job_id=:j"), {"j": job}).scalar()
-        exp = (spec or {}).get("export") or {}
-        where = where or exp.get("where")
-        output = output or exp.get("output")
-    if not where or not output:
-        _fail("give --where and --output (or a job whose spec has an export section)")
     try:
-        result = export_slice(engine, predicate=where, output=output, job_id=job, rows_per_file=rows_per_file,
-                              overwrite=overwrite, view=view or _view_of(spec))
-    except ExportError as exc:
+        result = jobs.export(_engine(), job, where=where, output=output, view=view, rows_per_file=rows_per_file,
+                             overwrite=overwrite)
+    except jobs.NoExportTarget as exc:
+        _fail(str(exc))
+    except (jobs.UnknownJob, ExportError) as exc:
         _fail(str(exc), 1)
     console.print(f"export {result.export_id}: {result.n_rows} rows in {len(result.files)} file(s) under {escape(result.output)}")
     for f in result.files:

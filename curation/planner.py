@@ -1,13 +1,20 @@
-"""Turning a validated job spec into work: check that the source and the export are usable, list the
-source, record the job and its assets, and enqueue chunks for the first stage — all in one
-transaction, so a failed submission leaves nothing behind."""
+"""Turning a validated job spec into work.
+
+- ``submit``: check that the source and the export are usable, list the source, record the job and its
+  assets, and enqueue chunks for the first stage — all in one transaction, so a failed submission leaves
+  nothing behind.
+- ``plan_next_tasks``: what a finished task hands the next stage — its survivors as one task, in tasks
+  of about so many seconds of video, or long videos cut into windows first. Pure: no database, no I/O;
+  the runtime turns the plan into rows in the completion transaction.
+"""
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, text
@@ -172,3 +179,102 @@ def submit(engine: Engine, spec: JobSpec, *, base: Path = Path(".")) -> Submissi
             max_attempts=spec.max_attempts, max_runtime_s=first.max_runtime_s,
         )
     return Submission(job_id=job_id, n_assets=len(asset_ids), n_tasks=n_tasks)
+
+
+# --- the next stage's tasks (pure) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskSizing:
+    """How a job sizes the tasks its video stages hand on (the job spec's fields of the same names)."""
+
+    video_seconds_per_task: float = 600.0
+    scene_seconds_per_task: float = 120.0
+    scene_window_s: float = 600.0  # 0: never cut a video into windows
+
+    @classmethod
+    def of(cls, spec: JobSpec) -> TaskSizing:
+        return cls(spec.video_seconds_per_task, spec.scene_seconds_per_task, spec.scene_window_s)
+
+
+@dataclass(frozen=True)
+class WindowCut:
+    """A video to cut into ``n_windows`` equal windows before the next stage; each window is a task."""
+
+    video: int
+    n_windows: int
+
+
+@dataclass(frozen=True)
+class NextTasks:
+    """What a finished task enqueues for the next stage.
+
+    ``chunks is None``: the survivors go on as one task, under the finished task's own dedupe key (a
+    count-sized chunk stays one). Otherwise, in this order, one task per window of each ``windows`` cut
+    (created in the completion transaction), then one task per chunk, keyed ``<key>/<n>``."""
+
+    chunks: list[list[int]] | None
+    windows: list[WindowCut] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WindowSpan:
+    start_frame: int  # first frame in the window
+    end_frame: int  # first frame after it
+    start_s: float
+    end_s: float
+
+
+def chunk_by_seconds(pairs: Iterable[tuple[int, float]], seconds_per_task: float) -> list[list[int]]:
+    """Consecutive assets grouped until each group holds about ``seconds_per_task`` seconds of video
+    (a longer video is a group of its own)."""
+    out: list[list[int]] = []
+    current: list[int] = []
+    total = 0.0
+    for asset_id, seconds in pairs:
+        current.append(asset_id)
+        total += seconds
+        if total >= seconds_per_task:
+            out.append(current)
+            current, total = [], 0.0
+    if current:
+        out.append(current)
+    return out
+
+
+def plan_next_tasks(
+    survivors: Sequence[int],
+    seconds: Sequence[float | None] | None,
+    sizing: TaskSizing,
+    *,
+    next_windowed: bool,
+) -> NextTasks:
+    """The next stage's tasks for a finished task's ``survivors`` (in order).
+
+    ``seconds`` holds each survivor's seconds of video (``Stage.task_seconds``), or None. When every
+    survivor has its seconds, the survivors go on in tasks of about ``video_seconds_per_task``; and if the
+    next stage is windowed (the scene split) and some video is longer than ``scene_window_s`` (> 0), each
+    such video is cut into ``ceil(seconds / scene_window_s)`` windows, a task each, while the shorter ones
+    go on whole in duration-sized tasks. Otherwise the survivors go on as one task."""
+    if seconds is not None and len(seconds) != len(survivors):
+        raise ValueError(f"{len(seconds)} durations for {len(survivors)} survivors")
+    if not survivors or seconds is None or any(s is None for s in seconds):
+        return NextTasks(chunks=None)
+    pairs = [(a, float(s)) for a, s in zip(survivors, seconds)]
+    window_s = sizing.scene_window_s
+    if not (next_windowed and window_s > 0 and max(s for _, s in pairs) > window_s):
+        return NextTasks(chunks=chunk_by_seconds(pairs, sizing.video_seconds_per_task))
+    windows = [WindowCut(a, math.ceil(s / window_s)) for a, s in pairs if s > window_s]
+    whole = [(a, s) for a, s in pairs if s <= window_s]
+    return NextTasks(chunks=chunk_by_seconds(whole, sizing.video_seconds_per_task), windows=windows)
+
+
+def window_spans(n_frames: int, fps: float, start_s: float, duration_s: float, n_windows: int) -> list[WindowSpan]:
+    """``n_windows`` windows of (about) equal frame counts covering a video of ``n_frames`` frames. Each
+    inner edge is half a frame before the window's first frame, so every frame's timestamp falls in
+    exactly one window; the first starts at ``start_s``, the last ends at ``start_s + duration_s``."""
+    if n_windows < 1:
+        raise ValueError(f"n_windows must be at least 1, not {n_windows}")
+    frames = [round(n_frames * i / n_windows) for i in range(n_windows + 1)]
+    edges = [start_s] + [start_s + (f - 0.5) / fps for f in frames[1:-1]] + [start_s + duration_s]
+    return [WindowSpan(frames[i], frames[i + 1], edges[i], edges[i + 1]) for i in range(n_windows)]

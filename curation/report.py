@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, text
+
+if TYPE_CHECKING:
+    from curation.spec import JobSpec
 
 
 @dataclass(frozen=True)
@@ -132,14 +136,15 @@ def video_funnel(conn: Connection, job_id: int) -> VideoFunnel:
                        _last_export(conn, job_id))
 
 
-def funnel(conn: Connection, job_id: int) -> Funnel | VideoFunnel:
-    spec = conn.execute(text("SELECT spec FROM jobs WHERE job_id = :j"), {"j": job_id}).scalar_one()
-    if spec.get("modality") == "video":
+def funnel(conn: Connection, job_id: int, spec: JobSpec) -> Funnel | VideoFunnel:
+    """The job's filter funnel; ``spec`` is its spec (``curation.jobs.load_job``), for the modality and
+    the resolution stage's ``min_side``."""
+    if spec.modality == "video":
         return video_funnel(conn, job_id)
     min_side = 256
-    for stage in spec["stages"]:
-        if stage["name"] == "resolution":
-            min_side = int(stage.get("params", {}).get("min_side", 256))
+    for i, stage in enumerate(spec.stages):
+        if stage.name == "resolution":
+            min_side = spec.stage_params(i).min_side
     row = conn.execute(
         text(
             """

