@@ -67,7 +67,7 @@ def _cuts(path: Path, **params) -> tuple[list[int], int]:
     w = 256
     h = round(info.coded_height * w / info.coded_width / 2) * 2
     frames = (f.pixels for f in iter_frames(path, size=(w, h), bgr=True))
-    return detect_cuts(frames, info.fps, make_detector(ScenesParams(**params)))
+    return detect_cuts(frames, info.fps, make_detector(ScenesParams(**params), info.fps))
 
 
 # --- probe and bad files --------------------------------------------------------------------------
@@ -316,6 +316,7 @@ def test_frame_sampled_stages_use_the_documented_frame_counts(joined, tmp_path, 
     item = StageItem(1, str(path), path=str(path), prior={"video_probe": probe},
                      span=Span(115, 235, 115 / 25, 235 / 25))
     text_stage = VideoTextStage()
+    text_stage.setup()
     seen = spy_on_frames(monkeypatch)
     result = text_stage.process([item])[0]
     assert result.frames_sampled == 3 and len(seen) == 3
@@ -426,6 +427,7 @@ def test_motion_stage_scores_a_real_scene_with_the_tiny_videomae(clips, monkeypa
 
     seen = spy_on_frames(monkeypatch)
     stage = MotionStage(MotionParams(model=TINY))
+    stage.setup()
     bikes = clips["bikes"]
     result = stage.process([StageItem(1, str(bikes), path=str(bikes), span=Span(76, 137, 3.04, 5.48))])[0]
     assert result.frames_sampled == 4 and seen == pytest.approx(evenly_spaced_times(3.04, 5.48, 4))
@@ -535,3 +537,26 @@ def test_a_long_video_is_split_in_windows_one_task_each(engine, db_url, clips, t
         mine = conn.execute(text("SELECT count(*) FROM job_assets ja JOIN assets a USING (asset_id) "
                                  "WHERE ja.job_id = :j AND a.kind = 'scene'"), {"j": again}).scalar_one()
     assert mine == len(scenes)
+
+
+def test_the_least_gap_between_cuts_is_a_duration(clips, tmp_path):
+    """At 10 fps, shots 1 s apart are all found (a 15-frame gap dropped them: 1.5 s); the gap is 0.6 s
+    (the scenedetect CLI's default) at any rate."""
+    from workers.scenes import MIN_CUT_GAP_S, min_gap_frames
+
+    assert MIN_CUT_GAP_S == 0.6 == ScenesParams().min_cut_gap_s
+    assert [min_gap_frames(0.6, fps) for fps in (10, 24, 30, 60)] == [6, 14, 18, 36]
+    short = tmp_path / "one_second_shots.mp4"
+    parts = [ClipPart(clips["vtest"], 0, 10), ClipPart(clips["bigbuckbunny"], 0, 10),
+             ClipPart(clips["carphone_pristine"], 0, 10), ClipPart(clips["tree"], 0, 10),
+             ClipPart(clips["vtest"], 400, 10)]
+    truth = write_clip(parts, short, size=(160, 120), fps=10)
+    found, _ = _cuts(short)
+    assert found == truth == [10, 20, 30, 40]
+
+
+def test_a_scene_of_exactly_the_minimum_length_is_kept():
+    times = [i / 10 for i in range(100)]  # at 10 fps, frames 3..23 are 2 s apart: 1.9999999999999998 s
+    assert times[23] - times[3] < 2.0  # the float arithmetic the tolerance is for
+    spans, dropped, _ = constrain([3, 23, 50], times, 10.0, 2.0, 60.0)
+    assert dropped == 0 and [(s.start_frame, s.end_frame) for s in spans] == [(3, 23), (23, 50)]

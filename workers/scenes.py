@@ -44,6 +44,8 @@ from workers.stage import ItemFailure, Resources, Span, Stage, StageItem
 
 MIN_SCENE_S = 2.0  # report §4.4
 MAX_SCENE_S = 60.0  # report §4.4
+MIN_CUT_GAP_S = 0.6  # the scenedetect CLI's default min-scene-len; a duration, so 10 fps and 60 fps alike
+DURATION_TOLERANCE_S = 1e-6  # a scene of exactly 2.000 s is kept when float arithmetic lands a hair below
 
 
 class ScenesParams(BaseModel):
@@ -52,7 +54,8 @@ class ScenesParams(BaseModel):
     threshold: float = Field(27.0, gt=0, le=255, description="ContentDetector: score above which a frame is a cut")
     adaptive_threshold: float = Field(3.0, gt=0, description="AdaptiveDetector: score / rolling mean for a cut")
     min_content_val: float = Field(15.0, ge=0, description="AdaptiveDetector: least content score for a cut")
-    min_cut_gap_frames: int = Field(15, ge=1, description="least frames between two cuts (min_scene_len)")
+    min_cut_gap_s: float = Field(MIN_CUT_GAP_S, gt=0, le=60, description="least seconds between two cuts "
+                                 "(PySceneDetect's min_scene_len, in frames at the video's rate; its CLI: 0.6 s)")
     min_scene_s: float = Field(MIN_SCENE_S, ge=0, description="scenes shorter than this are dropped")
     max_scene_s: float = Field(MAX_SCENE_S, gt=0, description="scenes longer than this are split evenly")
     analysis_width: int = Field(256, ge=32, le=4096, description="frames are scaled to this width for detection")
@@ -71,13 +74,19 @@ class ScenesResult:
     scenes: list[Span] = field(default_factory=list)  # not a column: stored as assets of kind 'scene'
 
 
-def make_detector(params: ScenesParams):
+def min_gap_frames(seconds: float, fps: float) -> int:
+    """``min_cut_gap_s`` in frames of a video at ``fps`` (at least one)."""
+    return max(1, round(seconds * fps))
+
+
+def make_detector(params: ScenesParams, fps: float):
     from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
+    gap = min_gap_frames(params.min_cut_gap_s, fps)
     if params.detector == "adaptive":
         return AdaptiveDetector(adaptive_threshold=params.adaptive_threshold, min_content_val=params.min_content_val,
-                                min_scene_len=params.min_cut_gap_frames)
-    return ContentDetector(threshold=params.threshold, min_scene_len=params.min_cut_gap_frames)
+                                min_scene_len=gap)
+    return ContentDetector(threshold=params.threshold, min_scene_len=gap)
 
 
 def detect_cuts(frames_bgr: Iterable, fps: float, detector) -> tuple[list[int], int]:
@@ -108,7 +117,7 @@ def constrain(bounds: Sequence[int], times: Sequence[float], end_time: float, mi
 
     for a, b in zip(bounds[:-1], bounds[1:]):
         duration = t(b) - t(a)
-        if duration < min_s:
+        if duration < min_s - DURATION_TOLERANCE_S:
             dropped += 1
             continue
         parts = max(1, math.ceil(duration / max_s - 1e-9))
@@ -163,7 +172,7 @@ class ScenesStage(Stage):
                 yield f.pixels
 
         try:
-            cuts, n = detect_cuts(frames(), probe.fps, make_detector(p))
+            cuts, n = detect_cuts(frames(), probe.fps, make_detector(p, probe.fps))
         except MediaError as exc:
             return ItemFailure(exc.error_class, str(exc))
         if n == 0:
