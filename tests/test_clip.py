@@ -26,6 +26,7 @@ def _photos(skimage_dir):
 
 def test_tiny_clip_scores_real_photos(skimage_dir):
     stage = ClipStage(ClipParams(model=TINY))
+    stage.setup()
     items = [StageItem(i, n, image=img) for i, (n, img) in enumerate(zip(PHOTOS, _photos(skimage_dir)))]
     results = stage.process(items)
     clip = stage._clip
@@ -116,6 +117,7 @@ def test_video_clip_embeds_five_evenly_spaced_frames(media_cache, monkeypatch):
         unavailable(f"real clips unavailable: {exc}")
     seen = spy_on_frames(monkeypatch)
     stage = VideoClipStage(VideoClipParams(model=TINY))
+    stage.setup()
     item = StageItem(1, str(bikes), path=str(bikes), span=Span(76, 137, 3.04, 5.48))
     result = stage.process([item])[0]
     assert seen == pytest.approx([3.04 + 2.44 * (k + 0.5) / 5 for k in range(5)])

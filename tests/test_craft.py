@@ -61,6 +61,7 @@ def test_the_published_architecture_and_checkpoint_layout(tmp_path):
 
 def test_tiny_craft_through_the_text_stage_on_real_photos(skimage_dir):
     stage = TextStage(TextParams(backend="craft", craft_model=TINY))
+    stage.setup()
     photos = [Image.open(skimage_dir / n).convert("RGB") for n in ("page.png", "astronaut.png", "coffee.png")]
     results = stage.process([StageItem(i, "x", image=img) for i, img in enumerate(photos)])
     for r in results:

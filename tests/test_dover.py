@@ -103,6 +103,7 @@ def test_the_stage_scores_a_real_scene(bikes):
     from workers.dover import DoverParams, DoverStage
 
     stage = DoverStage(DoverParams(model=TINY))
+    stage.setup()
     r = stage.process([StageItem(1, str(bikes), path=str(bikes), span=Span(76, 137, 3.04, 5.48))])[0]
     assert all(0.0 <= v <= 1.0 for v in (r.dover_technical, r.dover_aesthetic, r.dover_overall))
     assert fuse(r.technical_raw, r.aesthetic_raw).overall == pytest.approx(r.dover_overall, abs=1e-6)

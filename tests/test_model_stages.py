@@ -56,6 +56,7 @@ def rgb(path) -> Image.Image:
 
 def test_brisque_rates_a_blurred_copy_worse(brisque_ready, debian_photos, skimage_dir):
     stage = QualityStage()
+    stage.setup()
     photos = [p for p in debian_photos["opencv"] if p.name in ("baboon.jpg", "fruits.jpg", "building.jpg")]
     photos += [skimage_dir / "astronaut.png"]
     for path in photos:
@@ -68,6 +69,7 @@ def test_brisque_rates_a_blurred_copy_worse(brisque_ready, debian_photos, skimag
 
 def test_ppocr_finds_scene_text_and_little_in_nature(debian_photos):
     stage = TextStage()
+    stage.setup()
     scenes = [p for p in debian_photos["opencv"] if p.name.startswith("scenetext")]
     nature = [p for p in debian_photos["mate"] if "/nature/" in str(p)]
     assert len(scenes) == 6 and len(nature) == 12

@@ -101,6 +101,7 @@ def test_scenes_detect_over_five_evenly_spaced_frames(yolo_onnx, media_cache, mo
         unavailable(f"real clips unavailable: {exc}")
     seen = spy_on_frames(monkeypatch)
     stage = VideoObjectsStage(VideoObjectsParams(model=str(yolo_onnx), conf=0.1))
+    stage.setup()
     result = stage.process([StageItem(1, str(megamind), path=str(megamind), span=Span(0, 98, 0.0417, 4.129))])[0]
     assert result.frames_sampled == 5 and len(seen) == 5
     assert seen == pytest.approx([0.0417 + (4.129 - 0.0417) * (k + 0.5) / 5 for k in range(5)])

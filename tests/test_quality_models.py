@@ -46,6 +46,7 @@ def test_topiq_scores_real_photos_with_provenance(photos):
     from workers.topiq import TopiqParams, TopiqStage
 
     stage = TopiqStage(TopiqParams(technical_model=TINY, aesthetic_model=TINY, max_side=512))
+    stage.setup()
     results = stage.process([StageItem(i, n, image=img) for i, (n, img) in enumerate(photos.items())])
     assert len(results) == len(PHOTOS)
     for r in results:
@@ -114,12 +115,16 @@ def test_qalign_stage_columns_and_the_reports_sft_rule(photos):
 
     assert (SFT_MIN_QUALITY, SFT_MIN_AESTHETIC) == (4.0, 2.0)  # report §3: Q-Align > 4, aesthetic > 2
     items = [StageItem(i, n, image=img) for i, (n, img) in enumerate(photos.items())]
-    strict = QAlignStage(QAlignParams(model=TINY)).process(items)
+    stage = QAlignStage(QAlignParams(model=TINY))
+    stage.setup()
+    strict = stage.process(items)
     for r in strict:
         assert 1 <= r.qalign_quality <= 5 and 1 <= r.qalign_aesthetic <= 5 and r.frames_sampled == 1
         assert r.sft_candidate == (r.qalign_quality > 4 and r.qalign_aesthetic > 2)
         assert (r.model, r.weights_sha256) == (TINY, "tiny-random")
-    loose = QAlignStage(QAlignParams(model=TINY, sft_min_quality=1.0, sft_min_aesthetic=1.0)).process(items)
+    loose_stage = QAlignStage(QAlignParams(model=TINY, sft_min_quality=1.0, sft_min_aesthetic=1.0))
+    loose_stage.setup()
+    loose = loose_stage.process(items)
     assert all(r.sft_candidate for r in loose)
 
 
@@ -168,6 +173,7 @@ def test_complexity_on_real_photos_and_a_plain_background(photos):
     # random weights keep no mask at SAM 2's default thresholds; at 0 they keep some
     stage = ComplexityStage(ComplexityParams(model=TINY, points_per_side=4, max_side=512, pred_iou_thresh=0.0,
                                              stability_score_thresh=0.0))
+    stage.setup()
     busy, flat = stage.process([StageItem(0, "a", image=photos["astronaut.png"]), StageItem(1, "p", image=plain)])
     for r in (busy, flat):
         assert r.mask_count >= 1 and 0.0 < r.mask_coverage <= 1.0 and 0.0 <= r.complexity <= 1.0

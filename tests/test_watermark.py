@@ -22,6 +22,7 @@ def test_scores_flag_and_provenance_on_real_photos(skimage_dir, yolo_onnx):
     # the classifier cannot flag (threshold 1), so the flag must come from the detector alone
     stage = WatermarkStage(WatermarkParams(classifier=TINY, detector=str(yolo_onnx), classifier_threshold=1.0,
                                            detector_threshold=0.5))
+    stage.setup()
     results = stage.process([StageItem(i, "x", image=img) for i, img in enumerate(photos)])
     for r in results:
         assert 0.0 <= r.classifier_p <= 1.0 and 0.0 <= r.detector_conf <= 1.0 and r.frames_sampled == 1
@@ -31,6 +32,7 @@ def test_scores_flag_and_provenance_on_real_photos(skimage_dir, yolo_onnx):
     assert coffee.detector_conf < 0.5 and not coffee.watermark
     # and without a detector, the classifier alone decides
     only = WatermarkStage(WatermarkParams(classifier=TINY, detector=None, classifier_threshold=0.01))
+    only.setup()
     r = only.process([StageItem(0, "x", image=photos[1])])[0]
     assert r.detector_conf is None and r.detector_model is None and r.watermark
 
@@ -71,6 +73,7 @@ def test_scenes_average_five_evenly_spaced_frames(media_cache, monkeypatch):
         unavailable(f"real clips unavailable: {exc}")
     seen = spy_on_frames(monkeypatch)
     stage = VideoWatermarkStage(VideoWatermarkParams(classifier=TINY, detector=None))
+    stage.setup()
     result = stage.process([StageItem(1, str(bikes), path=str(bikes), span=Span(76, 137, 3.04, 5.48))])[0]
     assert result.frames_sampled == 5 and seen == pytest.approx([3.04 + 2.44 * (k + 0.5) / 5 for k in range(5)])
     frames = [Image.fromarray(f.pixels) for f in frames_at(bikes, seen, end_s=5.48, short_side=512)]

@@ -80,7 +80,7 @@ def clip_scores(clip, taxonomies, taxonomy_sha: str, embeddings: np.ndarray) -> 
     return out
 
 
-class ClipModelStage(Stage):
+class ClipModelStage(Stage[ClipParams, ClipScores]):
     """What the image and the video CLIP stages share: the model named in the params, loaded once."""
 
     Params = ClipParams
@@ -100,14 +100,13 @@ class ClipModelStage(Stage):
         self._clip = load_clip(self.params.model)
         self._taxonomies, self._taxonomy_sha = load_taxonomies(self._clip)
 
-    def _ensure(self) -> None:
-        if not hasattr(self, "_clip"):
-            self.setup()
+    def teardown(self) -> None:
+        del self._clip, self._taxonomies
 
 
 class ClipStage(ClipModelStage):
-    view_columns = (ViewColumns("curated_images", "cl", CLIP_VIEW_COLUMNS),)
     name = "clip"
+    view_columns = (ViewColumns("curated_images", "cl", CLIP_VIEW_COLUMNS),)
     version = "1"
     resources = Resources(cpus=1.0, memory_gb=2.0)
     batch_size = 32
@@ -116,6 +115,5 @@ class ClipStage(ClipModelStage):
     requires = ("probe",)
 
     def process(self, items: Sequence[StageItem]) -> list[ClipScores | ItemFailure]:
-        self._ensure()
         embeddings = self._clip.embed_images([item.image for item in items])
         return clip_scores(self._clip, self._taxonomies, self._taxonomy_sha, embeddings)

@@ -72,7 +72,7 @@ class ComplexityScores:
     weights_sha256: str
 
 
-class ComplexityStage(Stage):
+class ComplexityStage(Stage[ComplexityParams, ComplexityScores]):
     name = "complexity"
     view_columns = (ViewColumns("curated_images", "cx", ("cx.complexity", "cx.mask_count", "cx.mask_coverage",
                                                      "(cx.complexity < (tcx.params->>'simple_threshold')::float8) AS too_simple"),
@@ -100,9 +100,10 @@ class ComplexityStage(Stage):
 
         self._sam = load_sam2(self.params.model)
 
+    def teardown(self) -> None:
+        del self._sam
+
     def process(self, items: Sequence[StageItem]) -> list[ComplexityScores | ItemFailure]:
-        if not hasattr(self, "_sam"):
-            self.setup()
         p = self.params
         out: list[ComplexityScores | ItemFailure] = []
         for item in items:

@@ -55,7 +55,7 @@ class DoverResult:
     weights_sha256: str
 
 
-class DoverStage(Stage):
+class DoverStage(Stage[DoverParams, DoverResult]):
     name = "dover"
     view_columns = (ViewColumns("curated_scenes", "dv", ("dv.dover_technical", "dv.dover_aesthetic", "dv.dover_overall")),)
     version = "1"
@@ -79,9 +79,10 @@ class DoverStage(Stage):
 
         self._dover = load_dover(self.params.model)
 
+    def teardown(self) -> None:
+        del self._dover
+
     def process(self, items: Sequence[StageItem]) -> list[DoverResult | ItemFailure]:
-        if not hasattr(self, "_dover"):
-            self.setup()
         return [self._score(item) for item in items]
 
     def _score(self, item: StageItem) -> DoverResult | ItemFailure:

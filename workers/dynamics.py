@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -67,37 +68,29 @@ def dynamics_of(frames: Sequence[np.ndarray], static_above: float, dynamic_below
     )
 
 
-class DynamicsStage(Stage):
+class DynamicsStage(FrameSampledStage[DynamicsParams, DynamicsScores]):
     name = "dynamics"
-    version = "1"
     view_columns = (ViewColumns("curated_scenes", "d", (
         "d.ms_ssim_mean", "d.ms_ssim_min", "d.ms_ssim_max", "d.pairs AS ms_ssim_pairs",
         "(d.ms_ssim_mean >= (td.params->>'static_above')::float8) AS too_static",
         "(d.ms_ssim_mean <= (td.params->>'dynamic_below')::float8) AS too_dynamic"), thresholds="td"),)
-    modalities = frozenset({"video"})
+    version = "1"
     result_type = DynamicsScores
     result_table = "dynamics_results"
     Params = DynamicsParams
     threshold_params = frozenset({"static_above", "dynamic_below"})
     resources = Resources(cpus=1.0, memory_gb=1.5)
     batch_size = 4
-    max_runtime_s = 3600.0
-    needs_path = True
     requires = ("video_probe",)
 
     def times(self, span: Span) -> list[float]:
         return times_at_fps(span.start_s, span.end_s, self.params.sample_fps)
 
-    def process(self, items: Sequence[StageItem]) -> list[DynamicsScores | ItemFailure]:
-        out: list[DynamicsScores | ItemFailure] = []
-        for item in items:
-            probe = item.prior["video_probe"]
-            coded = (probe.height, probe.width) if probe.rotation in (90, 270) else (probe.width, probe.height)
-            # small videos are scaled up: MS-SSIM's fifth scale needs >= 176 px
-            frames = scene_frames(item, self.name, self.times, gray=True, timeout_s=self.params.timeout_s,
-                                  size=scaled_size(*coded, ANALYSIS_SHORT_SIDE, upscale=True))
-            if isinstance(frames, ItemFailure):
-                out.append(frames)
-                continue
-            out.append(dynamics_of([f.pixels for f in frames], self.params.static_above, self.params.dynamic_below))
-        return out
+    def decode_options(self, item: StageItem) -> dict[str, Any]:
+        probe = item.prior["video_probe"]
+        coded = (probe.height, probe.width) if probe.rotation in (90, 270) else (probe.width, probe.height)
+        # small videos are scaled up: MS-SSIM's fifth scale needs >= 176 px
+        return {"gray": True, "size": scaled_size(*coded, ANALYSIS_SHORT_SIDE, upscale=True)}
+
+    def score_frames(self, frames: list[DecodedFrame]) -> DynamicsScores:
+        return dynamics_of([f.pixels for f in frames], self.params.static_above, self.params.dynamic_below)

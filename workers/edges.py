@@ -49,7 +49,7 @@ def sobel_edges(image: Image.Image, short_side: int, threshold: float) -> EdgeSc
                           edge_mean=round(float(magnitude.mean()), 6))
 
 
-class EdgesStage(Stage):
+class EdgesStage(Stage[EdgesParams, EdgeScores]):
     name = "edges"
     view_columns = (ViewColumns("curated_images", "e", ("e.edge_density", "e.edge_mean")),)
     version = "1"

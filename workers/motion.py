@@ -8,9 +8,10 @@ go through ``models.motion``; the three regression outputs are stored as ``camer
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation.video import DEFAULT_VIDEO_TIMEOUT_S, DecodedFrame, evenly_spaced_times
@@ -45,18 +46,15 @@ class MotionScores:
     weights_sha256: str
 
 
-class MotionStage(Stage):
+class MotionStage(FrameSampledStage[MotionParams, MotionScores]):
     name = "motion"
-    version = "1"
     view_columns = (ViewColumns("curated_scenes", "mo", ("mo.camera_motion", "mo.object_motion", "mo.light_dynamics")),)
-    modalities = frozenset({"video"})
+    version = "1"
     result_type = MotionScores
     result_table = "motion_results"
     Params = MotionParams
     resources = Resources(cpus=1.0, memory_gb=2.0)
     batch_size = 4
-    max_runtime_s = 3600.0
-    needs_path = True
 
     @classmethod
     def models_for(cls, params: BaseModel) -> tuple[str, ...]:
@@ -69,22 +67,16 @@ class MotionStage(Stage):
 
         self._model = load_motion(self.params.model)
 
-    def times(self, span: Span) -> list[float]:
+    def teardown(self) -> None:
+        del self._model
+
+    def times(self, span: Span) -> list[float]:  # the model's own frame count
         return evenly_spaced_times(span.start_s, span.end_s, self._model.frames)
 
-    def process(self, items: Sequence[StageItem]) -> list[MotionScores | ItemFailure]:
-        import numpy as np
+    def decode_options(self, item: StageItem) -> dict[str, Any]:
+        return {"size": (self._model.size, self._model.size)}
 
-        if not hasattr(self, "_model"):
-            self.setup()
+    def score_frames(self, frames: list[DecodedFrame]) -> MotionScores:
         m = self._model
-        out: list[MotionScores | ItemFailure] = []
-        for item in items:
-            frames = scene_frames(item, self.name, self.times, size=(m.size, m.size), timeout_s=self.params.timeout_s)
-            if isinstance(frames, ItemFailure):
-                out.append(frames)
-                continue
-            camera, obj, light = (float(v) for v in m.predict([np.stack([f.pixels for f in frames])])[0])
-            out.append(MotionScores(round(camera, 6), round(obj, 6), round(light, 6), len(frames), m.name,
-                                    m.weights_sha256))
-        return out
+        camera, obj, light = (float(v) for v in m.predict([np.stack([f.pixels for f in frames])])[0])
+        return MotionScores(round(camera, 6), round(obj, 6), round(light, 6), len(frames), m.name, m.weights_sha256)

@@ -63,7 +63,7 @@ def object_scores(frames: list[list], name: str, digest: str) -> ObjectScores:
     )
 
 
-class ObjectModel(Stage):
+class ObjectModel(Stage[ObjectsParams, ObjectScores]):
     """What the image and the video objects stages share: the detector, loaded once per actor."""
 
     result_type = ObjectScores
@@ -81,14 +81,13 @@ class ObjectModel(Stage):
 
         self._yolo = load_yolo(self.params.model)
 
-    def _ensure(self) -> None:
-        if not hasattr(self, "_yolo"):
-            self.setup()
+    def teardown(self) -> None:
+        del self._yolo
 
 
 class ObjectsStage(ObjectModel):
-    view_columns = (ViewColumns("curated_images", "ob", ("ob.labels AS object_labels", "ob.n_detections AS n_objects")),)
     name = "objects"
+    view_columns = (ViewColumns("curated_images", "ob", ("ob.labels AS object_labels", "ob.n_detections AS n_objects")),)
     version = "1"
     resources = Resources(cpus=1.0, memory_gb=1.5)
     batch_size = 16
@@ -97,7 +96,6 @@ class ObjectsStage(ObjectModel):
     requires = ("probe",)
 
     def process(self, items: Sequence[StageItem]) -> list[ObjectScores | ItemFailure]:
-        self._ensure()
         p = self.params
         found = self._yolo.detect([np.asarray(item.image) for item in items], conf=p.conf, iou=p.iou, max_det=p.max_det)
         return [object_scores([dets], self._yolo.name, self._yolo.weights_sha256) for dets in found]

@@ -39,7 +39,7 @@ def phash_bits(image) -> str:
     return "".join("1" if b else "0" for b in bits)
 
 
-class PhashStage(Stage):
+class PhashStage(Stage[PhashParams, PhashScores]):
     name = "phash"
     view_columns = (ViewColumns("curated_images", "h", ("h.phash",), thresholds="th"),)
     version = "1"

@@ -41,7 +41,7 @@ class ProbeScores:
     decode_ms: float
 
 
-class ProbeStage(Stage):
+class ProbeStage(Stage[ProbeParams, ProbeScores]):
     name = "probe"
     view_columns = (ViewColumns("curated_images", "p", ("p.format", "p.width", "p.height", "p.mode", "p.bytes",
                                                      "encode(p.sha256, 'hex') AS sha256", "p.decode_ms")),)

@@ -59,7 +59,7 @@ class QAlignScores:
     weights_sha256: str
 
 
-class QAlignModel(Stage):
+class QAlignModel(Stage[QAlignParams, QAlignScores]):
     """What the image and the video Q-Align stages share: the VLM, loaded once per actor."""
     threshold_params = frozenset({"sft_min_quality", "sft_min_aesthetic"})
 
@@ -79,10 +79,11 @@ class QAlignModel(Stage):
 
         self._scorer = QAlignScorer(load_qwen_vl(self.params.model), max_pixels=self.params.max_pixels)
 
+    def teardown(self) -> None:
+        del self._scorer
+
     def rate(self, groups: list[list], medium: str) -> list[QAlignScores]:
         """One result per group of PIL images (one image, or the frames of one scene)."""
-        if not hasattr(self, "_scorer"):
-            self.setup()
         quality = self._scorer.score(groups, "quality", medium)
         aesthetic = self._scorer.score(groups, "aesthetics", medium)
         p, vlm = self.params, self._scorer.vlm
@@ -93,8 +94,8 @@ class QAlignModel(Stage):
 
 class QAlignStage(QAlignModel):
     name = "qalign"
-    version = "1"
     view_columns = (ViewColumns("curated_images", "qa", QALIGN_VIEW_COLUMNS, thresholds="tqa"),)
+    version = "1"
     Params = QAlignParams
     batch_size = 8
     needs_image = True

@@ -29,7 +29,7 @@ class QualityScores:
     weights_sha256: str
 
 
-class QualityStage(Stage):
+class QualityStage(Stage[QualityParams, QualityScores]):
     name = "quality"
     view_columns = (ViewColumns("curated_images", "q", ("q.brisque",)),)
     version = "1"
@@ -48,9 +48,10 @@ class QualityStage(Stage):
 
         self._brisque = load_brisque()
 
+    def teardown(self) -> None:
+        del self._brisque
+
     def process(self, items: Sequence[StageItem]) -> list[QualityScores | ItemFailure]:
-        if not hasattr(self, "_brisque"):
-            self.setup()
         out = []
         for item in items:
             img: Image.Image = item.image

@@ -31,7 +31,7 @@ class ResolutionScores:
     aspect_ratio: float
 
 
-class ResolutionStage(Stage):
+class ResolutionStage(Stage[ResolutionParams, ResolutionScores]):
     name = "resolution"
     view_columns = (ViewColumns("curated_images", "r", ("r.short_side", "r.long_side", "r.aspect_ratio")),)
     version = "1"

@@ -15,6 +15,7 @@ actors by ``workers/supervisor.py``, one pool per stage).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ import os
 import random
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -124,7 +126,13 @@ _CONTENT_TWINS = (  # {table}: the stage's result table (a name from the stage c
 
 
 class StageWorker:
-    """One worker process for one stage. Used as a Ray actor by the supervisor, or directly."""
+    """One worker process for one stage. Used as a Ray actor by the supervisor, or directly.
+
+    It makes one stage instance per distinct params (jobs may differ, e.g. in their CLIP model), calls its
+    ``setup()`` once when it makes it and its ``teardown()`` once when it drops it: evicted, beyond
+    ``max_stage_instances`` (least recently used first), or when the worker stops."""
+
+    max_stage_instances = 2
 
     def __init__(
         self,
@@ -220,6 +228,8 @@ class StageWorker:
                 self.broker.worker_stopped(self.worker_id)
             except Exception:  # noqa: BLE001
                 log.warning("could not record the stop of worker %s", self.worker_id)
+            while self._stages:
+                self._teardown(self._stages.popitem()[1][0])
         return dataclasses.asdict(self.stats)
 
     def _plan(self, job_id: int) -> _JobPlan:
@@ -237,12 +247,29 @@ class StageWorker:
         index = plan.stage_refs.index(ref)
         params = plan.spec.stage_params(index)
         key = f"{ref}|{json.dumps(params.model_dump(mode='json'), sort_keys=True)}"
-        got = self._stages.get(key)
+        got = self._stages.pop(key, None)
         if got is None:
+            while len(self._stages) >= self.max_stage_instances:  # free the old models before loading new ones
+                self._teardown(self._stages.pop(next(iter(self._stages)))[0])
             stage = get_stage(ref)(params)
+            config = stage.config()
             stage.setup()
-            got = self._stages[key] = (stage, stage.config())
+            got = (stage, config)
+        self._stages[key] = got  # the most recently used last
         return got[0], got[1], index
+
+    @staticmethod
+    def _teardown(stage: Stage) -> None:
+        """Free what the instance's ``setup()`` loaded; a failing teardown is logged, never fatal (the
+        instance is dropped either way)."""
+        try:
+            stage.teardown()
+        except Exception:  # noqa: BLE001 - stage code; the worker goes on
+            log.exception("teardown of stage %s failed", stage.name)
+        torch = sys.modules.get("torch")  # a stage that ran on a GPU: hand its cached memory back
+        if torch is not None and torch.cuda.is_initialized():
+            gc.collect()
+            torch.cuda.empty_cache()
 
     def process_task(self, lease: Lease) -> None:
         try:

@@ -130,7 +130,7 @@ def constrain(bounds: Sequence[int], times: Sequence[float], end_time: float, mi
     return spans, dropped, split
 
 
-class ScenesStage(Stage):
+class ScenesStage(Stage[ScenesParams, ScenesResult]):
     name = "scenes"
     view_columns = (ViewColumns("curated_scenes", "sp", (), of="a.parent_id"),)
     version = "1"

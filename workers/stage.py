@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -95,7 +95,18 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Stage(ABC):
+P = TypeVar("P", bound=BaseModel)
+R = TypeVar("R")
+
+
+class Stage(ABC, Generic[P, R]):
+    """A stage with params ``P`` (a pydantic model, ``Params``) and results ``R`` (``result_type``).
+
+    The runtime calls ``setup()`` once when it makes an instance, before any ``process()``, and
+    ``teardown()`` once when it drops the instance (evicted, or the worker stops); stage code assumes
+    both (no "already set up" guards). Whoever calls ``process()`` directly (a test) calls ``setup()``
+    first."""
+
     name: ClassVar[str]
     version: ClassVar[str]
     modalities: ClassVar[frozenset[str]] = frozenset({"image"})
@@ -111,6 +122,8 @@ class Stage(ABC):
     image_draft_size: ClassVar[int | None] = None  # decode JPEG at reduced scale when enough
     requires: ClassVar[tuple[str, ...]] = ()  # earlier stages whose results ``prior`` must hold
     models: ClassVar[tuple[str, ...]] = ()  # registry names of the weights the stage loads (models/registry.py)
+    view_columns: ClassVar[tuple[ViewColumns, ...]] = ()
+    """What the stage shows in the curated views (rendered by ``workers/views.py``)."""
     near_duplicate_column: ClassVar[str | None] = None
     """A ``bit(64)`` hash column: the runtime records near-duplicate pairs of the rows it writes
     (``curation.dedup``), in the same transaction. Stage modules declare; they run no SQL."""
@@ -122,8 +135,6 @@ class Stage(ABC):
     when a slice is read (the curated views read them from ``job_stages``), never part of the config,
     so changing one recomputes nothing."""
     run_params: ClassVar[frozenset[str]] = frozenset({"timeout_s"})
-    view_columns: ClassVar[tuple[ViewColumns, ...]] = ()
-    """What the stage shows in the curated views (rendered by ``workers/views.py``)."""
     """Params that bound the run (time limits, decode guards), not the score: not part of the config."""
     reuse_by_content: ClassVar[bool] = True
     """A byte-identical copy of an asset already scored under the same config (same sha256; for a scene,
@@ -138,7 +149,9 @@ class Stage(ABC):
     ``span``) instead of the whole video (the job's ``scene_window_s``); its children keep the video as
     their parent."""
 
-    def __init__(self, params: BaseModel | None = None):
+    params: P
+
+    def __init__(self, params: P | None = None):
         self.params = params if params is not None else self.Params()
 
     @classmethod
@@ -170,10 +183,15 @@ class Stage(ABC):
         return StageConfig(self.name, self.stage_version(), scored, models)
 
     def setup(self) -> None:
-        """Load models once per actor. Default: nothing to load."""
+        """Load models once per instance; the runtime calls it before the first ``process()``. Default:
+        nothing to load."""
+
+    def teardown(self) -> None:
+        """Free what ``setup()`` loaded (models, GPU memory); the runtime calls it once when it drops the
+        instance. Default: nothing to free."""
 
     @abstractmethod
-    def process(self, items: Sequence[StageItem]) -> list[Any]:
+    def process(self, items: Sequence[StageItem]) -> list[R | ItemFailure]:
         """One result (``result_type``) or ``ItemFailure`` per item, in order."""
 
     def task_seconds(self, result: Any) -> float | None:

@@ -65,7 +65,7 @@ class TextScores:
     weights_sha256: str
 
 
-class TextStage(Stage):
+class TextStage(Stage[TextParams, TextScores]):
     name = "text"
     view_columns = (ViewColumns("curated_images", "tx", ("tx.text_boxes", "tx.text_area")),)
     version = "1"
@@ -86,11 +86,12 @@ class TextStage(Stage):
     def setup(self) -> None:
         self._detector = load_backend(self.params)
 
+    def teardown(self) -> None:
+        del self._detector
+
     def process(self, items: Sequence[StageItem]) -> list[TextScores | ItemFailure]:
         from models.ppocr import polygon_area
 
-        if not hasattr(self, "_detector"):
-            self.setup()
         out = []
         for item in items:
             rgb = np.asarray(item.image)

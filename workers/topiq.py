@@ -49,7 +49,7 @@ class TopiqScores:
     aesthetic_sha256: str
 
 
-class TopiqStage(Stage):
+class TopiqStage(Stage[TopiqParams, TopiqScores]):
     name = "topiq"
     view_columns = (ViewColumns("curated_images", "tq", ("tq.topiq_technical", "tq.topiq_aesthetic")),)
     version = "1"
@@ -74,9 +74,10 @@ class TopiqStage(Stage):
         self._technical = load_topiq(TECHNICAL, self.params.technical_model)
         self._aesthetic = load_topiq(AESTHETIC, self.params.aesthetic_model)
 
+    def teardown(self) -> None:
+        del self._technical, self._aesthetic
+
     def process(self, items: Sequence[StageItem]) -> list[TopiqScores | ItemFailure]:
-        if not hasattr(self, "_technical"):
-            self.setup()
         images = [np.asarray(fit_long_side(item.image, self.params.max_side)) for item in items]
         technical = self._technical.score(images)
         aesthetic = self._aesthetic.score(images)

@@ -9,11 +9,8 @@ columns and table (``clip_results``) as the image ``clip`` stage; the stage vers
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 from PIL import Image
-from pydantic import Field
 
 from curation.video import DecodedFrame
 from workers.clip import CLIP_VIEW_COLUMNS, ClipModelStage, ClipParams, ClipScores, clip_scores
@@ -24,35 +21,21 @@ from workers.stage import Resources
 FRAMES = 5
 
 
-class VideoClipParams(ClipParams):
-    frames: int = Field(FRAMES, ge=1, le=64, description="evenly spaced frames embedded per scene")
-    timeout_s: float = Field(DEFAULT_VIDEO_TIMEOUT_S, gt=0)
-    view_columns = (ViewColumns("curated_scenes", "cl", CLIP_VIEW_COLUMNS),)
+class VideoClipParams(ClipParams, FrameSampledParams):
+    frames: int = sampled_frames(FRAMES, description="evenly spaced frames embedded per scene")
 
 
-class VideoClipStage(ClipModelStage):
+class VideoClipStage(ClipModelStage, FrameSampledStage[VideoClipParams, ClipScores]):
     name = "video_clip"
+    view_columns = (ViewColumns("curated_scenes", "cl", CLIP_VIEW_COLUMNS),)
     version = "1"
-    modalities = frozenset({"video"})
     Params = VideoClipParams
     resources = Resources(cpus=1.0, memory_gb=2.0)
     batch_size = 8
-    max_runtime_s = 3600.0
-    needs_path = True
+    frame_decode = {"short_side": 256}
 
-    def times(self, span: Span) -> list[float]:
-        return evenly_spaced_times(span.start_s, span.end_s, self.params.frames)
-
-    def process(self, items: Sequence[StageItem]) -> list[ClipScores | ItemFailure]:
-        self._ensure()
-        out: list[ClipScores | ItemFailure] = []
-        for item in items:
-            frames = scene_frames(item, self.name, self.times, short_side=256, timeout_s=self.params.timeout_s)
-            if isinstance(frames, ItemFailure):
-                out.append(frames)
-                continue
-            per_frame = self._clip.embed_images([Image.fromarray(f.pixels) for f in frames])
-            scene = per_frame.mean(axis=0)
-            scene /= np.linalg.norm(scene)
-            out.extend(clip_scores(self._clip, self._taxonomies, self._taxonomy_sha, scene[None, :]))
-        return out
+    def score_frames(self, frames: list[DecodedFrame]) -> ClipScores:
+        per_frame = self._clip.embed_images([Image.fromarray(f.pixels) for f in frames])
+        scene = per_frame.mean(axis=0)
+        scene /= np.linalg.norm(scene)
+        return clip_scores(self._clip, self._taxonomies, self._taxonomy_sha, scene[None, :])[0]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import imagehash
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from curation.video import DecodedFrame
 from workers.columns import Bits64, ViewColumns
@@ -34,12 +34,10 @@ HASH_SIDE = 64
 DEFAULT_MAX_DISTANCE = 10
 
 
-class VideoHashParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    frames: int = Field(FRAMES, ge=1, le=256, description="evenly spaced frames averaged into the hashed picture")
+class VideoHashParams(FrameSampledParams):
+    frames: int = sampled_frames(FRAMES, most=256, description="evenly spaced frames averaged into the hashed picture")
     max_distance: int = Field(DEFAULT_MAX_DISTANCE, ge=0, le=16, description="Hamming bits for a near duplicate "
                               "(applied when the slice is read; pairs are stored up to 16 bits)")
-    timeout_s: float = Field(DEFAULT_VIDEO_TIMEOUT_S, gt=0)
 
 
 @dataclass(frozen=True)
@@ -55,31 +53,18 @@ def video_hash_bits(frames: Sequence[np.ndarray]) -> str:
     return "".join("1" if b else "0" for b in bits)
 
 
-    view_columns = (ViewColumns("curated_scenes", "h", ("h.vhash",), thresholds="th"),)
-class VideoHashStage(Stage):
+class VideoHashStage(FrameSampledStage[VideoHashParams, VideoHashScores]):
     name = "video_hash"
+    view_columns = (ViewColumns("curated_scenes", "h", ("h.vhash",), thresholds="th"),)
     version = "1"
-    modalities = frozenset({"video"})
     result_type = VideoHashScores
     result_table = "video_hash_results"
     Params = VideoHashParams
     threshold_params = frozenset({"max_distance"})
     resources = Resources(cpus=1.0, memory_gb=1.0)
     batch_size = 8
-    max_runtime_s = 3600.0
-    needs_path = True
+    frame_decode = {"size": (HASH_SIDE, HASH_SIDE), "gray": True}
     near_duplicate_column = "vhash"
 
-    def times(self, span: Span) -> list[float]:
-        return evenly_spaced_times(span.start_s, span.end_s, self.params.frames)
-
-    def process(self, items: Sequence[StageItem]) -> list[VideoHashScores | ItemFailure]:
-        out: list[VideoHashScores | ItemFailure] = []
-        for item in items:
-            frames = scene_frames(item, self.name, self.times, size=(HASH_SIDE, HASH_SIDE), gray=True,
-                                  timeout_s=self.params.timeout_s)
-            if isinstance(frames, ItemFailure):
-                out.append(frames)
-                continue
-            out.append(VideoHashScores(vhash=video_hash_bits([f.pixels for f in frames]), frames_hashed=len(frames)))
-        return out
+    def score_frames(self, frames: list[DecodedFrame]) -> VideoHashScores:
+        return VideoHashScores(vhash=video_hash_bits([f.pixels for f in frames]), frames_hashed=len(frames))

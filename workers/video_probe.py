@@ -65,7 +65,7 @@ def _sha256(path: str) -> tuple[bytes, int]:
     return digest.digest(), size
 
 
-class VideoProbeStage(Stage):
+class VideoProbeStage(Stage[VideoProbeParams, VideoProbeScores]):
     name = "video_probe"
     view_columns = (ViewColumns("curated_scenes", "p", (
         "p.container", "p.codec", "p.width", "p.height", "p.fps", "p.variable_frame_rate", "p.rotation", "p.has_audio",

@@ -5,10 +5,7 @@ table (``qalign_results``) as the image ``qalign`` stage; ``frames_sampled`` is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from PIL import Image
-from pydantic import Field
 
 from curation.video import DecodedFrame
 from workers.columns import ViewColumns
@@ -18,30 +15,17 @@ from workers.scene_frames import FrameSampledParams, FrameSampledStage, sampled_
 FRAMES = 8
 
 
-class VideoQAlignParams(QAlignParams):
-    frames: int = Field(FRAMES, ge=1, le=64, description="evenly spaced frames per scene")
-    timeout_s: float = Field(DEFAULT_VIDEO_TIMEOUT_S, gt=0)
-    view_columns = (ViewColumns("curated_scenes", "qa", QALIGN_VIEW_COLUMNS, thresholds="tqa"),)
+class VideoQAlignParams(QAlignParams, FrameSampledParams):
+    frames: int = sampled_frames(FRAMES)
 
 
-class VideoQAlignStage(QAlignModel):
+class VideoQAlignStage(QAlignModel, FrameSampledStage[VideoQAlignParams, QAlignScores]):
     name = "video_qalign"
+    view_columns = (ViewColumns("curated_scenes", "qa", QALIGN_VIEW_COLUMNS, thresholds="tqa"),)
     version = "1"
-    modalities = frozenset({"video"})
     Params = VideoQAlignParams
     batch_size = 2
-    max_runtime_s = 3600.0
-    needs_path = True
+    frame_decode = {"short_side": 448}
 
-    def times(self, span: Span) -> list[float]:
-        return evenly_spaced_times(span.start_s, span.end_s, self.params.frames)
-
-    def process(self, items: Sequence[StageItem]) -> list[QAlignScores | ItemFailure]:
-        out: list[QAlignScores | ItemFailure] = []
-        for item in items:
-            frames = scene_frames(item, self.name, self.times, short_side=448, timeout_s=self.params.timeout_s)
-            if isinstance(frames, ItemFailure):
-                out.append(frames)
-                continue
-            out.extend(self.rate([[Image.fromarray(f.pixels) for f in frames]], "video"))
-        return out
+    def score_frames(self, frames: list[DecodedFrame]) -> QAlignScores:
+        return self.rate([[Image.fromarray(f.pixels) for f in frames]], "video")[0]

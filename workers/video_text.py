@@ -10,10 +10,9 @@ for the image ``text`` stage (``ppocrv4`` default, ``craft``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from curation.video import DecodedFrame
 from workers.columns import ViewColumns
@@ -25,9 +24,8 @@ FRAMES = 3  # report §4.4
 ANALYSIS_SHORT_SIDE = 720
 
 
-class VideoTextParams(TextParams):
-    frames: int = Field(FRAMES, ge=1, le=64, description="evenly spaced frames per scene")
-    timeout_s: float = Field(DEFAULT_VIDEO_TIMEOUT_S, gt=0)
+class VideoTextParams(TextParams, FrameSampledParams):
+    frames: int = sampled_frames(FRAMES)
 
 
 @dataclass(frozen=True)
@@ -39,18 +37,16 @@ class VideoTextScores:
     weights_sha256: str
 
 
-    view_columns = (ViewColumns("curated_scenes", "tx", ("tx.text_boxes_mean", "tx.text_area_mean")),)
-class VideoTextStage(Stage):
+class VideoTextStage(FrameSampledStage[VideoTextParams, VideoTextScores]):
     name = "video_text"
+    view_columns = (ViewColumns("curated_scenes", "tx", ("tx.text_boxes_mean", "tx.text_area_mean")),)
     version = "1"
-    modalities = frozenset({"video"})
     result_type = VideoTextScores
     result_table = "video_text_results"
     Params = VideoTextParams
     resources = Resources(cpus=1.0, memory_gb=1.0)
     batch_size = 8
-    max_runtime_s = 3600.0
-    needs_path = True
+    frame_decode = {"short_side": ANALYSIS_SHORT_SIDE}
     models = ("ppocrv4-det",)
 
     @classmethod
@@ -60,28 +56,18 @@ class VideoTextStage(Stage):
     def setup(self) -> None:
         self._detector = load_backend(self.params)
 
-    def times(self, span: Span) -> list[float]:
-        return evenly_spaced_times(span.start_s, span.end_s, self.params.frames)
+    def teardown(self) -> None:
+        del self._detector
 
-    def process(self, items: Sequence[StageItem]) -> list[VideoTextScores | ItemFailure]:
+    def score_frames(self, frames: list[DecodedFrame]) -> VideoTextScores:
         from models.ppocr import polygon_area
 
-        if not hasattr(self, "_detector"):
-            self.setup()
-        out: list[VideoTextScores | ItemFailure] = []
-        for item in items:
-            frames = scene_frames(item, self.name, self.times, short_side=ANALYSIS_SHORT_SIDE,
-                                  timeout_s=self.params.timeout_s)
-            if isinstance(frames, ItemFailure):
-                out.append(frames)
-                continue
-            counts, areas = [], []
-            for f in frames:
-                boxes = self._detector.detect(f.pixels)
-                counts.append(len(boxes))
-                areas.append(min(sum(polygon_area(b) for b in boxes) / float(f.pixels.shape[0] * f.pixels.shape[1]), 1.0))
-            out.append(VideoTextScores(
-                text_boxes_mean=round(sum(counts) / len(counts), 6), text_area_mean=round(sum(areas) / len(areas), 6),
-                frames_sampled=len(frames), model=self._detector.name, weights_sha256=self._detector.weights_sha256,
-            ))
-        return out
+        counts, areas = [], []
+        for f in frames:
+            boxes = self._detector.detect(f.pixels)
+            counts.append(len(boxes))
+            areas.append(min(sum(polygon_area(b) for b in boxes) / float(f.pixels.shape[0] * f.pixels.shape[1]), 1.0))
+        return VideoTextScores(
+            text_boxes_mean=round(sum(counts) / len(counts), 6), text_area_mean=round(sum(areas) / len(areas), 6),
+            frames_sampled=len(frames), model=self._detector.name, weights_sha256=self._detector.weights_sha256,
+        )

@@ -67,7 +67,7 @@ class WatermarkScores:
     detector_sha256: str | None
 
 
-class WatermarkModels(Stage):
+class WatermarkModels(Stage[WatermarkParams, WatermarkScores]):
     """What the image and the video watermark stages share: both models, loaded once per actor."""
 
     Params = WatermarkParams
@@ -88,9 +88,8 @@ class WatermarkModels(Stage):
         self._classifier = load_classifier(self.params.classifier)
         self._detector = load_yolo(self.params.detector) if self.params.detector else None
 
-    def _ensure(self) -> None:
-        if not hasattr(self, "_classifier"):
-            self.setup()
+    def teardown(self) -> None:
+        del self._classifier, self._detector
 
     def score(self, groups: list[list]) -> list[WatermarkScores]:
         """One result per group of PIL images (1 for an image, the sampled frames of a scene):
@@ -119,8 +118,8 @@ class WatermarkModels(Stage):
 
 
 class WatermarkStage(WatermarkModels):
-    view_columns = (ViewColumns("curated_images", "wm", WATERMARK_VIEW_COLUMNS, thresholds="tw"),)
     name = "watermark"
+    view_columns = (ViewColumns("curated_images", "wm", WATERMARK_VIEW_COLUMNS, thresholds="tw"),)
     version = "1"
     resources = Resources(cpus=1.0, memory_gb=2.0)
     batch_size = 16
@@ -129,5 +128,4 @@ class WatermarkStage(WatermarkModels):
     requires = ("probe",)
 
     def process(self, items: Sequence[StageItem]) -> list[WatermarkScores | ItemFailure]:
-        self._ensure()
         return self.score([[item.image] for item in items])
