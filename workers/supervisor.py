@@ -62,10 +62,10 @@ def ray_init(address: str | None = None, *, num_cpus: int | None = None, log_to_
     env = {k: v for k, v in os.environ.items() if k.startswith(("CURATION_", "AWS_"))}
     paths = [str(REPO_ROOT), os.getcwd()] + [p for p in sys.path if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    kwargs: dict[str, Any] = dict(
-        runtime_env={"env_vars": env}, logging_level=logging.ERROR, log_to_driver=log_to_driver,
-        include_dashboard=False,
-    )
+    kwargs: dict[str, Any] = {
+        "runtime_env": {"env_vars": env}, "logging_level": logging.ERROR, "log_to_driver": log_to_driver,
+        "include_dashboard": False,
+    }
     if address:
         ray.init(address=address, **kwargs)
     else:
