@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")  # platformdirs, imported by Ray
 
@@ -96,12 +96,11 @@ def run(
 
 
 def _start_workers(engine: Engine, job_id: int, address: Optional[str], workers: Optional[int]):
-    from curation.spec import JobSpec
-    from workers.supervisor import Supervisor, default_pool_size, install_sigterm, ray_init
+    from curation.jobs import load_job
     from workers.stage import get_stage
+    from workers.supervisor import Supervisor, default_pool_size, install_sigterm, ray_init
 
-    with engine.connect() as conn:
-        spec = JobSpec.model_validate(conn.execute(text("SELECT spec FROM jobs WHERE job_id=:j"), {"j": job_id}).scalar_one())
+    spec = load_job(engine, job_id).spec
     ray_init(address or Settings.from_env().ray_address, stages=[s.name for s in spec.stages])
     pools = {}
     gpus = {s.name: s.gpus for s in spec.stages if s.gpus is not None}

@@ -18,7 +18,6 @@ import dataclasses
 import gc
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -27,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,9 @@ from curation.config import BrokerTiming
 from curation.db import make_engine, with_reconnect
 from curation.dedup import record_near_duplicates
 from curation.embeddings import ensure_hnsw_index
+from curation.jobs import load_job
 from curation.media import DEFAULT_MAX_PIXELS, MediaError, decode_image
+from curation.planner import NextTasks, TaskSizing, chunk_by_seconds, plan_next_tasks, window_spans
 from curation.result_tables import result_table
 from curation.schema import Base
 from curation.spec import JobSpec
@@ -235,9 +236,7 @@ class StageWorker:
     def _plan(self, job_id: int) -> _JobPlan:
         plan = self._jobs.get(job_id)
         if plan is None:
-            with self.engine.connect() as conn:
-                raw = conn.execute(text("SELECT spec FROM jobs WHERE job_id = :j"), {"j": job_id}).scalar_one()
-            spec = JobSpec.model_validate(raw)
+            spec = load_job(self.engine, job_id).spec
             plan = _JobPlan(spec=spec, stage_refs=[s.name for s in spec.stages])
             self._jobs[job_id] = plan
         return plan
@@ -374,15 +373,12 @@ class StageWorker:
                                                   plan.spec.scene_seconds_per_task)
         elif next_stage is not None and survivors:
             outputs = {a: results[a] if a in results else done[a] for a in survivors}
-            seconds = [stage.task_seconds(outputs[a]) for a in survivors]
-            window_s = plan.spec.scene_window_s
-            if all(x is not None for x in seconds):  # e.g. video_probe: the split goes on by duration
-                if get_stage(plan.stage_refs[index + 1]).windowed and window_s > 0 and max(seconds) > window_s:
-                    write, chunks = self._windows_writer(write, survivors, seconds, outputs, window_s,
-                                                         plan.spec.video_seconds_per_task)
-                else:
-                    by_duration = chunk_by_seconds(zip(survivors, seconds), plan.spec.video_seconds_per_task)
-                    chunks = lambda: by_duration  # noqa: E731
+            nxt = plan_next_tasks(survivors, [stage.task_seconds(outputs[a]) for a in survivors],
+                                  TaskSizing.of(plan.spec), next_windowed=get_stage(next_stage.stage).windowed)
+            if nxt.windows:
+                write, chunks = self._windows_writer(write, nxt, outputs)
+            elif nxt.chunks is not None:
+                chunks = lambda: nxt.chunks  # noqa: E731
         ok = with_reconnect(
             lambda: self.broker.complete(lease, self.worker_id, write, survivors=survivors, next_stage=next_stage,
                                          survivor_chunks=chunks),
@@ -531,35 +527,27 @@ class StageWorker:
 
     @staticmethod
     def _windows_writer(
-        write: Callable[[Connection], int], videos: list[int], seconds: list[float], probes: dict[int, Any],
-        window_s: float, seconds_per_task: float,
+        write: Callable[[Connection], int], nxt: NextTasks, probes: dict[int, Any],
     ) -> tuple[Callable[[Connection], int], Callable[[], list[list[int]]]]:
-        """Wrap ``write``: also cut each video longer than ``window_s`` into ``ceil(d / window_s)`` equal
-        windows (assets of kind ``window``, idempotent; edges half a frame before a frame, so every
-        frame is in exactly one window) and hand each window to the next stage as a task of its own;
-        shorter videos go on whole, in tasks of about ``seconds_per_task``."""
+        """Wrap ``write``: also create the windows the plan cuts (assets of kind ``window``, idempotent;
+        ``curation.planner.window_spans``) and hand each to the next stage as a task of its own, before
+        the plan's duration-sized chunks of the shorter videos."""
         windows: list[int] = []
-        whole: list[tuple[int, float]] = []
 
         def write_all(conn: Connection) -> int:
-            windows.clear()
-            whole.clear()
+            windows.clear()  # a retried transaction (lost connection) starts again
             n = write(conn)
-            for video, duration in zip(videos, seconds):
-                if duration <= window_s:
-                    whole.append((video, duration))
-                    continue
-                p = probes[video]
-                k = math.ceil(duration / window_s)
-                frames = [round(p.frames * i / k) for i in range(k + 1)]
-                edge = [p.start_s] + [p.start_s + (f - 0.5) / p.fps for f in frames[1:-1]] + [p.start_s + p.duration_s]
+            for cut in nxt.windows:
+                p = probes[cut.video]
+                spans = window_spans(p.frames, p.fps, p.start_s, p.duration_s, cut.n_windows)
                 windows.extend(conn.execute(_INSERT_SPANS, {
-                    "parent": video, "job": None, "kind": "window", "member": False, "starts": frames[:-1],
-                    "ends": frames[1:], "t0": edge[:-1], "t1": edge[1:],
+                    "parent": cut.video, "job": None, "kind": "window", "member": False,
+                    "starts": [w.start_frame for w in spans], "ends": [w.end_frame for w in spans],
+                    "t0": [w.start_s for w in spans], "t1": [w.end_s for w in spans],
                 }).scalars().all())
             return n
 
-        return write_all, lambda: [[w] for w in windows] + chunk_by_seconds(whole, seconds_per_task)
+        return write_all, lambda: [[w] for w in windows] + (nxt.chunks or [])
 
     @staticmethod
     def _children_writer(
@@ -611,23 +599,6 @@ _ADOPT_SCENES = text(
     SELECT asset_id, seconds FROM scene ORDER BY start_frame
     """
 )
-
-
-def chunk_by_seconds(pairs: Iterable[tuple[int, float]], seconds_per_task: float) -> list[list[int]]:
-    """Consecutive assets grouped until each group holds about ``seconds_per_task`` seconds of video
-    (a longer video is a group of its own)."""
-    out: list[list[int]] = []
-    current: list[int] = []
-    total = 0.0
-    for asset_id, seconds in pairs:
-        current.append(asset_id)
-        total += seconds
-        if total >= seconds_per_task:
-            out.append(current)
-            current, total = [], 0.0
-    if current:
-        out.append(current)
-    return out
 
 
 _INSERT_SPANS = text(  # scenes of a video or of a window of it (kind 'scene'), or windows of a video
