@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # We apply our own, configurable limit on the header instead of Pillow's global one.
 Image.MAX_IMAGE_PIXELS = None
@@ -40,12 +40,28 @@ class DecodeTimeout(MediaError):
     error_class = "decode_timeout"
 
 
+EXIF_ORIENTATION = 0x0112  # 1 upright; 2-4 mirrored/rotated 180; 5-8 rotated by 90 degrees (width and height swap)
+
+
 @dataclass(frozen=True)
 class ImageHeader:
+    """What the header says, as the viewer sees it: ``width`` x ``height`` after the EXIF orientation;
+    ``orientation`` the raw tag (1 when absent)."""
+
     format: str
     width: int
     height: int
     mode: str
+    orientation: int = 1
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The raw EXIF orientation tag (1..8), 1 when absent or invalid."""
+    try:
+        value = int(img.getexif().get(EXIF_ORIENTATION, 1))
+    except (ValueError, TypeError, OSError, SyntaxError):
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 @contextmanager
@@ -95,7 +111,10 @@ def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str 
     """Format, size and mode from the header alone (no pixel decoded)."""
     img = _open(data, what)
     _check_pixels(img, max_pixels, what)
-    return ImageHeader(format=img.format or "unknown", width=img.width, height=img.height, mode=img.mode)
+    orientation = exif_orientation(img)
+    width, height = (img.height, img.width) if orientation >= 5 else (img.width, img.height)
+    return ImageHeader(format=img.format or "unknown", width=width, height=height, mode=img.mode,
+                       orientation=orientation)
 
 
 def decode_image(
@@ -106,7 +125,8 @@ def decode_image(
     draft_size: int | None = None,
     what: str = "image",
 ) -> Image.Image:
-    """Fully decode the first frame to RGB.
+    """Fully decode the first frame to RGB, upright: the EXIF orientation is applied, so every stage,
+    hash and latent sees the image as a viewer does.
 
     ``draft_size`` lets JPEG decode at a reduced scale (DCT scaling, up to 8x fewer pixels) when the
     caller only needs an image whose short side is about that size; other formats ignore it."""
@@ -117,6 +137,8 @@ def decode_image(
             if draft_size is not None and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
+            if exif_orientation(img) != 1:
+                img = ImageOps.exif_transpose(img)
             if img.mode != "RGB":
                 img = img.convert("RGB")
     except MediaError:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from curation import storage
 from training.buckets import nearest_bucket, resize_to_bucket
@@ -79,7 +79,7 @@ def encode_images(records: Iterable[ImageRecord], vae, info: VaeInfo, *, tier: s
                   samples_per_tar: dict[str, int] | None = None) -> list[ShardInfo]:
     writer = ShardWriter(output, modality="image", vae=info, samples_per_tar=samples_per_tar)
     for rec in records:
-        image = Image.open(io.BytesIO(storage.read_bytes(rec.uri)))
+        image = ImageOps.exif_transpose(Image.open(io.BytesIO(storage.read_bytes(rec.uri))))  # upright
         bucket = nearest_bucket(image.height, image.width, tier)
         latent = encode_image(vae, info, resize_to_bucket(image, bucket))
         writer.add(Sample(rec.key, latent, {**rec.meta, "uri": rec.uri, "vae": info.name}), tier=tier, bucket=bucket)
@@ -102,8 +102,8 @@ def encode_edit_pairs(pairs: Iterable[EditPair], vae, info: VaeInfo, *, tier: st
     and the source itself at half size (JPEG) goes along for the text encoder."""
     writer = ShardWriter(output, modality="image", vae=info, samples_per_tar=samples_per_tar)
     for pair in pairs:
-        target = Image.open(io.BytesIO(storage.read_bytes(pair.target_uri)))
-        source = Image.open(io.BytesIO(storage.read_bytes(pair.source_uri)))
+        target = ImageOps.exif_transpose(Image.open(io.BytesIO(storage.read_bytes(pair.target_uri))))
+        source = ImageOps.exif_transpose(Image.open(io.BytesIO(storage.read_bytes(pair.source_uri))))
         bucket = nearest_bucket(target.height, target.width, tier)
         source = resize_to_bucket(source, bucket)
         half = io.BytesIO()

@@ -1,8 +1,9 @@
 """probe — what the file is (report §4.2, the step before every filter).
 
-Scores, per image: ``format`` (Pillow's name, e.g. JPEG/PNG), ``width`` and ``height`` (pixels, > 0),
-``mode`` (Pillow mode of the stored pixels), ``bytes`` (file size), ``sha256`` (32 bytes; equal hashes
-are exact duplicates, across all jobs) and ``decode_ms`` (wall time of the full decode, ms, >= 0).
+Scores, per image: ``format`` (Pillow's name, e.g. JPEG/PNG), ``width`` and ``height`` (pixels, > 0, as
+displayed: the EXIF orientation applied), ``mode`` (Pillow mode of the stored pixels), ``bytes`` (file
+size), ``sha256`` (32 bytes; equal hashes are exact duplicates, across all jobs), ``decode_ms`` (wall time
+of the full decode, ms, >= 0) and ``orientation`` (the raw EXIF tag, 1..8; 1 when absent).
 
 Guards: the pixel count in the header is checked against ``max_pixels`` before any pixel is decoded
 (decompression bombs), and the full decode runs under ``decode_timeout_s``. The full decode is what
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.media import DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_PIXELS, MediaError, decode_image, read_header
-from workers.columns import BigInt, ViewColumns
+from workers.columns import BigInt, SmallInt, ViewColumns
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 
@@ -39,13 +40,15 @@ class ProbeScores:
     bytes: BigInt
     sha256: bytes
     decode_ms: float
+    orientation: SmallInt  # the raw EXIF tag (1 upright); width and height are as displayed
 
 
 class ProbeStage(Stage[ProbeParams, ProbeScores]):
     name = "probe"
     view_columns = (ViewColumns("curated_images", "p", ("p.format", "p.width", "p.height", "p.mode", "p.bytes",
-                                                     "encode(p.sha256, 'hex') AS sha256", "p.decode_ms")),)
-    version = "1"
+                                                     "encode(p.sha256, 'hex') AS sha256", "p.decode_ms",
+                                                     "p.orientation AS exif_orientation")),)
+    version = "2"  # 2: width/height as displayed (EXIF orientation applied)
     result_type = ProbeScores
     result_table = "probe_results"
     Params = ProbeParams
@@ -70,5 +73,5 @@ class ProbeStage(Stage[ProbeParams, ProbeScores]):
             return ItemFailure(exc.error_class, str(exc))
         return ProbeScores(
             format=header.format, width=header.width, height=header.height, mode=header.mode, bytes=len(data),
-            sha256=hashlib.sha256(data).digest(), decode_ms=round(decode_ms, 3),
+            sha256=hashlib.sha256(data).digest(), decode_ms=round(decode_ms, 3), orientation=header.orientation,
         )

@@ -1,5 +1,6 @@
 """The curated views with the text half's columns (captions, domain, clusters), rendered from the stage
-registry by ``python -m workers.views 0016`` (``db/migrations/views/*.0016.sql``).
+registry by ``python -m workers.views 0016`` (``db/migrations/views/*.0016.sql``); and the raw EXIF
+orientation of an image (``probe_results.orientation``: probe@2 measures images as displayed).
 
 Revision ID: 0016
 Revises: 0015
@@ -26,8 +27,12 @@ def _apply(revision_: str) -> None:
 
 
 def upgrade() -> None:
+    op.execute("ALTER TABLE probe_results ADD COLUMN orientation smallint NOT NULL DEFAULT 1")
     _apply("0016")
 
 
 def downgrade() -> None:
+    for view in ("curated_images", "curated_scenes"):  # they read probe_results.*: drop them around the column
+        op.execute(f"DROP VIEW IF EXISTS {view}")
+    op.execute("ALTER TABLE probe_results DROP COLUMN orientation")
     _apply("0013")

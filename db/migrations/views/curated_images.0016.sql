@@ -20,6 +20,7 @@ SELECT
     p.bytes,
     encode(p.sha256, 'hex') AS sha256,
     p.decode_ms,
+    p.orientation AS exif_orientation,
     p.stage_version AS probe_version,
     r.short_side,
     r.long_side,
