@@ -40,9 +40,60 @@ def _resolve_local(uri: str, base: Path) -> str:
     return str((base / uri).resolve())
 
 
+CAPTION_COLUMNS = ("caption", "alt_text", "alt", "text", "TEXT")  # LAION: TEXT, COYO: text
+
+
+@dataclass(frozen=True)
+class SourceMetadata:
+    """What a Parquet list says about one URI besides the URI (stored in ``asset_metadata``)."""
+
+    caption: str | None
+    metadata: dict
+
+
 def list_source(spec: JobSpec, base: Path = Path(".")) -> Iterator[str]:
     """URIs of the source, in a stable order. A list file yields its URIs as written (relative local
     paths are taken relative to the list file's folder)."""
+    for uri, _ in list_source_rows(spec, base):
+        yield uri
+
+
+def _parquet_rows(spec: JobSpec, table) -> Iterator[tuple[str, SourceMetadata | None]]:
+    src = spec.source
+    names = table.column_names
+    if "uri" not in names:
+        raise SpecError(f"source.uri: {src.uri} has no 'uri' column (columns: {', '.join(names)})")
+    caption_col = src.caption_column or next((c for c in CAPTION_COLUMNS if c in names), None)
+    missing = [c for c in [*src.metadata_columns, *([src.caption_column] if src.caption_column else [])]
+               if c not in names]
+    if missing:
+        raise SpecError(f"source.metadata_columns: {src.uri} has no column(s) {', '.join(missing)} "
+                        f"(columns: {', '.join(names)})")
+    uris = table.column("uri").to_pylist()
+    captions = table.column(caption_col).to_pylist() if caption_col else [None] * len(uris)
+    extra = {c: table.column(c).to_pylist() for c in src.metadata_columns}
+    for i, u in enumerate(uris):
+        if not u:
+            continue
+        caption = str(captions[i]).strip() if captions[i] is not None else None
+        meta = {c: _json_safe(values[i]) for c, values in extra.items()}
+        yield u, (SourceMetadata(caption or None, meta) if caption or meta else None)
+
+
+def _json_safe(value):
+    """A Parquet cell as JSON: numbers, strings, lists and dicts as they are; anything else as text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return None if isinstance(value, float) and math.isnan(value) else value
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return str(value)
+
+
+def list_source_rows(spec: JobSpec, base: Path = Path(".")) -> Iterator[tuple[str, SourceMetadata | None]]:
+    """(URI, what the list says about it) of the source, in a stable order; the metadata is None except
+    for a Parquet list with a caption column or ``source.metadata_columns``."""
     src = spec.source
     uri = _resolve_local(src.uri, base)
     if src.is_list:
@@ -51,20 +102,19 @@ def list_source(spec: JobSpec, base: Path = Path(".")) -> Iterator[str]:
         if uri.lower().endswith(".parquet"):
             import pyarrow.parquet as pq
 
-            table = pq.read_table(io.BytesIO(data))
-            if "uri" not in table.column_names:
-                raise SpecError(f"source.uri: {src.uri} has no 'uri' column (columns: {', '.join(table.column_names)})")
-            lines = [u for u in table.column("uri").to_pylist() if u]
+            rows = list(_parquet_rows(spec, pq.read_table(io.BytesIO(data))))
         else:
+            if src.metadata_columns or src.caption_column:
+                raise SpecError("source.metadata_columns: only a .parquet list has columns")
             lines = [ln.strip() for ln in data.decode("utf-8").splitlines()]
-            lines = [ln for ln in lines if ln and not ln.startswith("#")]
-        for line in lines:
-            yield _resolve_local(line, list_base) if list_base is not None else line
+            rows = [(ln, None) for ln in lines if ln and not ln.startswith("#")]
+        for line, meta in rows:
+            yield (_resolve_local(line, list_base) if list_base is not None else line), meta
         return
     suffixes = spec.suffixes()
     for obj in storage.list_objects(uri):
         if obj.uri.lower().endswith(suffixes):
-            yield obj.uri
+            yield obj.uri, None
 
 
 def check_export_predicate(engine: Engine, predicate: str, view: str = "curated_images") -> None:
@@ -123,6 +173,24 @@ def _upsert_assets(conn: Connection, uris: list[str], source_id: int, kind: str)
     return list(rows)
 
 
+def _upsert_metadata(conn: Connection, ids: list[int], metas: list[SourceMetadata | None], source_id: int) -> None:
+    """The list's caption and metadata columns of these assets (the newest listing wins)."""
+    rows = [(a, m) for a, m in zip(ids, metas) if m is not None]
+    if not rows:
+        return
+    conn.execute(
+        text(
+            "INSERT INTO asset_metadata (asset_id, source_id, caption, metadata) "
+            "SELECT a, :src, c, CAST(m AS jsonb) FROM unnest(CAST(:ids AS bigint[]), CAST(:caps AS text[]), "
+            "CAST(:metas AS text[])) AS u(a, c, m) "
+            "ON CONFLICT (asset_id) DO UPDATE SET source_id = excluded.source_id, caption = excluded.caption, "
+            "metadata = excluded.metadata, updated_at = now()"
+        ),
+        {"src": source_id, "ids": [a for a, _ in rows], "caps": [m.caption for _, m in rows],
+         "metas": [json.dumps(m.metadata) for _, m in rows]},
+    )
+
+
 def submit(engine: Engine, spec: JobSpec, *, base: Path = Path(".")) -> Submission:
     """Validate what needs the outside world, then record and enqueue the job atomically."""
     src_uri = _resolve_local(spec.source.uri, base)
@@ -138,7 +206,10 @@ def submit(engine: Engine, spec: JobSpec, *, base: Path = Path(".")) -> Submissi
         check_export_predicate(engine, spec.export.where, spec.view)
 
     check_weights(spec)
-    uris = list(dict.fromkeys(list_source(spec, base)))  # de-duplicated, order kept
+    listed: dict[str, SourceMetadata | None] = {}
+    for uri, meta in list_source_rows(spec, base):  # de-duplicated, order kept, the first row's metadata
+        listed.setdefault(uri, meta)
+    uris = list(listed)
     if not uris:
         raise SpecError(f"source.uri: {spec.source.uri} lists no files with the expected suffixes")
     first = spec.stage_classes()[0]
@@ -172,6 +243,7 @@ def submit(engine: Engine, spec: JobSpec, *, base: Path = Path(".")) -> Submissi
                      "ON CONFLICT DO NOTHING"),
                 {"j": job_id, "ids": ids},
             )
+            _upsert_metadata(conn, ids, [listed[u] for u in batch], source_id)
             asset_ids.extend(ids)
         chunks = [(f"c{i}", ids) for i, ids in enumerate(chunked(asset_ids, spec.chunk_size))]
         n_tasks = enqueue(

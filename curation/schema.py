@@ -10,7 +10,9 @@ Tables, by layer:
 - stage results, one typed table per stage, primary key ``(asset_id, config_id)`` (migration 0013), its
   columns declared by the stage's result dataclass (``curation/result_tables.py``); the pairs of near
   duplicates in ``near_duplicates``;
-- outputs: ``exports``, ``shards`` and ``latents`` (VAE-latent tar shards, migration 0002).
+- outputs: ``exports``, ``shards`` and ``latents`` (VAE-latent tar shards, migration 0002);
+- source metadata and clusters: ``asset_metadata``, ``clusterings``, ``asset_clusters``,
+  ``semantic_duplicates`` (migration 0015, ``curation/clusters.py``).
 
 The views users slice on, ``curated_images`` and ``curated_scenes``, are defined in the migrations and
 documented in ``docs/curated-view.md``.
@@ -28,13 +30,14 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     Text,
     UniqueConstraint,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REAL, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -306,3 +309,61 @@ class Latent(Base):
     shape: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
     vae: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = _created()
+
+
+# --- source metadata and clusters (migration 0015) -------------------------------------------------
+
+
+class AssetMetadata(Base):
+    """A Parquet source list's caption / alt-text and the columns the spec names (``source.metadata_columns``)."""
+
+    __tablename__ = "asset_metadata"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id", ondelete="CASCADE"), primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.source_id"), nullable=False)
+    caption: Mapped[str | None] = mapped_column(Text)
+    metadata_: Mapped[dict] = mapped_column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Clustering(Base):
+    """One ``curation cluster`` run (``curation.clusters``): K-means centroids over a job's embeddings."""
+
+    __tablename__ = "clusterings"
+    clustering_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.job_id", ondelete="CASCADE"), nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    embedding_stage: Mapped[str] = mapped_column(Text, nullable=False)
+    embedding_configs: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    dim: Mapped[int] = mapped_column(Integer, nullable=False)
+    k: Mapped[int] = mapped_column(Integer, nullable=False)
+    seed: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sample_size: Mapped[int] = mapped_column(Integer, nullable=False)
+    n_assets: Mapped[int] = mapped_column(Integer, nullable=False)
+    library: Mapped[str] = mapped_column(Text, nullable=False)
+    epsilon: Mapped[float] = mapped_column(Double, nullable=False)
+    centroids: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # float32 k × dim, little-endian
+    fit_seconds: Mapped[float] = mapped_column(Double, nullable=False)
+    assign_seconds: Mapped[float | None] = mapped_column(Double)
+    created_at: Mapped[datetime] = _created()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AssetCluster(Base):
+    __tablename__ = "asset_clusters"
+    clustering_id: Mapped[int] = mapped_column(ForeignKey("clusterings.clustering_id", ondelete="CASCADE"),
+                                               primary_key=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id", ondelete="CASCADE"), primary_key=True)
+    cluster_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    distance: Mapped[float] = mapped_column(REAL, nullable=False)  # 1 − cosine to the centroid
+
+
+class SemanticDuplicate(Base):
+    """A pair within one cluster with cosine ≥ 1 − ε, stored in both directions."""
+
+    __tablename__ = "semantic_duplicates"
+    clustering_id: Mapped[int] = mapped_column(ForeignKey("clusterings.clustering_id", ondelete="CASCADE"),
+                                               primary_key=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id", ondelete="CASCADE"), primary_key=True)
+    other_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id", ondelete="CASCADE"), primary_key=True)
+    cosine: Mapped[float] = mapped_column(REAL, nullable=False)

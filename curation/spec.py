@@ -51,6 +51,13 @@ class SourceSpec(BaseModel):
     extensions: list[str] | None = Field(
         None, description="file suffixes listed from a folder or prefix (default: the modality's suffixes)"
     )
+    caption_column: str | None = Field(
+        None, min_length=1, description="a .parquet list's caption / alt-text column, kept as the asset's "
+        "source_caption (default: the first of caption, alt_text, alt, text, TEXT that the list has)"
+    )
+    metadata_columns: list[str] = Field(
+        default_factory=list, description="more columns of a .parquet list kept as the asset's metadata (jsonb)"
+    )
 
     @property
     def is_list(self) -> bool:

@@ -24,6 +24,21 @@ from workers.stage import builtin_stage_names, get_stage
 VIEWS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations" / "views"
 VIEW_NAMES = ("curated_images", "curated_scenes")
 
+# Not stage results: the source list's caption and metadata (asset_metadata) and the job's newest
+# finished clustering (``curation cluster``, migration 0015), in both views after the bucket.
+_TEXT_HALF_HEAD = (
+    "md.caption AS source_caption",
+    "md.metadata",
+    "ac.cluster_id",
+    "sd.duplicate_of AS semantic_duplicate_of",
+)
+_TEXT_HALF_JOINS = (
+    "LEFT JOIN asset_metadata md ON md.asset_id = a.asset_id",
+    "LEFT JOIN LATERAL (SELECT k.clustering_id FROM clusterings k WHERE k.job_id = ja.job_id\n"
+    "                   AND k.finished_at IS NOT NULL ORDER BY k.clustering_id DESC LIMIT 1) kc ON true",
+    "LEFT JOIN asset_clusters ac ON ac.clustering_id = kc.clustering_id AND ac.asset_id = a.asset_id",
+)
+
 _SKELETON = {
     "curated_images": {
         "kind": "image",
@@ -39,6 +54,7 @@ _SKELETON = {
             "(p.asset_id IS NOT NULL AND ex.duplicate_of IS NULL AND nd.duplicate_of IS NULL) AS is_unique",
             "CASE WHEN r.short_side >= 1024 THEN 1024 WHEN r.short_side >= 512 THEN 512 "
             "WHEN r.short_side >= 256 THEN 256 END AS bucket",
+            *_TEXT_HALF_HEAD,
         ),
         "needs": ("p", "r", "h", "th"),
         "duplicates": """\
@@ -55,7 +71,16 @@ LEFT JOIN LATERAL (SELECT n.other_id AS duplicate_of, n.distance FROM near_dupli
                      AND (op.width::bigint * op.height, op.bytes, -op.asset_id)
                        > (p.width::bigint * p.height, p.bytes, -a.asset_id)
                    ORDER BY op.width::bigint * op.height DESC, op.bytes DESC, op.asset_id
-                   LIMIT 1) nd ON true""",
+                   LIMIT 1) nd ON true
+-- semantic duplicate: a pair of the job's newest clustering ranks higher by the same rule
+LEFT JOIN LATERAL (SELECT dup.other_id AS duplicate_of FROM semantic_duplicates dup
+                   JOIN LATERAL (SELECT * FROM probe_results y WHERE y.asset_id = dup.other_id
+                                 ORDER BY y.created_at DESC LIMIT 1) op ON true
+                   WHERE dup.clustering_id = kc.clustering_id AND dup.asset_id = a.asset_id
+                     AND (op.width::bigint * op.height, op.bytes, -op.asset_id)
+                       > (p.width::bigint * p.height, p.bytes, -a.asset_id)
+                   ORDER BY op.width::bigint * op.height DESC, op.bytes DESC, op.asset_id
+                   LIMIT 1) sd ON true""",
     },
     "curated_scenes": {
         "kind": "scene",
@@ -76,6 +101,7 @@ LEFT JOIN LATERAL (SELECT n.other_id AS duplicate_of, n.distance FROM near_dupli
             "(h.asset_id IS NOT NULL AND ex.duplicate_of IS NULL AND nd.duplicate_of IS NULL) AS is_unique",
             "CASE WHEN least(p.width, p.height) >= 1024 THEN 1024 WHEN least(p.width, p.height) >= 512 THEN 512 "
             "WHEN least(p.width, p.height) >= 256 THEN 256 END AS bucket",
+            *_TEXT_HALF_HEAD,
         ),
         "needs": ("p", "h", "th"),
         "duplicates": """\
@@ -96,9 +122,20 @@ LEFT JOIN LATERAL (SELECT n.other_id AS duplicate_of, n.distance FROM near_dupli
                        > (round((a.end_s - a.start_s)::numeric, 2), p.width::bigint * p.height, -a.asset_id)
                    ORDER BY round((o.end_s - o.start_s)::numeric, 2) DESC, op.width::bigint * op.height DESC,
                             o.asset_id
-                   LIMIT 1) nd ON true""",
+                   LIMIT 1) nd ON true
+-- semantic duplicate: a pair of the job's newest clustering ranks higher (longer, then the lower asset id)
+LEFT JOIN LATERAL (SELECT dup.other_id AS duplicate_of FROM semantic_duplicates dup
+                   JOIN assets o ON o.asset_id = dup.other_id
+                   WHERE dup.clustering_id = kc.clustering_id AND dup.asset_id = a.asset_id
+                     AND (round((o.end_s - o.start_s)::numeric, 2), -o.asset_id)
+                       > (round((a.end_s - a.start_s)::numeric, 2), -a.asset_id)
+                   ORDER BY round((o.end_s - o.start_s)::numeric, 2) DESC, o.asset_id
+                   LIMIT 1) sd ON true""",
     },
 }
+
+
+_SKELETON_ALIASES = {"ja", "a", "s", "md", "kc", "ac", "sd", "ex", "nd"}  # the outer query's own
 
 
 class ViewError(ValueError):
@@ -123,6 +160,9 @@ def render_view(view: str, revision: str) -> str:
     skeleton = _SKELETON[view]
     decls = declarations(view)
     aliases = [d.alias for _, _, d in decls] + [d.thresholds for _, _, d in decls if d.thresholds]
+    taken = [a for a in aliases if a in _SKELETON_ALIASES]
+    if taken:
+        raise ViewError(f"{view}: the aliases {taken} are the skeleton's; a stage must use another")
     if len(set(aliases)) != len(aliases):
         raise ViewError(f"{view}: two stages use the same alias ({sorted(a for a in aliases if aliases.count(a) > 1)})")
     missing = [a for a in skeleton["needs"] if a not in aliases]
@@ -151,6 +191,7 @@ def render_view(view: str, revision: str) -> str:
         "FROM job_assets ja",
         "JOIN assets a ON a.asset_id = ja.asset_id",
         "JOIN sources s ON s.source_id = a.source_id",
+        *_TEXT_HALF_JOINS,
         *joins,
         skeleton["duplicates"],
         f"WHERE a.kind = '{skeleton['kind']}';",

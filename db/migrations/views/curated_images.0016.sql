@@ -13,6 +13,10 @@ SELECT
     nd.distance AS near_duplicate_distance,
     (p.asset_id IS NOT NULL AND ex.duplicate_of IS NULL AND nd.duplicate_of IS NULL) AS is_unique,
     CASE WHEN r.short_side >= 1024 THEN 1024 WHEN r.short_side >= 512 THEN 512 WHEN r.short_side >= 256 THEN 256 END AS bucket,
+    md.caption AS source_caption,
+    md.metadata,
+    ac.cluster_id,
+    sd.duplicate_of AS semantic_duplicate_of,
     p.format,
     p.width,
     p.height,
@@ -67,6 +71,10 @@ SELECT
 FROM job_assets ja
 JOIN assets a ON a.asset_id = ja.asset_id
 JOIN sources s ON s.source_id = a.source_id
+LEFT JOIN asset_metadata md ON md.asset_id = a.asset_id
+LEFT JOIN LATERAL (SELECT k.clustering_id FROM clusterings k WHERE k.job_id = ja.job_id
+                   AND k.finished_at IS NOT NULL ORDER BY k.clustering_id DESC LIMIT 1) kc ON true
+LEFT JOIN asset_clusters ac ON ac.clustering_id = kc.clustering_id AND ac.asset_id = a.asset_id
 LEFT JOIN job_stages th ON th.job_id = ja.job_id AND th.stage = 'phash'
 LEFT JOIN job_stages tw ON tw.job_id = ja.job_id AND tw.stage = 'watermark'
 LEFT JOIN job_stages tqa ON tqa.job_id = ja.job_id AND tqa.stage = 'qalign'
@@ -121,4 +129,13 @@ LEFT JOIN LATERAL (SELECT n.other_id AS duplicate_of, n.distance FROM near_dupli
                        > (p.width::bigint * p.height, p.bytes, -a.asset_id)
                    ORDER BY op.width::bigint * op.height DESC, op.bytes DESC, op.asset_id
                    LIMIT 1) nd ON true
+-- semantic duplicate: a pair of the job's newest clustering ranks higher by the same rule
+LEFT JOIN LATERAL (SELECT dup.other_id AS duplicate_of FROM semantic_duplicates dup
+                   JOIN LATERAL (SELECT * FROM probe_results y WHERE y.asset_id = dup.other_id
+                                 ORDER BY y.created_at DESC LIMIT 1) op ON true
+                   WHERE dup.clustering_id = kc.clustering_id AND dup.asset_id = a.asset_id
+                     AND (op.width::bigint * op.height, op.bytes, -op.asset_id)
+                       > (p.width::bigint * p.height, p.bytes, -a.asset_id)
+                   ORDER BY op.width::bigint * op.height DESC, op.bytes DESC, op.asset_id
+                   LIMIT 1) sd ON true
 WHERE a.kind = 'image';

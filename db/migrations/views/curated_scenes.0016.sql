@@ -18,6 +18,10 @@ SELECT
     nd.distance AS near_duplicate_distance,
     (h.asset_id IS NOT NULL AND ex.duplicate_of IS NULL AND nd.duplicate_of IS NULL) AS is_unique,
     CASE WHEN least(p.width, p.height) >= 1024 THEN 1024 WHEN least(p.width, p.height) >= 512 THEN 512 WHEN least(p.width, p.height) >= 256 THEN 256 END AS bucket,
+    md.caption AS source_caption,
+    md.metadata,
+    ac.cluster_id,
+    sd.duplicate_of AS semantic_duplicate_of,
     p.container,
     p.codec,
     p.width,
@@ -76,6 +80,10 @@ SELECT
 FROM job_assets ja
 JOIN assets a ON a.asset_id = ja.asset_id
 JOIN sources s ON s.source_id = a.source_id
+LEFT JOIN asset_metadata md ON md.asset_id = a.asset_id
+LEFT JOIN LATERAL (SELECT k.clustering_id FROM clusterings k WHERE k.job_id = ja.job_id
+                   AND k.finished_at IS NOT NULL ORDER BY k.clustering_id DESC LIMIT 1) kc ON true
+LEFT JOIN asset_clusters ac ON ac.clustering_id = kc.clustering_id AND ac.asset_id = a.asset_id
 LEFT JOIN job_stages th ON th.job_id = ja.job_id AND th.stage = 'video_hash'
 LEFT JOIN job_stages td ON td.job_id = ja.job_id AND td.stage = 'dynamics'
 LEFT JOIN job_stages tw ON tw.job_id = ja.job_id AND tw.stage = 'video_watermark'
@@ -131,4 +139,12 @@ LEFT JOIN LATERAL (SELECT n.other_id AS duplicate_of, n.distance FROM near_dupli
                    ORDER BY round((o.end_s - o.start_s)::numeric, 2) DESC, op.width::bigint * op.height DESC,
                             o.asset_id
                    LIMIT 1) nd ON true
+-- semantic duplicate: a pair of the job's newest clustering ranks higher (longer, then the lower asset id)
+LEFT JOIN LATERAL (SELECT dup.other_id AS duplicate_of FROM semantic_duplicates dup
+                   JOIN assets o ON o.asset_id = dup.other_id
+                   WHERE dup.clustering_id = kc.clustering_id AND dup.asset_id = a.asset_id
+                     AND (round((o.end_s - o.start_s)::numeric, 2), -o.asset_id)
+                       > (round((a.end_s - a.start_s)::numeric, 2), -a.asset_id)
+                   ORDER BY round((o.end_s - o.start_s)::numeric, 2) DESC, o.asset_id
+                   LIMIT 1) sd ON true
 WHERE a.kind = 'scene';
