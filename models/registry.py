@@ -152,6 +152,18 @@ REGISTRY: dict[str, ModelSpec] = {
                 *(f"model-{i:05d}-of-00005.safetensors" for i in range(1, 6)))},
         ),
         ModelSpec(
+            name="qwen2.5-vl-32b-instruct",
+            family="vlm",
+            library="transformers (Qwen2_5_VLForConditionalGeneration + AutoProcessor); vLLM",
+            source="hf:Qwen/Qwen2.5-VL-32B-Instruct",
+            licence="Apache-2.0",
+            stages=("caption", "video_caption", "domain", "video_domain", "caption_variants"),
+            files={name: None for name in (
+                "config.json", "generation_config.json", "chat_template.json", "preprocessor_config.json",
+                "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "model.safetensors.index.json",
+                *(f"model-{i:05d}-of-00018.safetensors" for i in range(1, 19)))},
+        ),
+        ModelSpec(
             name="clip-vit-large-patch14",
             family="clip",
             library="transformers (CLIPTextModel + CLIPTokenizer)",

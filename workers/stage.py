@@ -228,6 +228,13 @@ _BUILTIN = {
     "video_qalign": "workers.video_qalign:VideoQAlignStage",
     "complexity": "workers.complexity:ComplexityStage",
     "dover": "workers.dover:DoverStage",
+    "caption": "workers.caption:CaptionStage",
+    "video_caption": "workers.video_caption:VideoCaptionStage",
+    "domain": "workers.domain:DomainStage",
+    "video_domain": "workers.domain:VideoDomainStage",
+    "caption_variants": "workers.caption_variants:CaptionVariantsStage",
+    "video_caption_variants": "workers.caption_variants:VideoCaptionVariantsStage",
+    "clip_text_score": "workers.clip_text_score:ClipTextScoreStage",
 }
 
 

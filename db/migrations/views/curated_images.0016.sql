@@ -67,7 +67,15 @@ SELECT
     cx.mask_count,
     cx.mask_coverage,
     (cx.complexity < (tcx.params->>'simple_threshold')::float8) AS too_simple,
-    cx.stage_version AS complexity_version
+    cx.stage_version AS complexity_version,
+    cp.caption_en,
+    cp.caption_ru,
+    cp.stage_version AS caption_version,
+    dm.domain,
+    dm.domain_unparsed,
+    dm.stage_version AS domain_version,
+    CASE WHEN cts.source_caption_sha256 = encode(sha256(convert_to(cp.caption_en, 'UTF8')), 'hex') THEN cts.clip_text_score END AS clip_text_score,
+    cts.stage_version AS clip_text_score_version
 FROM job_assets ja
 JOIN assets a ON a.asset_id = ja.asset_id
 JOIN sources s ON s.source_id = a.source_id
@@ -115,6 +123,15 @@ LEFT JOIN LATERAL (SELECT * FROM qalign_results x WHERE x.asset_id = a.asset_id
 LEFT JOIN LATERAL (SELECT * FROM complexity_results x WHERE x.asset_id = a.asset_id
                    AND x.config_id IN (SELECT jc.config_id FROM job_configs jc WHERE jc.job_id = ja.job_id)
                    ORDER BY x.created_at DESC LIMIT 1) cx ON true
+LEFT JOIN LATERAL (SELECT * FROM caption_results x WHERE x.asset_id = a.asset_id
+                   AND x.config_id IN (SELECT jc.config_id FROM job_configs jc WHERE jc.job_id = ja.job_id)
+                   ORDER BY x.created_at DESC LIMIT 1) cp ON true
+LEFT JOIN LATERAL (SELECT * FROM domain_results x WHERE x.asset_id = a.asset_id
+                   AND x.config_id IN (SELECT jc.config_id FROM job_configs jc WHERE jc.job_id = ja.job_id)
+                   ORDER BY x.created_at DESC LIMIT 1) dm ON true
+LEFT JOIN LATERAL (SELECT * FROM clip_text_results x WHERE x.asset_id = a.asset_id
+                   AND x.config_id IN (SELECT jc.config_id FROM job_configs jc WHERE jc.job_id = ja.job_id)
+                   ORDER BY x.created_at DESC LIMIT 1) cts ON true
 -- exact duplicate: the same bytes were seen first under a lower asset id (any job, any config)
 LEFT JOIN LATERAL (SELECT min(o.asset_id) AS duplicate_of FROM probe_results o
                    WHERE o.sha256 = p.sha256 AND o.asset_id < a.asset_id) ex ON true

@@ -76,7 +76,13 @@ SELECT
     dv.dover_technical,
     dv.dover_aesthetic,
     dv.dover_overall,
-    dv.stage_version AS dover_version
+    dv.stage_version AS dover_version,
+    cp.caption_en,
+    cp.caption_ru,
+    cp.stage_version AS video_caption_version,
+    dm.domain,
+    dm.domain_unparsed,
+    dm.stage_version AS video_domain_version
 FROM job_assets ja
 JOIN assets a ON a.asset_id = ja.asset_id
 JOIN sources s ON s.source_id = a.source_id
@@ -121,6 +127,12 @@ LEFT JOIN LATERAL (SELECT * FROM qalign_results x WHERE x.asset_id = a.asset_id
 LEFT JOIN LATERAL (SELECT * FROM dover_results x WHERE x.asset_id = a.asset_id
                    AND x.config_id IN (SELECT jc.config_id FROM job_configs jc WHERE jc.job_id = ja.job_id)
                    ORDER BY x.created_at DESC LIMIT 1) dv ON true
+LEFT JOIN LATERAL (SELECT * FROM caption_results x WHERE x.asset_id = a.asset_id
+                   AND x.config_id IN (SELECT jc.config_id FROM job_configs jc WHERE jc.job_id = ja.job_id)
+                   ORDER BY x.created_at DESC LIMIT 1) cp ON true
+LEFT JOIN LATERAL (SELECT * FROM domain_results x WHERE x.asset_id = a.asset_id
+                   AND x.config_id IN (SELECT jc.config_id FROM job_configs jc WHERE jc.job_id = ja.job_id)
+                   ORDER BY x.created_at DESC LIMIT 1) dm ON true
 -- exact duplicate: the same frames of a byte-identical video seen first under a lower asset id
 LEFT JOIN LATERAL (SELECT min(o.asset_id) AS duplicate_of FROM assets o
                    JOIN video_probe_results op ON op.asset_id = o.parent_id
