@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from training.attention import NablaParams, nabla_enabled
 from training.configs import CONFIGS
 from training.model import CrossDiT, ModelInputs
 from training.buckets import resize_to_bucket
@@ -81,6 +82,13 @@ def sample_image(model: CrossDiT, config: dict, prompt: str, *, vae, vae_info: V
     return latent, image
 
 
+def nabla_for(config: dict, latent_frames: int, height: int, width: int) -> NablaParams | None:
+    """NABLA settings for sampling a clip, by the run's ``nabla_when`` / ``nabla`` (as in training)."""
+    if nabla_enabled(config.get("nabla_when", "report"), latent_frames, height, width):
+        return NablaParams(**(config.get("nabla") or {}))
+    return None
+
+
 def latent_frames(seconds: float, fps: int = VIDEO_FPS) -> int:
     """``seconds · 24 // 4 + 1`` latent frames (the official pipelines: 31 for 5 s, 61 for 10 s)."""
     return int(seconds * fps) // TEMPORAL_COMPRESSION + 1
@@ -113,8 +121,10 @@ def sample_video(model: CrossDiT, config: dict, prompt: str, *, vae, vae_info: V
         cond, uncond = text.encode([prompt], "video"), text.encode([""], "video")
         build = text_to_video_input if c.visual_cond else (lambda x: x)
 
+    nabla = nabla_for(config, T, height, width)
+
     def velocity(batch):
-        return lambda x, t: model(ModelInputs(build(x), t, batch.hidden, batch.mask, batch.pooled))
+        return lambda x, t: model(ModelInputs(build(x), t, batch.hidden, batch.mask, batch.pooled), nabla=nabla)
 
     noise = torch.randn(1, T, height // 8, width // 8, c.out_visual_dim, generator=torch.Generator().manual_seed(seed))
     latent = euler_sample(guided(velocity(cond), velocity(uncond), guidance), noise, steps=steps, shift=shift,
