@@ -3,7 +3,8 @@ captioner params (backend, model, server, sampling) and ``CaptionerStage``, whic
 ``models.captioner`` once per instance and makes the backend, the model and its weights identity part of
 the stage's configuration — a caption made by one model is never reused for a job that asks for another.
 
-The backend's transport settings (``api_key_env``, ``concurrency``, ``request_timeout_s``, ``retries``)
+The backend's transport settings (``api_key_env``, ``concurrency``, ``request_timeout_s``, ``retries``,
+``retry_backoff_s``)
 bound the run, not the text: they are ``run_params``, outside the configuration.
 """
 
@@ -31,6 +32,7 @@ class CaptionerParams(BaseModel):
     concurrency: int = Field(8, ge=1, le=512, description="openai: requests in flight per actor")
     request_timeout_s: float = Field(120.0, gt=0, description="openai: seconds per request")
     retries: int = Field(3, ge=0, le=10, description="openai: retries of a timeout, 429/5xx or malformed answer")
+    retry_backoff_s: float = Field(1.0, ge=0, le=60, description="openai: first back-off; doubles per retry, jittered")
     max_tokens: int = Field(512, ge=1, le=32768, description="generated tokens at most")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy decoding")
     seed: int = Field(0, description="sampling seed (temperature > 0)")
@@ -52,7 +54,8 @@ class CaptionerParams(BaseModel):
         return self
 
 
-CAPTIONER_RUN_PARAMS = frozenset({"timeout_s", "api_key_env", "concurrency", "request_timeout_s", "retries"})
+CAPTIONER_RUN_PARAMS = frozenset({"timeout_s", "api_key_env", "concurrency", "request_timeout_s", "retries",
+                                  "retry_backoff_s"})
 
 
 def prompt_version(name: str, *prompts: str) -> str:
@@ -93,7 +96,8 @@ class CaptionerStage(Stage[P, R]):
         p = self.params
         self.captioner = make_captioner(p.backend, p.model, max_pixels=p.max_pixels, base_url=p.base_url,
                                         api_key_env=p.api_key_env, concurrency=p.concurrency,
-                                        timeout_s=p.request_timeout_s, retries=p.retries)
+                                        timeout_s=p.request_timeout_s, retries=p.retries,
+                                        backoff_s=p.retry_backoff_s)
 
     def teardown(self) -> None:
         self.captioner.close()

@@ -67,7 +67,7 @@ def parse_domain(answer: str) -> tuple[str, bool]:
         number, rest = int(numbered.group(1)), numbered.group(2).strip()
         if 1 <= number <= len(CLASSES) and rest in ("", CLASSES[number - 1]):
             return CLASSES[number - 1], False
-        text = rest
+        return "other", True  # a number outside the list, or one that contradicts the name
     if text in CLASSES:
         return text, False
     return "other", True
