@@ -276,6 +276,18 @@ def query(
         console.print(f"{len(result.rows)} row(s)")
 
 
+BalanceOpt = typer.Option(None, "--balance", help="at most --per-cluster rows per value of this view column: "
+                          "cluster (the job's newest `curation cluster`), domain, or any column")
+PerClusterOpt = typer.Option(100, "--per-cluster", min=1, help="with --balance: rows kept per group")
+BalanceSeedOpt = typer.Option(0, "--seed", help="with --balance: which rows a group keeps (deterministic)")
+
+
+def _balance(column: Optional[str], per_group: int, seed: int):
+    from curation.balance import Balance
+
+    return Balance(column, per_group, seed) if column else None
+
+
 @app.command()
 def export(
     job: Optional[int] = typer.Argument(None, help="job id (default: all assets)"),
@@ -285,6 +297,9 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace Parquet files already under --output"),
     view: Optional[str] = typer.Option(None, "--view", help="curated_images or curated_scenes "
                                        "(default: from the job's modality, else curated_images)"),
+    balance: Optional[str] = BalanceOpt,
+    per_cluster: int = PerClusterOpt,
+    seed: int = BalanceSeedOpt,
 ) -> None:
     """Write a slice of curated_images (or curated_scenes) to Parquet, grouped by shortest-side bucket
     and source. Uses the job spec's export section unless --where/--output are given."""
@@ -293,7 +308,7 @@ def export(
 
     try:
         result = jobs.export(_engine(), job, where=where, output=output, view=view, rows_per_file=rows_per_file,
-                             overwrite=overwrite)
+                             overwrite=overwrite, balance=_balance(balance, per_cluster, seed))
     except jobs.NoExportTarget as exc:
         _fail(str(exc))
     except (jobs.UnknownJob, ExportError) as exc:
@@ -322,6 +337,35 @@ def similar(
     for h in hits:
         table.add_row(str(h.asset_id), f"{h.cosine:.4f}", h.uri)
     console.print(table)
+
+
+@app.command()
+def cluster(
+    job: int = typer.Option(..., "--job", help="job whose embeddings to cluster"),
+    embedding: str = typer.Option("clip", "--embedding", help="clip (the job's CLIP embeddings: clip for "
+                                  "images, video_clip for scenes) or a stage name"),
+    k: int = typer.Option(10_000, "--k", min=1, help="clusters (report §4.3: 10,000)"),
+    sample: Optional[int] = typer.Option(None, "--sample", min=1, help="embeddings the K-means is fitted on "
+                                         "(default: all up to 40 per centroid, at least 100,000)"),
+    seed: int = typer.Option(0, "--seed", help="seeds the sample and the K-means"),
+    epsilon: float = typer.Option(0.01, "--epsilon", min=0.0, max=0.999, help="semantic duplicates: pairs of "
+                                  "one cluster with cosine >= 1 - epsilon (NeMo Curator's eps_to_extract)"),
+    address: Optional[str] = AddressOpt,
+) -> None:
+    """K-means over a job's stored embeddings (faiss, fitted on a sample), every asset assigned by Ray
+    tasks, semantic near-duplicates within clusters; the views show cluster_id and
+    semantic_duplicate_of of the job's newest clustering."""
+    from curation.clusters import ClusterError, cluster_job
+    from curation.db import database_url
+
+    try:
+        result = cluster_job(_engine(), database_url(), job, embedding=embedding, k=k, sample=sample, seed=seed,
+                             epsilon=epsilon, address=address or os.environ.get("CURATION_RAY_ADDRESS"),
+                             log=lambda msg: console.print(escape(msg), highlight=False))
+    except ClusterError as exc:
+        _fail(str(exc), 1)
+    console.print(f"clustering {result.clustering_id}: {result.n_assets} assets in {result.k} clusters, "
+                  f"{result.n_duplicate_pairs} semantic-duplicate pairs")
 
 
 @app.command()
@@ -469,11 +513,18 @@ def encode(
     tier: str = typer.Option("low", "--tier", help="resolution tier: low, medium or high (report Table 4)"),
     seconds: float = typer.Option(5.0, "--seconds", help="scenes: encode at most this many seconds at 24 fps"),
     limit: Optional[int] = typer.Option(None, "--limit"),
+    balance: Optional[str] = BalanceOpt,
+    per_cluster: int = PerClusterOpt,
+    seed: int = BalanceSeedOpt,
+    allow_uncaptioned: bool = typer.Option(False, "--allow-uncaptioned", help="encode rows with no caption "
+                                           "(otherwise refused: an unconditional sample)"),
 ) -> None:
     """Pre-encode a slice: nearest resolution bucket → VAE latents → tar shards of the report's sizes
     (images 1024 / 256 / 64 and scenes 16 / 4 / 1 per tar for low / medium / high); shards and latents are
-    recorded. Scenes are sampled at 24 fps for 4k + 1 frames (5 s → 121 frames → 31 latent frames)."""
-    from curation.latents import VIEWS, encode_slice
+    recorded. Scenes are sampled at 24 fps for 4k + 1 frames (5 s → 121 frames → 31 latent frames). Each
+    sample's JSON carries its captions (the caption stages', else the source list's)."""
+    from curation.balance import BalanceError
+    from curation.latents import VIEWS, UncaptionedSamples, encode_slice
 
     if view not in VIEWS:
         _fail(f"--view must be one of {', '.join(VIEWS)}", 2)
@@ -484,8 +535,12 @@ def encode(
     except UnsafeSQL as exc:
         _fail(str(exc), 2)
     model, info = _vae(vae, video=view == "curated_scenes")
-    result = encode_slice(_engine(), predicate=where, output=output, tier=tier, vae=model, vae_info=info,
-                          job_id=job, limit=limit, view=view, max_seconds=seconds)
+    try:
+        result = encode_slice(_engine(), predicate=where, output=output, tier=tier, vae=model, vae_info=info,
+                              job_id=job, limit=limit, view=view, max_seconds=seconds,
+                              balance=_balance(balance, per_cluster, seed), allow_uncaptioned=allow_uncaptioned)
+    except (UncaptionedSamples, BalanceError) as exc:
+        _fail(str(exc), 1)
     console.print(f"{result.n_latents} latents in {len(result.shards)} shard(s) under {escape(output)}")
 
 

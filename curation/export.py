@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Engine, text
 
 from curation import storage
+from curation.balance import Balance, BalanceError, balance_params, balanced_sql, check_balance
 from curation.user_sql import UnsafeSQL, check_predicate, reader_engine
 
 
@@ -48,9 +49,11 @@ def export_slice(
     rows_per_file: int = 100_000,
     timeout_s: float = 3600.0,
     overwrite: bool = False,
+    balance: Balance | None = None,
 ) -> ExportResult:
     """Write the slice; ``output`` must hold no Parquet files yet, unless ``overwrite`` (then the
-    Parquet files already there are deleted first, so readers never see two exports mixed)."""
+    Parquet files already there are deleted first, so readers never see two exports mixed). With
+    ``balance``, at most ``balance.per_group`` rows per value of its column (``curation.balance``)."""
     try:
         check_predicate(predicate, what="the export predicate")
     except UnsafeSQL as exc:
@@ -72,6 +75,10 @@ def export_slice(
     else:
         sql = (f"SELECT DISTINCT ON (c.asset_id) c.* FROM {view} c WHERE ({predicate}) "
                "ORDER BY c.asset_id, c.job_id DESC")
+    params = {"job": job_id} if job_id is not None else {}
+    if balance is not None:
+        sql = balanced_sql(sql, balance)
+        params.update(balance_params(balance))
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     counters: dict[tuple[str, str], int] = defaultdict(int)
     result = ExportResult(export_id=export_id, output=output, n_rows=0)
@@ -92,13 +99,19 @@ def export_slice(
     try:
         with reader.connect() as conn:
             try:
-                cursor = conn.execution_options(stream_results=True, max_row_buffer=5000).execute(
-                    text(sql), {"job": job_id} if job_id is not None else {}
-                )
+                if balance is not None:
+                    check_balance(conn, view, balance)
+                cursor = conn.execution_options(stream_results=True, max_row_buffer=5000).execute(text(sql), params)
+            except BalanceError as exc:
+                raise ExportError(str(exc)) from None
             except Exception as exc:  # noqa: BLE001 - a bad predicate is the user's
                 raise ExportError(f"export predicate failed: {str(getattr(exc, 'orig', exc)).strip()}") from None
             for row in cursor.mappings():
                 record = dict(row)
+                record.pop("balance_rank", None)
+                for name, value in record.items():  # jsonb objects (metadata) as JSON text: one Parquet type
+                    if isinstance(value, dict):
+                        record[name] = json.dumps(value, sort_keys=True)
                 key = (bucket_dir(record["bucket"]), record["source"])
                 groups[key].append(record)
                 result.n_rows += 1

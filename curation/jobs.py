@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, text
 
 from curation import report
+from curation.balance import Balance
 from curation.broker import chunked, enqueue
 from curation.export import ExportResult, export_slice
 from curation.spec import JobSpec
@@ -150,6 +151,7 @@ def export(
     view: str | None = None,
     rows_per_file: int | None = None,
     overwrite: bool | None = None,
+    balance: Balance | None = None,
 ) -> ExportResult:
     """Export a slice to Parquet. With a job, its assets only, and what is not given comes from its
     spec's export section (the view from its modality); without, all assets of ``view`` (default
@@ -166,7 +168,7 @@ def export(
         raise NoExportTarget("give --where and --output (or a job whose spec has an export section)")
     return export_slice(engine, predicate=where, output=output, job_id=job_id,
                         view=view or (job.spec.view if job is not None else "curated_images"),
-                        rows_per_file=rows_per_file or 100_000, overwrite=bool(overwrite))
+                        rows_per_file=rows_per_file or 100_000, overwrite=bool(overwrite), balance=balance)
 
 
 def export_finished(engine: Engine, job_id: int) -> ExportResult | None:

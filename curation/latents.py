@@ -1,6 +1,7 @@
 """The platform's encode step: a slice of ``curated_images`` (FLUX.1 VAE) or ``curated_scenes``
 (HunyuanVideo VAE) → VAE latents in tar shards (via ``training.encode``) → every shard and latent
-recorded in the database (``shards``, ``latents``)."""
+recorded in the database (``shards``, ``latents``). Each sample's JSON carries its captions: the caption
+stages' columns of the view and the source list's ``source_caption`` (``sample_meta``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, text
 
+from curation.balance import Balance, balance_params, balanced_sql, check_balance
 from curation.user_sql import check_predicate, reader_engine
 
 from training.encode import ImageRecord, SceneRecord, encode_images, encode_scenes
@@ -20,39 +22,92 @@ class EncodeResult:
     n_latents: int
 
 
+class UncaptionedSamples(ValueError):
+    """Samples of the slice have no caption, and uncaptioned samples were not allowed."""
+
+
 VIEWS = {
-    # one row per asset even where several jobs hold it (a view row is one (job, asset))
-    "curated_images": "SELECT DISTINCT ON (c.asset_id) c.asset_id, c.uri, c.source FROM curated_images c "
-                      "WHERE ({predicate}) AND c.decoded",
-    "curated_scenes": "SELECT DISTINCT ON (c.asset_id) c.asset_id, c.uri, c.source, c.start_s, c.end_s "
-                      "FROM curated_scenes c WHERE ({predicate})",
+    # one row per asset even where several jobs hold it (a view row is one (job, asset)): the newest job's
+    "curated_images": "SELECT DISTINCT ON (c.asset_id) c.* FROM curated_images c WHERE ({predicate}) AND c.decoded",
+    "curated_scenes": "SELECT DISTINCT ON (c.asset_id) c.* FROM curated_scenes c WHERE ({predicate})",
 }
+# view columns that describe a caption rather than hold one
+_NOT_CAPTION_TEXT = ("_version", "_raw", "_model", "_prompt_version", "_tokens", "_language", "_lang", "_flag")
+
+
+def caption_fields(row: dict) -> dict[str, str]:
+    """Every caption a view row holds, keyed by column: ``caption`` and ``caption_*`` (the caption stages'
+    text columns; a jsonb one is flattened to ``column.key``), and ``source_caption`` (the source list's).
+    Empty texts are left out."""
+    out: dict[str, str] = {}
+
+    def add(name: str, value) -> None:
+        if isinstance(value, str) and value.strip():
+            out[name] = value.strip()
+        elif isinstance(value, dict):
+            for key, inner in value.items():
+                add(f"{name}.{key}", inner)
+
+    for name, value in row.items():
+        if (name in ("caption", "source_caption") or name.startswith("caption_")) and not name.endswith(_NOT_CAPTION_TEXT):
+            add(name, value)
+    return out
+
+
+def main_caption(captions: dict[str, str]) -> str | None:
+    """The sample's ``caption``: the captioner's (``caption``, else another caption column), else the
+    source list's."""
+    if "caption" in captions:
+        return captions["caption"]
+    machine = [v for k, v in captions.items() if not k.startswith("source_caption")]
+    return machine[0] if machine else captions.get("source_caption")
+
+
+def sample_meta(row: dict) -> dict:
+    """What a sample's JSON carries about its asset: id, source, ``caption`` and every ``captions`` variant."""
+    captions = caption_fields(row)
+    return {"asset_id": row["asset_id"], "source": row["source"], "caption": main_caption(captions),
+            "captions": captions}
 
 
 def encode_slice(engine: Engine, *, predicate: str, output: str, tier: str, vae, vae_info: VaeInfo,
                  job_id: int | None = None, limit: int | None = None, view: str = "curated_images",
-                 max_seconds: float = 5.0, samples_per_tar: dict[str, int] | None = None) -> EncodeResult:
+                 max_seconds: float = 5.0, samples_per_tar: dict[str, int] | None = None,
+                 balance: Balance | None = None, allow_uncaptioned: bool = False) -> EncodeResult:
     """Encode the rows of ``view`` matching ``predicate`` (checked, and run as the read-only role): images
-    with an image VAE, scenes (their first ``max_seconds`` at 24 fps) with a video VAE. Raises
-    ``UnsafeSQL`` (a ValueError) for a predicate that is not one expression."""
+    with an image VAE, scenes (their first ``max_seconds`` at 24 fps) with a video VAE. Each sample's JSON
+    carries the row's captions (``sample_meta``); a row without any is refused (``UncaptionedSamples``,
+    before anything is encoded) unless ``allow_uncaptioned``. ``balance`` keeps at most so many rows per
+    value of a view column (``curation.balance``). Raises ``UnsafeSQL`` (a ValueError) for a predicate
+    that is not one expression."""
     check_predicate(predicate, what="the encode predicate")
     if view not in VIEWS:
         raise ValueError(f"view must be one of {list(VIEWS)}, not {view!r}")
     scope = " AND c.job_id = :job" if job_id is not None else ""
-    sql = VIEWS[view].format(predicate=predicate) + scope + " ORDER BY c.asset_id" + (" LIMIT :limit" if limit else "")
+    sql = balanced_sql(VIEWS[view].format(predicate=predicate) + scope + " ORDER BY c.asset_id, c.job_id DESC",
+                       balance) + (" LIMIT :limit" if limit else "")
     reader = reader_engine(engine, timeout_s=3600.0)
     try:
         with reader.connect() as conn:
-            rows = conn.execute(text(sql), {"job": job_id, "limit": limit}).all()
+            if balance is not None:
+                check_balance(conn, view, balance)
+            rows = [dict(r) for r in conn.execute(text(sql), {"job": job_id, "limit": limit,
+                                                              **balance_params(balance)}).mappings()]
     finally:
         reader.dispose()
+    metas = [sample_meta(r) for r in rows]
+    bare = [m["asset_id"] for m in metas if not m["caption"]]
+    if bare and not allow_uncaptioned:
+        raise UncaptionedSamples(
+            f"{len(bare)} of {len(rows)} samples have no caption (assets {', '.join(map(str, bare[:10]))}"
+            f"{', …' if len(bare) > 10 else ''}): run the caption stage, give the source list a caption column, "
+            "narrow --where to captioned rows, or pass --allow-uncaptioned")
     if view == "curated_scenes":
-        scenes = [SceneRecord(f"a{r.asset_id}", r.uri, r.start_s, r.end_s, {"asset_id": r.asset_id, "source": r.source})
-                  for r in rows]
+        scenes = [SceneRecord(f"a{r['asset_id']}", r["uri"], r["start_s"], r["end_s"], m) for r, m in zip(rows, metas)]
         shards = encode_scenes(scenes, vae, vae_info, tier=tier, output=output, max_seconds=max_seconds,
                                samples_per_tar=samples_per_tar)
     else:
-        records = [ImageRecord(f"a{r.asset_id}", r.uri, {"asset_id": r.asset_id, "source": r.source}) for r in rows]
+        records = [ImageRecord(f"a{r['asset_id']}", r["uri"], m) for r, m in zip(rows, metas)]
         shards = encode_images(records, vae, vae_info, tier=tier, output=output, samples_per_tar=samples_per_tar)
     with engine.begin() as conn:
         for s in shards:

@@ -63,7 +63,8 @@ def test_encode_train_sample_with_the_installed_entry_point(engine, db_url, skim
     drain(db_url, "resolution")
     work = tmp_path / "elsewhere"  # relative paths below resolve here, not in the repository
     work.mkdir()
-    installed(["encode", "--job", str(job), "--where", "short_side >= 256", "--vae", "tiny", "--output", "shards"],
+    installed(["encode", "--job", str(job), "--where", "short_side >= 256", "--vae", "tiny", "--allow-uncaptioned",
+               "--output", "shards"],
               work, db_url)
     assert len(list((work / "shards").rglob("*.tar"))) >= 1
     installed(["train", str(REPO / "examples" / "train-tiny.yaml"), "--data", "shards", "--out", "run", "--steps", "2"],

@@ -18,7 +18,7 @@ def test_encode_train_resume_sample_soup(engine, db_url, photo_dir, tmp_path):
     drain(db_url, "probe")
     drain(db_url, "resolution")
     shards_dir = tmp_path / "shards"
-    out = cli(db_url, "encode", "--job", str(job), "--where", "short_side >= 256", "--tier", "low",
+    out = cli(db_url, "encode", "--job", str(job), "--where", "short_side >= 256", "--tier", "low", "--allow-uncaptioned",
               "--vae", "tiny", "--output", str(shards_dir))
     assert "random-weight test VAE" in out.stderr  # a tiny model never runs silently
     with engine.connect() as conn:

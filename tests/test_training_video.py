@@ -105,7 +105,7 @@ def test_encode_a_slice_of_curated_scenes_through_the_cli(engine, db_url, bikes,
     drain(db_url, "video_probe")
     drain(db_url, "scenes")
     out = cli(db_url, "encode", "--view", "curated_scenes", "--where", "true", "--job", str(job), "--vae", "tiny",
-              "--seconds", "1", "--output", str(tmp_path / "shards"))
+              "--seconds", "1", "--allow-uncaptioned", "--output", str(tmp_path / "shards"))
     assert "random-weight test VAE" in out.stderr
     with engine.connect() as conn:
         n_scenes = conn.execute(text("SELECT count(*) FROM curated_scenes")).scalar_one()
