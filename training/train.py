@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from training.attention import NablaParams
+from training.attention import NablaParams, nabla_enabled
 from training.conditioning import edit_input, image_to_video_input, text_to_video_input
 from training.captions import pick_caption
 from training.configs import CONFIGS
 from training.data import Batch, LatentLoader
+from training.encode import SPATIAL_COMPRESSION
 from training.distributed import ShardedCheckpointer, init_from_env, read_rank_progress, shard_model
 from training.flow import flow_loss, sample_t
 from training.model import CrossDiT, ModelInputs
@@ -66,7 +67,8 @@ class TrainConfig:
     offload_activations: bool = False  # with gradient_checkpointing: block inputs wait in host memory
     fsdp: bool = False  # shard parameters/gradients/optimizer over the ranks (FSDP2); sharded DCP checkpoints
     hsdp_replicas: int = 1  # with fsdp: replicate over this many groups, shard within each (HSDP)
-    nabla: dict | None = None  # e.g. {"P": 0.9, "wT": 11, "wH": 3, "wW": 3}
+    nabla: dict | None = None  # NABLA settings; None: the report's Lite 10 s {"P": 0.9, "wT": 11, "wH": 3, "wW": 3}
+    nabla_when: str = "report"  # report (1024-px video, 512-px video over 5 s), always (every video) or never
     log_every: int = 10
 
     @classmethod
@@ -136,7 +138,8 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.rng = random.Random(cfg.seed)
         self.step_num = 0
-        self.nabla = NablaParams(**cfg.nabla) if cfg.nabla else None
+        self.nabla = NablaParams(**(cfg.nabla or {}))
+        nabla_enabled(cfg.nabla_when, 1, 0, 0)  # an unknown setting fails at start
         self.out_dir = Path(self.out_dir)
 
     # --- one optimisation step ---------------------------------------------------------------------
@@ -184,7 +187,10 @@ class Trainer:
 
             def predict(x_t, tt):
                 inputs = ModelInputs(build(x_t), tt, text.hidden, text.mask, text.pooled)
-                return self.model(inputs, nabla=self.nabla if T > 1 else None)
+                return self.model(inputs, nabla=nabla)
+
+            h, w = x0.shape[2:4]
+            nabla = self.nabla if nabla_enabled(self.cfg.nabla_when, T, h * SPATIAL_COMPRESSION, w * SPATIAL_COMPRESSION) else None
 
             loss = flow_loss(predict, x0, t=t, noise=noise, loss_mask=loss_mask)
             total = total + loss * len(idx)
