@@ -55,10 +55,11 @@ def caption_fields(row: dict) -> dict[str, str]:
 
 
 def main_caption(captions: dict[str, str]) -> str | None:
-    """The sample's ``caption``: the captioner's (``caption``, else another caption column), else the
-    source list's."""
-    if "caption" in captions:
-        return captions["caption"]
+    """The sample's ``caption``: the captioner's (``caption``, ``caption_en``, else another caption
+    column), else the source list's."""
+    for name in ("caption", "caption_en"):
+        if name in captions:
+            return captions[name]
     machine = [v for k, v in captions.items() if not k.startswith("source_caption")]
     return machine[0] if machine else captions.get("source_caption")
 
