@@ -12,14 +12,16 @@ import tarfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from sqlalchemy import text
 
 from curation.export import export_slice
 from curation.latents import caption_fields, main_caption
+from curation.spec import SpecError
 from tests.helpers import submit_spec
 from tests.test_cli import cli, drain
 from training.captions import pick_caption
-from training.train import Trainer, TrainConfig
+from training.train import TrainConfig, Trainer
 
 CAPTIONS = {  # written for these photos (scikit-image and Debian opencv-doc)
     "astronaut.png": "Portrait of an astronaut in an orange flight suit in front of the American flag",
@@ -133,3 +135,10 @@ def test_caption_columns_and_variant_weights():
     picks = {pick_caption(meta, {"caption_en*": 1.0}, rng) for _ in range(50)}
     assert picks == {"A dog.", "Dog"}
     assert pick_caption({"caption": "x"}, {"caption_en": 1.0}, rng) == "x"  # old shards: the main caption
+
+
+def test_a_missing_metadata_column_is_refused_at_submission(engine, tmp_path):
+    pq.write_table(pa.table({"uri": ["a.jpg"], "TEXT": ["a cat"]}), tmp_path / "list.parquet")
+    with pytest.raises(SpecError, match="no column.*aesthetic"):
+        submit_spec(engine, {"name": "m", "modality": "image", "stages": [{"name": "probe"}],
+                             "source": {"uri": str(tmp_path / "list.parquet"), "metadata_columns": ["aesthetic"]}})
