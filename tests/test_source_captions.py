@@ -104,8 +104,8 @@ def test_source_captions_into_shards_and_training(engine, db_url, skimage_dir, d
     assert next(r for r in exported if r["uri"].endswith("astronaut.png"))["caption_ru"] == "Портрет астронавта"
 
     # two training steps read non-empty captions, drawn among the variants with the configured weights
-    cfg = TrainConfig(model="tiny", text_encoders="tiny", lr=1e-3, warmup_steps=1, max_steps=100, t_max=2, image_share=1.0,
-                      checkpoint_every=0, uncond_prob=0.0, caption_weights={"caption_*": 1.0, "source_caption": 1.0})
+    cfg = TrainConfig(model="tiny", text_encoders="tiny", lr=1e-3, warmup_steps=1, max_steps=100, t_max=2,
+                      image_share=1.0, checkpoint_every=0, uncond_prob=0.0, caption_weights={"caption_*": 1.0, "source_caption": 1.0})
     trainer = Trainer(cfg, [str(p) for p in sorted(shards.glob("*.tar"))], tmp_path / "run")
     seen: list[str] = []
     encode = trainer.text.encode
