@@ -489,10 +489,14 @@ def _demo_video(folder: Path, output: Path, address: str | None) -> None:
 # --- latents and training -------------------------------------------------------------------------
 
 
-def _vae(vae: str, video: bool = False):
+def _vae(vae: str, video: bool = False, allow_tiny: bool = False):
+    from models.registry import TINY_ENV
     from training.encode import load_image_vae, load_video_vae, tiny_image_vae, tiny_video_vae
 
     if vae == "tiny":
+        if not (allow_tiny or os.environ.get(TINY_ENV) == "1"):
+            _fail(f"--vae tiny is a random-weight test VAE: give a FLUX.1 / HunyuanVideo folder, or --allow-tiny "
+                  f"(or {TINY_ENV}=1) for a smoke run", 2)
         err.print("[bold yellow]warning:[/] --vae tiny is a random-weight test VAE: its latents are for smoke runs "
                   "only (recorded as vae 'tiny-random')")
         return tiny_video_vae() if video else tiny_image_vae()
@@ -554,16 +558,20 @@ def train(
     ray_workers: int = typer.Option(0, "--ray-workers", help="train on this many Ray Train workers (FSDP); "
                                                              "0: in this process"),
     gpu: bool = typer.Option(False, "--gpu", help="with --ray-workers: one GPU per worker"),
+    allow_tiny: bool = typer.Option(False, "--allow-tiny", help="accept the tiny random text encoders (smoke runs)"),
     address: Optional[str] = AddressOpt,
 ) -> None:
     """Train CrossDiT on latent shards (flow matching, AdamW, EMA) and write checkpoints to --out; with
     --ray-workers, sharded over a Ray cluster (FSDP/HSDP, sharded asynchronous checkpoints)."""
     from curation import storage
+    from models.registry import TINY_ENV
     from training.train import Trainer, TrainConfig, describe
 
     shards = [o.uri for o in storage.list_objects(data) if o.uri.endswith(".tar")]
     if not shards:
         _fail(f"no .tar shards under {data}", 1)
+    if allow_tiny:
+        os.environ[TINY_ENV] = "1"  # this process and the Ray workers it starts (CURATION_* is passed on)
     if ray_workers:
         from training.ray_train import train_on_ray
         from workers.supervisor import ray_init
@@ -599,6 +607,8 @@ def sample(
     seed: int = typer.Option(0, "--seed"),
     image: Optional[Path] = typer.Option(None, "--image", help="PNG out: the image to edit (editing model); "
                                                                ".mp4 out: the first frame (image-to-video model)"),
+    use_ema: bool = typer.Option(True, "--ema/--no-ema", help="sample the EMA weights (default) or the raw ones"),
+    allow_tiny: bool = typer.Option(False, "--allow-tiny", help="accept --vae tiny (smoke runs)"),
 ) -> None:
     """Generate an image (PNG) or a video clip (MP4, 24 fps) from a checkpoint's EMA weights (shifted
     Euler + CFG): text-to-image, instruct editing (--image), text-to-video, image-to-video (--image)."""
@@ -607,9 +617,9 @@ def sample(
 
     from PIL import Image
 
-    model, cfg = load_model(checkpoint)
+    model, cfg = load_model(checkpoint, use_ema=use_ema)
     video = out.suffix.lower() == ".mp4"
-    vae_model, info = _vae(vae, video=video)
+    vae_model, info = _vae(vae, video=video, allow_tiny=allow_tiny)
     given = Image.open(image) if image is not None else None
     try:
         if video:

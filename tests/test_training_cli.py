@@ -31,7 +31,7 @@ def test_encode_train_resume_sample_soup(engine, db_url, photo_dir, tmp_path):
         assert row.shape[0] == 1 and row.shape[3] == 16 and abs(row.scaling_factor - 0.3611) < 1e-9
 
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump({"model": "tiny", "lr": 1e-3, "warmup_steps": 1, "max_steps": 100, "t_max": 2,
+    cfg.write_text(yaml.safe_dump({"model": "tiny", "text_encoders": "tiny", "lr": 1e-3, "warmup_steps": 1, "max_steps": 100, "t_max": 2,
                                    "image_share": 1.0, "checkpoint_every": 0}))
     run = tmp_path / "run"
     cli(db_url, "train", str(cfg), "--data", str(shards_dir), "--out", str(run), "--steps", "2")

@@ -118,7 +118,7 @@ def test_ray_train_runs_two_fsdp_workers_and_resumes(ray_local, tmp_path, skimag
     from training.train import TrainConfig
 
     uris, _, _ = shards_of_photos(tmp_path, skimage_dir)
-    cfg = TrainConfig(model="tiny", lr=2e-3, warmup_steps=1, max_steps=10, t_max=2, image_share=1.0,
+    cfg = TrainConfig(model="tiny", text_encoders="tiny", lr=2e-3, warmup_steps=1, max_steps=10, t_max=2, image_share=1.0,
                       checkpoint_every=0)
     out = tmp_path / "run"
     metrics = train_on_ray(cfg, uris, out, workers=2, steps=2)

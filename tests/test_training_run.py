@@ -22,7 +22,7 @@ def shards_of_photos(tmp_path, skimage_dir):
 
 
 def config(**kw) -> TrainConfig:
-    return TrainConfig(**{"model": "tiny", "lr": 2e-3, "warmup_steps": 2, "max_steps": 6, "t_max": 2,
+    return TrainConfig(**{"model": "tiny", "text_encoders": "tiny", "lr": 2e-3, "warmup_steps": 2, "max_steps": 6, "t_max": 2,
                           "image_share": 1.0, "checkpoint_every": 0, "log_every": 1, **kw})
 
 

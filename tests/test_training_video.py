@@ -75,7 +75,7 @@ def test_scenes_to_shards_to_batches_to_training_to_mp4(bikes, tmp_path):
     batch = next(iter(loader))
     assert batch.modality == "video" and sum(x.shape[0] for x in batch.latents) <= 30
 
-    cfg = TrainConfig(model="tiny", lr=1e-3, warmup_steps=1, max_steps=2, t_max=30, image_share=0.0,
+    cfg = TrainConfig(model="tiny", text_encoders="tiny", lr=1e-3, warmup_steps=1, max_steps=2, t_max=30, image_share=0.0,
                       checkpoint_every=0)
     trainer = Trainer(cfg, [shards[0].uri], tmp_path / "run")
     trainer.train(log=None)

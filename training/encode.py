@@ -70,10 +70,10 @@ def tiny_image_vae(seed: int = 0):
 def encode_image(vae, info: VaeInfo, image: Image.Image) -> np.ndarray:
     """[1, h, w, C] scaled latent (the distribution's mode) of an RGB image already at its bucket size."""
     x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0)
-    x = x.permute(2, 0, 1)[None]
+    x = x.permute(2, 0, 1)[None].to(vae.device)
     z = vae.encode(x).latent_dist.mode()
     z = (z - info.shift_factor) * info.scaling_factor
-    return z[0].permute(1, 2, 0)[None].numpy()
+    return z[0].permute(1, 2, 0)[None].float().cpu().numpy()
 
 
 def encode_images(records: Iterable[ImageRecord], vae, info: VaeInfo, *, tier: str, output: str,
@@ -167,8 +167,8 @@ def encode_video(vae, info: VaeInfo, frames: np.ndarray) -> np.ndarray:
     if (frames.shape[0] - 1) % TEMPORAL_COMPRESSION:
         raise ValueError(f"a video latent needs 4k + 1 frames, got {frames.shape[0]}")
     x = torch.from_numpy(frames.astype(np.float32) / 127.5 - 1.0).permute(3, 0, 1, 2)[None]  # 1, 3, T, H, W
-    z = vae.encode(x).latent_dist.mode() * info.scaling_factor  # 1, C, T', h, w
-    return z[0].permute(1, 2, 3, 0).numpy()
+    z = vae.encode(x.to(vae.device)).latent_dist.mode() * info.scaling_factor  # 1, C, T', h, w
+    return z[0].permute(1, 2, 3, 0).float().cpu().numpy()
 
 
 def scene_frames_at_fps(path, rec: SceneRecord, *, fps: int, max_seconds: float) -> np.ndarray:

@@ -47,6 +47,25 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     return out.flatten(-2).type_as(x)
 
 
+ROPE_SCALE_512 = (1.0, 2.0, 2.0)  # the official 512-px video configs (sides within 480–854 px)
+ROPE_SCALE_1024 = (1.0, 3.16, 3.16)  # the official Pro 1024-px configs
+ROPE_SCALE_NONE = (1.0, 1.0, 1.0)
+
+
+def rope_scale(config: CrossDiTConfig, height_px: int, width_px: int) -> tuple[float, float, float]:
+    """RoPE position scaling (angles divided per axis) as the official video models use it: (1, 2, 2) at the
+    512-px tier (both sides within 480–854 px, diffusers' ``_get_scale_factor`` rule), (1, 3.16, 3.16) at the
+    1024-px tier; none for image models, and none below 480 px (the official code has no low-res config:
+    the low-res stages train unscaled)."""
+    if not config.visual_cond:
+        return ROPE_SCALE_NONE
+    if 480 <= height_px <= 854 and 480 <= width_px <= 854:
+        return ROPE_SCALE_512
+    if max(height_px, width_px) >= 1024:
+        return ROPE_SCALE_1024
+    return ROPE_SCALE_NONE
+
+
 def patchify(x: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
     """[B, T, H, W, C] -> [B, T/pt, H/ph, W/pw, pt*ph*pw*C] with C fastest (the official order)."""
     B, T, H, W, C = x.shape

@@ -31,6 +31,9 @@ class TextBatch:
     mask: torch.Tensor  # [B, L] bool, True = real token
     pooled: torch.Tensor  # [B, in_text_dim2]
 
+    def to(self, device) -> "TextBatch":
+        return TextBatch(self.hidden.to(device), self.mask.to(device), self.pooled.to(device))
+
 
 CONTENT_TYPES = ("image", "video", "image2video", "image_edit")
 
@@ -101,6 +104,7 @@ class TinyTextEncoders(nn.Module):
             row = [256] + [b for b in data]  # a start token, so even "" has one real token
             ids[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = True
+        ids, mask = ids.to(self.embed.weight.device), mask.to(self.embed.weight.device)
         hidden = self.layer(self.embed(ids), src_key_padding_mask=~mask)
         pooled = self.pool((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
         return TextBatch(hidden, mask, pooled)

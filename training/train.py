@@ -14,10 +14,12 @@ Editing models train on instruct-editing pairs (shards with reference latents, `
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import io
 import json
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from models.registry import TINY_ENV
 from training.attention import NablaParams, nabla_enabled
 from training.conditioning import edit_input, image_to_video_input, text_to_video_input
 from training.captions import pick_caption
@@ -34,7 +37,7 @@ from training.data import Batch, LatentLoader
 from training.encode import SPATIAL_COMPRESSION
 from training.distributed import ShardedCheckpointer, init_from_env, read_rank_progress, shard_model
 from training.flow import flow_loss, sample_t
-from training.model import CrossDiT, ModelInputs
+from training.model import CrossDiT, ModelInputs, rope_scale
 from training.soup import update_ema
 from training.text import text_encoders
 
@@ -45,7 +48,7 @@ VIDEO_TASKS = {"t2i": 0.01, "t2v": 0.79, "i2v": 0.20}
 @dataclass
 class TrainConfig:
     model: str = "tiny"
-    text_encoders: str = "tiny"
+    text_encoders: str = "qwen2.5-vl+clip"  # the report's pair; tiny ones need allow_tiny
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
@@ -70,6 +73,11 @@ class TrainConfig:
     nabla: dict | None = None  # NABLA settings; None: the report's Lite 10 s {"P": 0.9, "wT": 11, "wH": 3, "wW": 3}
     nabla_when: str = "report"  # report (1024-px video, 512-px video over 5 s), always (every video) or never
     log_every: int = 10
+    device: str | None = None  # default: this rank's GPU when there is one, else cpu ("meta": the placement test)
+    precision: str = "auto"  # bf16 autocast over fp32 master weights on CUDA (auto), or "bf16" / "fp32" everywhere
+    tf32: bool = True  # TF32 matmuls and convolutions where the GPU has them (fp32 parts outside autocast)
+    compile_blocks: bool = False  # torch.compile each CrossDiT block
+    allow_tiny: bool = False  # accept the tiny random text encoders (tests, demos); real runs refuse them
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -111,18 +119,26 @@ class Trainer:
         cfg = self.cfg
         if cfg.model not in CONFIGS:
             raise ValueError(f"unknown model config {cfg.model!r}; choices: {sorted(CONFIGS)}")
+        if cfg.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+        check_tiny_allowed(cfg.text_encoders, cfg.allow_tiny)
         torch.manual_seed(cfg.seed)
         self.model_config = CONFIGS[cfg.model]
-        self.text = text_encoders(cfg.text_encoders)
+        self.dist = init_from_env()
+        self.device = rank_device(cfg.device or self.dist.device)
+        self.autocast = autocast_context(self.device, cfg.precision, cfg.tf32)
+        self.text = place_text_encoders(text_encoders(cfg.text_encoders), self.device)
         probe = self.text.encode([""])
         widths = (probe.hidden.shape[-1], probe.pooled.shape[-1])
         if widths != (self.model_config.in_text_dim, self.model_config.in_text_dim2):
             raise ValueError(f"text encoders {cfg.text_encoders!r} give widths {widths}; model {cfg.model!r} takes "
                              f"{(self.model_config.in_text_dim, self.model_config.in_text_dim2)}")
-        self.dist = init_from_env()
         if self.dist.world > 1 and not cfg.fsdp:
             raise ValueError(f"{self.dist.world} ranks: set fsdp: true (plain data parallel is not offered)")
-        self.model = CrossDiT(self.model_config)
+        self.model = CrossDiT(self.model_config).to(self.device)  # fp32 master weights; autocast computes in bf16
+        if cfg.compile_blocks:
+            for block in self.model.visual_blocks:
+                block.compile(dynamic=True)
         self.model.gradient_checkpointing = cfg.gradient_checkpointing
         self.model.offload_activations = cfg.offload_activations
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
@@ -154,11 +170,12 @@ class Trainer:
             groups.setdefault(lat.shape[0], []).append(i)
         total, weight = 0.0, 0
         for T, idx in sorted(groups.items()):
-            x0 = torch.stack([batch.latents[i] for i in idx])  # [b, T, h, w, C]
+            x0 = torch.stack([batch.latents[i] for i in idx]).to(self.device)  # [b, T, h, w, C]
             captions = [("" if self.rng.random() < self.cfg.uncond_prob
                          else pick_caption(batch.metas[i], self.cfg.caption_weights, self.rng)) for i in idx]
-            t = sample_t(len(idx), schedule=self.cfg.t_schedule, generator=self.gen)
-            noise = torch.randn(x0.shape, generator=self.gen)
+            # drawn on the CPU generator (the same run on any device), then moved
+            t = sample_t(len(idx), schedule=self.cfg.t_schedule, generator=self.gen).to(self.device)
+            noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
             loss_mask = None
             content = "video" if T > 1 else "image"  # the prompt template of the text encoder
             images = None
@@ -166,14 +183,14 @@ class Trainer:
                 content = "image2video"
                 first = x0[:, :1]
                 build = lambda x_t: image_to_video_input(x_t, first)  # noqa: E731
-                loss_mask = torch.ones(1, T, 1, 1, 1)
+                loss_mask = torch.ones(1, T, 1, 1, 1, device=self.device)
                 loss_mask[:, 0] = 0  # the clean first frame is given, not predicted
             elif c.visual_cond:
                 build = text_to_video_input
             elif c.instruct_type == "channel":
                 refs = [batch.references[i] if batch.references else None for i in idx]
                 if all(r is not None for r in refs) and self.rng.random() < self.cfg.edit_share:
-                    reference = torch.stack(refs)  # [b, 1, h, w, C] latents of the source images
+                    reference = torch.stack(refs).to(self.device)  # [b, 1, h, w, C] latents of the sources
                     build = lambda x_t: edit_input(x_t, reference)  # noqa: E731
                     content = "image_edit"
                     sources = [batch.source_images[i] if batch.source_images else None for i in idx]
@@ -183,14 +200,16 @@ class Trainer:
                     build = lambda x_t: edit_input(x_t, None)  # noqa: E731 - text-to-image on an editing model
             else:
                 build = lambda x_t: x_t  # noqa: E731
-            text = self.text.encode(captions, content, images)
+            text = self.text.encode(captions, content, images).to(self.device)
 
             def predict(x_t, tt):
                 inputs = ModelInputs(build(x_t), tt, text.hidden, text.mask, text.pooled)
-                return self.model(inputs, nabla=nabla)
+                with self.autocast():
+                    return self.model(inputs, nabla=nabla, rope_scale=scale).float()
 
-            h, w = x0.shape[2:4]
-            nabla = self.nabla if nabla_enabled(self.cfg.nabla_when, T, h * SPATIAL_COMPRESSION, w * SPATIAL_COMPRESSION) else None
+            height, width = (n * SPATIAL_COMPRESSION for n in x0.shape[2:4])
+            nabla = self.nabla if nabla_enabled(self.cfg.nabla_when, T, height, width) else None
+            scale = rope_scale(c, height, width)
 
             loss = flow_loss(predict, x0, t=t, noise=noise, loss_mask=loss_mask)
             total = total + loss * len(idx)
@@ -207,11 +226,11 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        grad_norm = _item(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         self.opt.step()
         update_ema(self.ema, self.model, decay=0.0 if self.step_num == 0 else self.cfg.ema_decay)
         self.step_num += 1
-        result = StepResult(self.step_num, float(loss.detach()), lr, grad_norm, batch.modality,
+        result = StepResult(self.step_num, _item(loss.detach()), lr, grad_norm, batch.modality,
                             sum(x[..., 0].numel() // 4 for x in batch.latents), time.perf_counter() - started)
         self.history.append(result)
         return result
@@ -278,6 +297,48 @@ class Trainer:
         trainer.rng.setstate(state["py_rng"])
         trainer.step_num = state["step"]
         return trainer
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+TINY_TEXT_ENCODERS = ("tiny", "tiny-hf")
+
+
+def check_tiny_allowed(text_encoders_name: str, allow_tiny: bool) -> None:
+    """Real training refuses the tiny random text encoders unless asked (``allow_tiny``, ``--allow-tiny``, or
+    the tests' ``CURATION_ALLOW_TINY_MODELS=1``)."""
+    if text_encoders_name in TINY_TEXT_ENCODERS and not (allow_tiny or os.environ.get(TINY_ENV) == "1"):
+        raise ValueError(f"text_encoders {text_encoders_name!r} are random test weights: set text_encoders: "
+                         f"qwen2.5-vl+clip, or allow_tiny: true (--allow-tiny) for a smoke run")
+
+
+def rank_device(name: str) -> torch.device:
+    """``cuda`` means this rank's GPU (``init_from_env`` has set it from LOCAL_RANK)."""
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def autocast_context(device: torch.device, precision: str, tf32: bool = True):
+    """A context factory: bf16 autocast (weights stay fp32) on CUDA by default or wherever ``precision`` is
+    bf16; nothing on fp32. Turns TF32 on for CUDA when ``tf32``."""
+    if device.type == "cuda" and tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not bf16:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def place_text_encoders(text, device: torch.device):
+    """The tiny encoders are a module: moved to ``device``; the Hugging Face pair loads on the stage's GPU."""
+    return text.to(device) if isinstance(text, torch.nn.Module) else text
+
+
+def _item(t: torch.Tensor) -> float:
+    """A logged scalar; NaN on ``meta`` (the placement test runs whole steps there)."""
+    return float("nan") if t.device.type == "meta" else float(t)
 
 
 def resolve_checkpoint(checkpoint: str | Path) -> Path:
