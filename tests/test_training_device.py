@@ -71,3 +71,28 @@ def test_real_training_refuses_tiny_text_encoders(monkeypatch):
     check_tiny_allowed("tiny", True)
     check_tiny_allowed("qwen2.5-vl+clip", False)
     assert TrainConfig().text_encoders == "qwen2.5-vl+clip"  # the default is the report's pair
+
+
+def test_weight_decay_skips_norms_biases_and_modulation():
+    from training.configs import TINY
+    from training.model import CrossDiT
+    from training.train import param_groups
+
+    model = CrossDiT(TINY)
+    decay, keep = param_groups(model, 0.001)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.001 and keep["weight_decay"] == 0.0
+    assert all(p.ndim == 2 and "modulation" not in names[id(p)] for p in decay["params"])
+    kept = {names[id(p)] for p in keep["params"]}
+    assert any("modulation" in n and n.endswith("weight") for n in kept)
+    assert any("norm" in n for n in kept) and any(n.endswith("bias") for n in kept)
+    assert len(decay["params"]) + len(keep["params"]) == len(list(model.parameters()))
+
+
+def test_estimate_defaults_to_one_frame_for_image_models(capsys):
+    from training.estimate import main
+
+    main(["image-lite", "--height", "1024", "--width", "1024"])
+    assert "4096 visual tokens" in capsys.readouterr().out
+    main(["video-lite"])
+    assert "47616 visual tokens" in capsys.readouterr().out

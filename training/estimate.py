@@ -68,11 +68,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("config", choices=sorted(CONFIGS))
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=768)
-    parser.add_argument("--frames", type=int, default=121, help="pixel frames (1 for images)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="pixel frames (default: 1 for the image models, 121 = 5 s for the video models)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--offload", action="store_true", help="activations offloaded to the host (o = 0)")
     args = parser.parse_args(argv)
+    if args.frames is None:
+        args.frames = 121 if CONFIGS[args.config].visual_cond else 1
     e = estimate(CONFIGS[args.config], args.config, height=args.height, width=args.width, frames=args.frames,
                  batch=args.batch, gpus=args.gpus, offload=args.offload)
     print(f"{e.config}: {e.tokens} visual tokens; step time {e.step_time:.3f} (eq. 1, relative units); "

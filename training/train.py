@@ -147,8 +147,8 @@ class Trainer:
             shard_model(self.model, self.dist, replicas=cfg.hsdp_replicas)
             shard_model(self.ema, self.dist, replicas=cfg.hsdp_replicas)
             self.checkpointer = ShardedCheckpointer(self.dist)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                                     weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                                     eps=cfg.eps)
         self.loader = LatentLoader(self.shards, t_max=cfg.t_max, image_share=cfg.image_share, seed=cfg.seed,
                                    rank=self.dist.rank, world=self.dist.world)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -301,6 +301,15 @@ class Trainer:
 
 PRECISIONS = ("auto", "bf16", "fp32")
 TINY_TEXT_ENCODERS = ("tiny", "tiny-hf")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on the weight matrices only — not on norms, biases (1-D) or the
+    modulation layers (adaLN: they set the per-sample scale and shift, decaying them biases to identity)."""
+    decay, keep = [], []
+    for name, p in model.named_parameters():
+        (keep if p.ndim < 2 or "modulation" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
 def check_tiny_allowed(text_encoders_name: str, allow_tiny: bool) -> None:
