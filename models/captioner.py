@@ -366,8 +366,9 @@ class OpenAICaptioner(Captioner):
         raise AssertionError("unreachable")
 
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Generation | GenerationError]:
-        payloads = [json.dumps(self.body(r, sampling)).encode() for r in requests]
-        return list(self._pool.map(self._with_retries, payloads))
+        # each request is encoded (JPEG + base64: CPU work that releases the GIL) on its pool thread
+        return list(self._pool.map(lambda r: self._with_retries(json.dumps(self.body(r, sampling)).encode()),
+                                   requests))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -147,7 +147,7 @@ def test_transformers_backend_captions_real_photos_through_the_runtime(engine, d
 class ChatServer:
     """A real chat-completions server on 127.0.0.1: ``/ok/v1`` answers with the tiny model's generation;
     ``/flaky/v1`` answers each distinct request first with a 500, then malformed JSON, then properly;
-    ``/down/v1`` always 500; ``/slow/v1`` answers after 3 s; ``/garbage/v1`` malformed JSON."""
+    ``/down/v1`` always 500; ``/slow/v1`` answers after 6 s; ``/garbage/v1`` malformed JSON."""
 
     def __init__(self, captioner):
         self.captioner, self.lock, self.calls, self.seen = captioner, threading.Lock(), [], {}
@@ -169,7 +169,7 @@ class ChatServer:
                 if mode == "garbage" or (mode == "flaky" and attempt == 2):
                     return self.reply(200, b'{"choices": [{"message": ')
                 if mode == "slow":
-                    time.sleep(3)
+                    time.sleep(6)
                 self.reply(200, json.dumps(server.complete(json.loads(body))).encode())
 
             def reply(self, code, payload):
@@ -221,7 +221,7 @@ def chat_server():
 
 def http_params(server: ChatServer, mode: str, **extra) -> dict:
     return {"backend": "openai", "base_url": server.url(mode), "model": "tiny-served", "api_key_env": "CAPTION_TEST_KEY",
-            "max_tokens": 8, "request_timeout_s": 1.0, "retries": 2, "retry_backoff_s": 0.01, "concurrency": 4,
+            "max_tokens": 8, "request_timeout_s": 30.0, "retries": 2, "retry_backoff_s": 0.01, "concurrency": 4,
             "russian_min_pixels": None, **extra}
 
 
@@ -261,7 +261,7 @@ def test_http_backend_retries_500s_and_malformed_json_and_never_captions_twice(e
                                                ("garbage", "bad_response")])
 def test_http_failures_are_item_errors_and_the_job_completes(engine, db_url, photos, chat_server, mode, error_class):
     chat_server.calls.clear()
-    params = http_params(chat_server, mode, retries=1, request_timeout_s=0.5)
+    params = http_params(chat_server, mode, retries=1, request_timeout_s=2.0 if mode == "slow" else 30.0)
     job_id = job(engine, photos, [{"name": "caption", "params": params},
                                   {"name": "domain", "params": {k: v for k, v in params.items()
                                                                 if k != "russian_min_pixels"}}])
