@@ -117,7 +117,7 @@ class FixedServer:
             def log_message(self, *args):
                 pass
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 self.rfile.read(int(self.headers["Content-Length"]))
                 time.sleep(latency_s)
                 self.send_response(200)

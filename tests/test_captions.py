@@ -19,8 +19,19 @@ from PIL import Image
 from sqlalchemy import text
 
 from tests.helpers import job_state, submit_spec
-from workers.caption_text import clean_caption, drop_foreign_sentences, remove_intro, strip_control
-from workers.domain import CATEGORY_LIST, CLASSES, PROMPT_TEMPLATE, domain_prompt, parse_domain
+from workers.caption_text import (
+    clean_caption,
+    drop_foreign_sentences,
+    remove_intro,
+    strip_control,
+)
+from workers.domain import (
+    CATEGORY_LIST,
+    CLASSES,
+    PROMPT_TEMPLATE,
+    domain_prompt,
+    parse_domain,
+)
 from workers.runtime import StageWorker
 
 TINY = {"backend": "transformers", "model": "qwen-vl-tiny-random", "max_pixels": 224 * 224, "max_tokens": 8}
@@ -157,7 +168,7 @@ class ChatServer:
             def log_message(self, *args):
                 pass
 
-            def do_POST(self):  # noqa: N802 - http.server's name
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 mode = self.path.strip("/").split("/")[0]
                 with server.lock:

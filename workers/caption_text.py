@@ -30,26 +30,26 @@ _VERBS_EN = (r"(?:shows|showcases|depicts|features|displays|captures|presents|po
              r"highlights|is\s+showing|is\s+depicting)")
 INTRO_EN = [
     # "The image shows", "This photograph depicts a", "The video features"
-    re.compile(rf"^(?:the|this)\s+{_MEDIA_EN}\s+{_VERBS_EN}(?:\s+that)?[\s:,]+", re.I),
+    re.compile(rf"^(?:the|this)\s+{_MEDIA_EN}\s+{_VERBS_EN}(?:\s+that)?[\s:,]+", re.IGNORECASE),
     # "The video starts with", "The clip begins by showing", "The video opens on"
-    re.compile(rf"^(?:the|this)\s+{_MEDIA_EN}\s+(?:starts|begins|opens)(?:\s+(?:with|on|by\s+showing))?[\s:,]+", re.I),
+    re.compile(rf"^(?:the|this)\s+{_MEDIA_EN}\s+(?:starts|begins|opens)(?:\s+(?:with|on|by\s+showing))?[\s:,]+", re.IGNORECASE),
     # "In this image, ", "In the video we see ", "Here we see "
     re.compile(rf"^(?:in|within)\s+(?:the|this)\s+{_MEDIA_EN}\s*,?\s*(?:(?:we|you)\s+(?:can\s+)?see\s+|there\s+(?:is|are)\s+)?",
-               re.I),
-    re.compile(r"^(?:here\s+)?(?:we|you)\s+(?:can\s+)?see\s+", re.I),
+               re.IGNORECASE),
+    re.compile(r"^(?:here\s+)?(?:we|you)\s+(?:can\s+)?see\s+", re.IGNORECASE),
     # "This is an image of", "The image is a close-up of" -> "A close-up of"
-    re.compile(rf"^(?:this|it)\s+is\s+an?\s+{_MEDIA_EN}\s+(?:of|showing|depicting)\s+", re.I),
-    re.compile(rf"^(?:the|this)\s+{_MEDIA_EN}\s+is\s+(?=an?\s)", re.I),
+    re.compile(rf"^(?:this|it)\s+is\s+an?\s+{_MEDIA_EN}\s+(?:of|showing|depicting)\s+", re.IGNORECASE),
+    re.compile(rf"^(?:the|this)\s+{_MEDIA_EN}\s+is\s+(?=an?\s)", re.IGNORECASE),
 ]
 _MEDIA_RU = r"(?:изображени[еи]|картинк[еа]|фото(?:графи[ия])?|снимк[еа]|видео(?:ролик[ае])?|кадр[еа]|сцен[еа])"
 INTRO_RU = [
     # "На изображении показан", "На этом фото изображена", "На видео мы видим"
     re.compile(rf"^на\s+(?:этом\s+|данном\s+)?{_MEDIA_RU}\s*,?\s*(?:(?:мы\s+)?(?:видим|видно)|"
-               r"(?:показан|изображен|запечатлен|представлен)[аоы]?)?[\s:,]*", re.I),
+               r"(?:показан|изображен|запечатлен|представлен)[аоы]?)?[\s:,]*", re.IGNORECASE),
     # "Изображение показывает", "Видео начинается с"
     re.compile(rf"^(?:это\s+|данное\s+)?{_MEDIA_RU}\s+(?:показывает|изображает|демонстрирует|представляет)[\s:,]+",
-               re.I),
-    re.compile(rf"^{_MEDIA_RU}\s+начинается\s+(?:с|со)\s+", re.I),
+               re.IGNORECASE),
+    re.compile(rf"^{_MEDIA_RU}\s+начинается\s+(?:с|со)\s+", re.IGNORECASE),
 ]
 INTRO = {"en": INTRO_EN, "ru": INTRO_RU}
 

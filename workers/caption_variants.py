@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from pydantic import Field
 
 from workers.caption_text import clean_caption
-from workers.captioning import CaptionerParams, CaptionerStage, prompt_version, text_sha256
+from workers.captioning import (
+    CaptionerParams,
+    CaptionerStage,
+    prompt_version,
+    text_sha256,
+)
 from workers.stage import ItemFailure, Resources, StageItem
 
 DEFAULT_LLM = "qwen2.5-vl-32b-instruct"  # the report's Qwen3-32B is served through backend openai/vllm
@@ -37,7 +42,7 @@ PROMPT = ("Rewrite the following image description as {length}. Keep only what t
           "nothing, and write it as a person would. Return it in English and in Russian, in exactly this format:\n"
           "EN: <the English description>\nRU: <the Russian description>\n\nDescription: {caption}")
 
-_PART = re.compile(r"^\s*\**(EN|RU)\**\s*[:：]\s*(.*?)\s*(?=^\s*\**(?:EN|RU)\**\s*[:：]|\Z)", re.M | re.S | re.I)
+_PART = re.compile(r"^\s*\**(EN|RU)\**\s*[:：]\s*(.*?)\s*(?=^\s*\**(?:EN|RU)\**\s*[:：]|\Z)", re.MULTILINE | re.DOTALL | re.IGNORECASE)
 
 
 def parse_bilingual(answer: str) -> tuple[str, str] | None:

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workers.stage import P, R, ItemFailure, Stage, StageConfig
+from workers.stage import ItemFailure, P, R, Stage, StageConfig
 
 DEFAULT_VLM = "qwen2.5-vl-32b-instruct"  # report §4.2 (Russian captions), §4.6 (SFT captions, domains)
 

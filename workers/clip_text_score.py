@@ -24,8 +24,8 @@ from workers.stage import ItemFailure, Resources, Stage, StageItem
 CLIP_CONTEXT = 77  # tokens of CLIP's text tower, start and end tokens included
 
 CLIP_TEXT_VIEW_COLUMNS = (
-    "CASE WHEN cts.source_caption_sha256 = encode(sha256(convert_to(cp.caption_en, 'UTF8')), 'hex')"
-    " THEN cts.clip_text_score END AS clip_text_score",)
+    ("CASE WHEN cts.source_caption_sha256 = encode(sha256(convert_to(cp.caption_en, 'UTF8')), 'hex')"
+     " THEN cts.clip_text_score END AS clip_text_score"),)
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from PIL import Image
 from pydantic import Field
 
 from curation.video import DecodedFrame
-from workers.captioning import CaptionerParams, CaptionerStage, prompt_version, scene_frame_groups
+from workers.captioning import (
+    CaptionerParams,
+    CaptionerStage,
+    prompt_version,
+    scene_frame_groups,
+)
 from workers.columns import ViewColumns
 from workers.scene_frames import FrameSampledParams, FrameSampledStage, sampled_frames
 from workers.stage import ItemFailure, Resources, StageItem
@@ -140,13 +146,13 @@ class VideoDomainStage(DomainModel, FrameSampledStage[VideoDomainParams, DomainR
     Params = VideoDomainParams
     view_columns = (ViewColumns("curated_scenes", "dm", DOMAIN_VIEW_COLUMNS),)
     batch_size = 4
-    frame_decode = {"short_side": 448}
+    frame_decode: ClassVar[dict] = {"short_side": 448}
     medium = "video"
 
     def score_frames(self, frames: list[DecodedFrame]) -> DomainResult:
         (result,) = self.classify([[Image.fromarray(f.pixels) for f in frames]])
         if isinstance(result, ItemFailure):
-            raise RuntimeError(result.message)
+            raise RuntimeError(result.message)  # noqa: TRY004 - score_frames returns a result; process() keeps the class
         return result
 
     def process(self, items: Sequence[StageItem]) -> list[DomainResult | ItemFailure]:

@@ -8,12 +8,18 @@ images, §4.2, not for scenes: default off). Same columns and table (``caption_r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from PIL import Image
 from pydantic import Field
 
 from curation.video import DecodedFrame
-from workers.caption import CAPTION_VIEW_COLUMNS, CaptionModel, CaptionParams, CaptionResult
+from workers.caption import (
+    CAPTION_VIEW_COLUMNS,
+    CaptionModel,
+    CaptionParams,
+    CaptionResult,
+)
 from workers.captioning import scene_frame_groups
 from workers.columns import ViewColumns
 from workers.scene_frames import FrameSampledParams, FrameSampledStage, sampled_frames
@@ -42,13 +48,13 @@ class VideoCaptionStage(CaptionModel, FrameSampledStage[VideoCaptionParams, Capt
     view_columns = (ViewColumns("curated_scenes", "cp", CAPTION_VIEW_COLUMNS),)
     batch_size = 4
     requires = ("video_probe",)
-    frame_decode = {"short_side": 448}
+    frame_decode: ClassVar[dict] = {"short_side": 448}
     medium = "video"
 
     def score_frames(self, frames: list[DecodedFrame]) -> CaptionResult:
         (result,) = self.caption([[Image.fromarray(f.pixels) for f in frames]], [None])
         if isinstance(result, ItemFailure):
-            raise RuntimeError(result.message)
+            raise RuntimeError(result.message)  # noqa: TRY004 - score_frames returns a result; process() keeps the class
         return result
 
     def process(self, items: Sequence[StageItem]) -> list[CaptionResult | ItemFailure]:
