@@ -267,6 +267,7 @@ class NearDuplicate(Base):
     config_id: Mapped[str] = mapped_column(Text, primary_key=True)  # of the hashes compared
     distance: Mapped[int] = mapped_column(SmallInteger, nullable=False)
     stage_version: Mapped[str] = mapped_column(Text, nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False, server_default="full")  # full | mirror | center
     created_at: Mapped[datetime] = _created()
 
 

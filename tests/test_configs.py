@@ -144,3 +144,42 @@ def test_byte_identical_copies_cost_no_stage_work(engine, db_url, tmp_path, skim
     for r in rows:
         original = originals_rows[r.uri.rsplit("/", 1)[-1].removeprefix("second-").removeprefix("copy-of-")]
         assert (r.edge_density, r.phash) == (original.edge_density, original.phash)
+
+
+def test_flipped_rotated_and_greyscale_copies_are_near_duplicates_and_the_colour_original_is_kept(
+        engine, db_url, tmp_path, skimage_dir):
+    """phash@2: a mirrored copy matches by the mirrored hash, a 3° rotation by the centre hash, a greyscale
+    copy by the full hash; the keep rule prefers the colour original over a bigger greyscale PNG, and the
+    job's keep_rule pixels_bytes (the old rule) does not."""
+    from PIL import ImageOps
+
+    folder = tmp_path / "group"
+    folder.mkdir()
+    original = Image.open(skimage_dir / "coffee.png").convert("RGB")
+    original.save(folder / "coffee.jpg", quality=90)
+    ImageOps.mirror(original).save(folder / "coffee-flipped.jpg", quality=90)
+    original.rotate(3, resample=Image.Resampling.BICUBIC).save(folder / "coffee-rotated.jpg", quality=90)
+    ImageOps.grayscale(original).convert("RGB").save(folder / "coffee-grey.png")  # same pixels, more bytes
+    for name in ("astronaut.png", "chelsea.png", "rocket.jpg"):
+        shutil.copyfile(skimage_dir / name, folder / name)
+    assert (folder / "coffee-grey.png").stat().st_size > (folder / "coffee.jpg").stat().st_size
+    colour = job(engine, folder, "colour", [{"name": "probe"}, {"name": "phash"}])
+    drain(db_url, "probe", "phash")
+    old_rule = job(engine, folder, "old rule", [{"name": "probe"}, {"name": "phash",
+                                                                  "params": {"keep_rule": "pixels_bytes"}}])
+    drain(db_url, "probe", "phash")
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT c.job_id, regexp_replace(c.uri, '^.*/', '') AS name, c.is_unique, n.kind FROM curated_images c "
+            "LEFT JOIN assets o ON o.asset_id = c.near_duplicate_of "
+            "LEFT JOIN near_duplicates n ON n.asset_id = c.asset_id AND n.other_id = c.near_duplicate_of "
+            "AND n.config_id = (SELECT config_id FROM phash_results WHERE asset_id = c.asset_id LIMIT 1)")).all()
+    unique = {(r.job_id, r.name): r.is_unique for r in rows}
+    kinds = {r.name: r.kind for r in rows if r.job_id == colour}
+    for other in ("astronaut.png", "chelsea.png", "rocket.jpg", "coffee.jpg"):
+        assert unique[(colour, other)], other
+    for copy in ("coffee-flipped.jpg", "coffee-rotated.jpg", "coffee-grey.png"):
+        assert not unique[(colour, copy)], copy
+    assert kinds["coffee-flipped.jpg"] == "mirror" and kinds["coffee-grey.png"] == "full"
+    assert kinds["coffee-rotated.jpg"] in ("center", "full")
+    assert unique[(old_rule, "coffee-grey.png")] and not unique[(old_rule, "coffee.jpg")]  # the old rule's pick

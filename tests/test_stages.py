@@ -63,7 +63,7 @@ def test_resolution_uses_the_reports_256_px_minimum(skimage_dir):
     assert stage.keep(results[0]) and stage.keep(results[1])
     from workers.probe import ProbeScores
 
-    tiny = ProbeScores("PNG", tiny_img.width, tiny_img.height, "RGB", 1, b"", 0.0)
+    tiny = ProbeScores("PNG", tiny_img.width, tiny_img.height, "RGB", 1, b"", 0.0, 1)
     (r,) = stage.process([item("x", prior={"probe": tiny})])
     assert r.short_side == 200 and not stage.keep(r)
 

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from workers.columns import ViewColumns
+from workers.phash import GREYSCALE_BELOW
 from workers.stage import builtin_stage_names, get_stage
 
 VIEWS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations" / "views"
@@ -61,16 +62,25 @@ _SKELETON = {
 -- exact duplicate: the same bytes were seen first under a lower asset id (any job, any config)
 LEFT JOIN LATERAL (SELECT min(o.asset_id) AS duplicate_of FROM probe_results o
                    WHERE o.sha256 = p.sha256 AND o.asset_id < a.asset_id) ex ON true
--- near duplicate: a neighbour within the job's phash max_distance ranks higher
--- (more pixels, then more bytes, then the lower asset id); the best-ranked asset of a group is kept
+-- near duplicate: a neighbour within the job's phash max_distance (by the full, mirrored or centre hash)
+-- ranks higher under the job's keep_rule: colour over greyscale (colourfulness >= GREY; not with keep_rule
+-- pixels_bytes), then more pixels, then more bytes, then the lower asset id; the best-ranked asset of a
+-- group is kept
 LEFT JOIN LATERAL (SELECT n.other_id AS duplicate_of, n.distance FROM near_duplicates n
                    JOIN LATERAL (SELECT * FROM probe_results y WHERE y.asset_id = n.other_id
                                  ORDER BY y.created_at DESC LIMIT 1) op ON true
+                   LEFT JOIN phash_results oh ON oh.asset_id = n.other_id AND oh.config_id = n.config_id
                    WHERE n.asset_id = a.asset_id AND n.config_id = h.config_id
                      AND n.distance <= (th.params->>'max_distance')::int
-                     AND (op.width::bigint * op.height, op.bytes, -op.asset_id)
-                       > (p.width::bigint * p.height, p.bytes, -a.asset_id)
-                   ORDER BY op.width::bigint * op.height DESC, op.bytes DESC, op.asset_id
+                     AND (CASE WHEN th.params->>'keep_rule' = 'pixels_bytes' THEN 0
+                               ELSE (coalesce(oh.colourfulness, 255) >= GREY)::int END,
+                          op.width::bigint * op.height, op.bytes, -op.asset_id)
+                       > (CASE WHEN th.params->>'keep_rule' = 'pixels_bytes' THEN 0
+                               ELSE (coalesce(h.colourfulness, 255) >= GREY)::int END,
+                          p.width::bigint * p.height, p.bytes, -a.asset_id)
+                   ORDER BY CASE WHEN th.params->>'keep_rule' = 'pixels_bytes' THEN 0
+                                 ELSE (coalesce(oh.colourfulness, 255) >= GREY)::int END DESC,
+                            op.width::bigint * op.height DESC, op.bytes DESC, op.asset_id
                    LIMIT 1) nd ON true
 -- semantic duplicate: a pair of the job's newest clustering ranks higher by the same rule
 LEFT JOIN LATERAL (SELECT dup.other_id AS duplicate_of FROM semantic_duplicates dup
@@ -169,6 +179,7 @@ def render_view(view: str, revision: str) -> str:
     if missing:
         raise ViewError(f"{view}: the skeleton needs the aliases {missing}, which no stage declares")
     select = list(skeleton["head"])
+    duplicates = skeleton["duplicates"].replace("GREY", repr(GREYSCALE_BELOW))
     for name, _, decl in decls:
         select += list(decl.columns) + [f"{decl.alias}.stage_version AS {name}_version"]
     joins = []
@@ -193,7 +204,7 @@ def render_view(view: str, revision: str) -> str:
         "JOIN sources s ON s.source_id = a.source_id",
         *_TEXT_HALF_JOINS,
         *joins,
-        skeleton["duplicates"],
+        duplicates,
         f"WHERE a.kind = '{skeleton['kind']}';",
     ]
     return "\n".join(lines) + "\n"

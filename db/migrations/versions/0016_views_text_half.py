@@ -1,6 +1,8 @@
 """The curated views with the text half's columns (captions, domain, clusters), rendered from the stage
-registry by ``python -m workers.views 0016`` (``db/migrations/views/*.0016.sql``); and the raw EXIF
-orientation of an image (``probe_results.orientation``: probe@2 measures images as displayed).
+registry by ``python -m workers.views 0016`` (``db/migrations/views/*.0016.sql``); the raw EXIF
+orientation of an image (``probe_results.orientation``: probe@2 measures images as displayed); phash@2's
+mirrored and centre hashes and colourfulness, and the comparison that found a near-duplicate pair
+(``near_duplicates.kind``: full, mirror, center).
 
 Revision ID: 0016
 Revises: 0015
@@ -28,6 +30,11 @@ def _apply(revision_: str) -> None:
 
 def upgrade() -> None:
     op.execute("ALTER TABLE probe_results ADD COLUMN orientation smallint NOT NULL DEFAULT 1")
+    # phash@2: mirrored and centre hashes (flipped copies, small rotations), colourfulness (keep colour)
+    op.execute("ALTER TABLE phash_results ADD COLUMN phash_mirror bit(64), ADD COLUMN phash_center bit(64), "
+               "ADD COLUMN colourfulness double precision")
+    op.execute("CREATE INDEX phash_results_center_hnsw_idx ON phash_results USING hnsw (phash_center bit_hamming_ops)")
+    op.execute("ALTER TABLE near_duplicates ADD COLUMN kind text NOT NULL DEFAULT 'full'")
     _apply("0016")
 
 
@@ -35,4 +42,7 @@ def downgrade() -> None:
     for view in ("curated_images", "curated_scenes"):  # they read probe_results.*: drop them around the column
         op.execute(f"DROP VIEW IF EXISTS {view}")
     op.execute("ALTER TABLE probe_results DROP COLUMN orientation")
+    op.execute("ALTER TABLE near_duplicates DROP COLUMN kind")
+    op.execute("DROP INDEX IF EXISTS phash_results_center_hnsw_idx")
+    op.execute("ALTER TABLE phash_results DROP COLUMN phash_mirror, DROP COLUMN phash_center, DROP COLUMN colourfulness")
     _apply("0013")

@@ -31,6 +31,7 @@ SELECT
     r.aspect_ratio,
     r.stage_version AS resolution_version,
     h.phash,
+    h.colourfulness,
     h.stage_version AS phash_version,
     e.edge_density,
     e.edge_mean,
@@ -135,16 +136,25 @@ LEFT JOIN LATERAL (SELECT * FROM clip_text_results x WHERE x.asset_id = a.asset_
 -- exact duplicate: the same bytes were seen first under a lower asset id (any job, any config)
 LEFT JOIN LATERAL (SELECT min(o.asset_id) AS duplicate_of FROM probe_results o
                    WHERE o.sha256 = p.sha256 AND o.asset_id < a.asset_id) ex ON true
--- near duplicate: a neighbour within the job's phash max_distance ranks higher
--- (more pixels, then more bytes, then the lower asset id); the best-ranked asset of a group is kept
+-- near duplicate: a neighbour within the job's phash max_distance (by the full, mirrored or centre hash)
+-- ranks higher under the job's keep_rule: colour over greyscale (colourfulness >= 4.0; not with keep_rule
+-- pixels_bytes), then more pixels, then more bytes, then the lower asset id; the best-ranked asset of a
+-- group is kept
 LEFT JOIN LATERAL (SELECT n.other_id AS duplicate_of, n.distance FROM near_duplicates n
                    JOIN LATERAL (SELECT * FROM probe_results y WHERE y.asset_id = n.other_id
                                  ORDER BY y.created_at DESC LIMIT 1) op ON true
+                   LEFT JOIN phash_results oh ON oh.asset_id = n.other_id AND oh.config_id = n.config_id
                    WHERE n.asset_id = a.asset_id AND n.config_id = h.config_id
                      AND n.distance <= (th.params->>'max_distance')::int
-                     AND (op.width::bigint * op.height, op.bytes, -op.asset_id)
-                       > (p.width::bigint * p.height, p.bytes, -a.asset_id)
-                   ORDER BY op.width::bigint * op.height DESC, op.bytes DESC, op.asset_id
+                     AND (CASE WHEN th.params->>'keep_rule' = 'pixels_bytes' THEN 0
+                               ELSE (coalesce(oh.colourfulness, 255) >= 4.0)::int END,
+                          op.width::bigint * op.height, op.bytes, -op.asset_id)
+                       > (CASE WHEN th.params->>'keep_rule' = 'pixels_bytes' THEN 0
+                               ELSE (coalesce(h.colourfulness, 255) >= 4.0)::int END,
+                          p.width::bigint * p.height, p.bytes, -a.asset_id)
+                   ORDER BY CASE WHEN th.params->>'keep_rule' = 'pixels_bytes' THEN 0
+                                 ELSE (coalesce(oh.colourfulness, 255) >= 4.0)::int END DESC,
+                            op.width::bigint * op.height DESC, op.bytes DESC, op.asset_id
                    LIMIT 1) nd ON true
 -- semantic duplicate: a pair of the job's newest clustering ranks higher by the same rule
 LEFT JOIN LATERAL (SELECT dup.other_id AS duplicate_of FROM semantic_duplicates dup
