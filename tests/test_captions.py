@@ -311,3 +311,22 @@ def test_the_vllm_backend_says_how_to_install_it():
 
     with pytest.raises(BackendUnavailable, match=r"gpu extra"):
         make_captioner("vllm", "qwen2.5-vl-32b-instruct")
+
+
+def test_a_stage_that_reads_a_caption_is_redone_for_another_captioner(engine, db_url, photos):
+    """clip_text_score reads the job's caption: its configuration folds in the caption's configuration,
+    so a job whose captions come from another setting scores again instead of reusing the first scores."""
+    first = [{"name": "caption", "params": TINY}, {"name": "clip_text_score", "params": {"model": "clip-tiny-random"}}]
+    job(engine, photos, first, name="first")
+    assert drain(db_url, "probe", "caption", "clip_text_score")["clip_text_score"]["items_ok"] == 3
+    job(engine, photos, first, name="same again")
+    assert drain(db_url, "probe", "caption", "clip_text_score")["clip_text_score"]["items_ok"] == 0  # reused
+    other = [{"name": "caption", "params": {**TINY, "max_tokens": 4}}, first[1]]
+    job(engine, photos, other, name="other captioner")
+    runs = drain(db_url, "probe", "caption", "clip_text_score")
+    assert runs["caption"]["items_ok"] == 3 and runs["clip_text_score"]["items_ok"] == 3
+    with engine.connect() as conn:
+        configs = conn.execute(text("SELECT DISTINCT config_id FROM clip_text_results")).scalars().all()
+        inputs = conn.execute(text("SELECT params->'_inputs'->'caption' FROM stage_configs "
+                                   "WHERE stage = 'clip_text_score'")).scalars().all()
+    assert len(configs) == 2 and all(len(i) == 1 for i in inputs) and inputs[0] != inputs[1]

@@ -274,6 +274,7 @@ class StageWorker:
         try:
             plan = with_reconnect(lambda: self._plan(lease.job_id), what="load job")
             stage, config, index = self._stage_instance(plan, lease.stage)
+            config = with_reconnect(lambda: self._with_inputs(config, stage, plan, lease.job_id), what="read inputs")
             outcome = self._run_stage(lease, plan, stage, config, index)
         except Exception as exc:  # noqa: BLE001 - a task-level failure: retried with back-off
             log.exception("task %s (%s) failed", lease.task_id, lease.stage)
@@ -284,6 +285,19 @@ class StageWorker:
         self.stats.tasks += 1
         if not outcome:
             self.stats.fenced_out += 1
+
+    def _with_inputs(self, config: StageConfig, stage: Stage, plan: _JobPlan, job_id: int) -> StageConfig:
+        """``config`` with the job's configurations of the stages it reads (``Stage.requires``) folded in."""
+        if not stage.requires:
+            return config
+        with self.engine.connect() as conn:
+            inputs = {required: job_config_ids(conn, job_id, self._required_ref(plan, required))
+                      for required in stage.requires}
+        return dataclasses.replace(config, inputs=inputs)
+
+    @staticmethod
+    def _required_ref(plan: _JobPlan, required: str) -> str:
+        return next(r for r in plan.stage_refs if get_stage(r).name == required)
 
     def _inputs(self, conn: Connection, stage: Stage, plan: _JobPlan, job_id: int, asset_ids: Sequence[int]):
         """Each asset's row (uri, parent, span) and the earlier results the stage requires, under the
@@ -297,7 +311,7 @@ class StageWorker:
         lookup = list(asset_ids) + sorted(set(parents.values()))
         priors: dict[str, dict[int, Any]] = {}
         for required in stage.requires:
-            ref = next(r for r in plan.stage_refs if get_stage(r).name == required)
+            ref = self._required_ref(plan, required)
             got = load_results(conn, get_stage(ref), lookup, job_config_ids(conn, job_id, ref))
             priors[required] = {a: got.get(a, got.get(parents.get(a, -1))) for a in asset_ids
                                 if a in got or parents.get(a) in got}
@@ -510,7 +524,8 @@ class StageWorker:
 
         def write(conn: Connection) -> int:
             record = {"c": config.config_id, "st": config.stage, "v": config.stage_version,
-                      "p": json.dumps(config.params, sort_keys=True, default=str),
+                      "p": json.dumps({**config.params, **({"_inputs": config.inputs} if config.inputs else {})},
+                                      sort_keys=True, default=str),
                       "m": json.dumps(config.models, sort_keys=True), "j": lease.job_id, "ref": lease.stage}
             for statement in _RECORD_CONFIG:
                 conn.execute(statement, record)

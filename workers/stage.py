@@ -72,18 +72,24 @@ class ItemFailure:
 
 @dataclass(frozen=True)
 class StageConfig:
-    """What makes a stored result: the stage version, the parameters that change the score, and each
-    model's weights identity (registry digest or file sha256). Results are keyed by ``config_id``: the
-    same configuration is reused, another is computed and stored beside it."""
+    """What makes a stored result: the stage version, the parameters that change the score, each
+    model's weights identity (registry digest or file sha256), and — for a stage that reads earlier
+    results (``Stage.requires``) — the configurations of those inputs in the job (``inputs``: a caption's
+    variants made from another captioner's caption are other results). Results are keyed by
+    ``config_id``: the same configuration is reused, another is computed and stored beside it."""
 
     stage: str
     stage_version: str
     params: dict[str, Any]
     models: dict[str, str]
+    inputs: dict[str, list[str]] = field(default_factory=dict)  # required stage -> its config ids in the job
 
     def canonical(self) -> str:
-        return json.dumps({"stage": self.stage, "version": self.stage_version, "params": self.params,
-                           "models": self.models}, sort_keys=True, separators=(",", ":"), default=str)
+        body: dict[str, Any] = {"stage": self.stage, "version": self.stage_version, "params": self.params,
+                                "models": self.models}
+        if self.inputs:
+            body["inputs"] = {k: sorted(v) for k, v in self.inputs.items()}
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
 
     @property
     def config_id(self) -> str:
