@@ -522,6 +522,7 @@ def encode(
     seed: int = BalanceSeedOpt,
     allow_uncaptioned: bool = typer.Option(False, "--allow-uncaptioned", help="encode rows with no caption "
                                            "(otherwise refused: an unconditional sample)"),
+    allow_tiny: bool = typer.Option(False, "--allow-tiny", help="accept --vae tiny (smoke runs)"),
 ) -> None:
     """Pre-encode a slice: nearest resolution bucket → VAE latents → tar shards of the report's sizes
     (images 1024 / 256 / 64 and scenes 16 / 4 / 1 per tar for low / medium / high); shards and latents are
@@ -538,7 +539,7 @@ def encode(
         check_predicate(where, what="--where")
     except UnsafeSQL as exc:
         _fail(str(exc), 2)
-    model, info = _vae(vae, video=view == "curated_scenes")
+    model, info = _vae(vae, video=view == "curated_scenes", allow_tiny=allow_tiny)
     try:
         result = encode_slice(_engine(), predicate=where, output=output, tier=tier, vae=model, vae_info=info,
                               job_id=job, limit=limit, view=view, max_seconds=seconds,
