@@ -232,6 +232,27 @@ def cancel(job: int = typer.Argument(..., help="job id")) -> None:
 
 
 @app.command()
+def report(
+    job: int = typer.Argument(..., help="job id"),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="the HTML file to write"),
+    max_rows: int = typer.Option(200_000, "--max-rows", help="rows of the curated view read for the plots"),
+) -> None:
+    """One self-contained HTML report of a job (plots and thumbnails inlined): the funnel of every stage,
+    score histograms with the job's thresholds, categories, buckets, sources, scene durations, kept vs
+    dropped thumbnails near each threshold, item errors by class."""
+    from curation import jobs
+    from curation.report_html import render
+
+    try:
+        page = render(_engine(), job, max_rows=max_rows)
+    except jobs.UnknownJob as exc:
+        _fail(str(exc), 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    console.print(f"job {job}: report written to {escape(str(out))} ({len(page) / 1e6:.1f} MB)")
+
+
+@app.command()
 def retry(job: int = typer.Argument(..., help="job id")) -> None:
     """Re-run only the failed and dead-lettered items of a job: their item errors are cleared and
     they are enqueued again at the stage where they failed."""
@@ -551,8 +572,11 @@ def encode(
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="training config (YAML; keys of training.train.TrainConfig)"),
+    config: Optional[Path] = typer.Argument(None, help="training config (YAML; keys of training.train.TrainConfig); "
+                                                       "overrides the recipe's keys"),
     data: str = typer.Option(..., "--data", help="folder or s3:// prefix holding the .tar shards"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="a report Table 4 stage (training/recipes): "
+                                                                "image-lite-lr … video-lite-mr-5s … video-pro-hr-10s"),
     out: Path = typer.Option(Path("runs/latest"), "--out", help="checkpoint folder (shared by all workers)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in --out"),
     steps: Optional[int] = typer.Option(None, "--steps", help="stop after this many more steps"),
@@ -568,6 +592,14 @@ def train(
     from models.registry import TINY_ENV
     from training.train import Trainer, TrainConfig, describe
 
+    from training.recipes import UnknownRecipe
+
+    if config is None and recipe is None and (not resume or ray_workers):
+        _fail("give a training config, --recipe NAME, or both", 2)
+    try:
+        cfg = TrainConfig.load(config, recipe=recipe) if (config or recipe) else None
+    except (UnknownRecipe, ValueError) as exc:
+        _fail(str(exc), 2)
     shards = [o.uri for o in storage.list_objects(data) if o.uri.endswith(".tar")]
     if not shards:
         _fail(f"no .tar shards under {data}", 1)
@@ -578,12 +610,12 @@ def train(
         from workers.supervisor import ray_init
 
         ray_init(address or Settings.from_env().ray_address, num_cpus=None)
-        metrics = train_on_ray(TrainConfig.load(config), shards, out, workers=ray_workers, use_gpu=gpu, steps=steps,
+        metrics = train_on_ray(cfg, shards, out, workers=ray_workers, use_gpu=gpu, steps=steps,
                                resume=resume)
         console.print(f"{ray_workers} Ray workers: step {metrics.get('step')}, loss {metrics.get('loss')}; "
                       f"checkpoint: {out / (out / 'latest').read_text()}")
         return
-    trainer = Trainer.resume(out, shards, out) if resume else Trainer(TrainConfig.load(config), shards, out)
+    trainer = Trainer.resume(out, shards, out) if resume else Trainer(cfg, shards, out)
     console.print(describe(trainer))
     trainer.train(steps, log=console.print)
     path = trainer.save()

@@ -4,6 +4,17 @@
 # pip command as everything else (otherwise a torchvision-dependent package swaps torch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Headless Chromium for the browser tests (report screenshot): Debian's packages, installed once, as root
+# (CI runs on a fresh machine); elsewhere the tests say what is missing.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing chromium and chromium-driver (apt) ..." >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+      || echo "bootstrap: could not install chromium; the browser tests will say so" >&2
+  else
+    echo "bootstrap: chromium is missing (apt-get install chromium chromium-driver, as root)" >&2
+  fi
+fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 stamp=$(sha256sum pyproject.toml | cut -c1-16)
