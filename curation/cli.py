@@ -572,11 +572,8 @@ def encode(
 
 @app.command()
 def train(
-    config: Optional[Path] = typer.Argument(None, help="training config (YAML; keys of training.train.TrainConfig); "
-                                                       "overrides the recipe's keys"),
+    config: Path = typer.Argument(..., help="training config (YAML; keys of training.train.TrainConfig)"),
     data: str = typer.Option(..., "--data", help="folder or s3:// prefix holding the .tar shards"),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="a report Table 4 stage (training/recipes): "
-                                                                "image-lite-lr … video-lite-mr-5s … video-pro-hr-10s"),
     out: Path = typer.Option(Path("runs/latest"), "--out", help="checkpoint folder (shared by all workers)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in --out"),
     steps: Optional[int] = typer.Option(None, "--steps", help="stop after this many more steps"),
@@ -592,14 +589,6 @@ def train(
     from models.registry import TINY_ENV
     from training.train import Trainer, TrainConfig, describe
 
-    from training.recipes import UnknownRecipe
-
-    if config is None and recipe is None and (not resume or ray_workers):
-        _fail("give a training config, --recipe NAME, or both", 2)
-    try:
-        cfg = TrainConfig.load(config, recipe=recipe) if (config or recipe) else None
-    except (UnknownRecipe, ValueError) as exc:
-        _fail(str(exc), 2)
     shards = [o.uri for o in storage.list_objects(data) if o.uri.endswith(".tar")]
     if not shards:
         _fail(f"no .tar shards under {data}", 1)
@@ -610,12 +599,12 @@ def train(
         from workers.supervisor import ray_init
 
         ray_init(address or Settings.from_env().ray_address, num_cpus=None)
-        metrics = train_on_ray(cfg, shards, out, workers=ray_workers, use_gpu=gpu, steps=steps,
+        metrics = train_on_ray(TrainConfig.load(config), shards, out, workers=ray_workers, use_gpu=gpu, steps=steps,
                                resume=resume)
         console.print(f"{ray_workers} Ray workers: step {metrics.get('step')}, loss {metrics.get('loss')}; "
                       f"checkpoint: {out / (out / 'latest').read_text()}")
         return
-    trainer = Trainer.resume(out, shards, out) if resume else Trainer(cfg, shards, out)
+    trainer = Trainer.resume(out, shards, out) if resume else Trainer(TrainConfig.load(config), shards, out)
     console.print(describe(trainer))
     trainer.train(steps, log=console.print)
     path = trainer.save()
