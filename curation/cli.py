@@ -253,6 +253,32 @@ def report(
 
 
 @app.command()
+def metrics(
+    listen: Optional[str] = typer.Option(None, "--listen", help="HOST:PORT to serve /metrics on (e.g. "
+                                         "127.0.0.1:9464) instead of printing once"),
+    window: float = typer.Option(60.0, "--window", help="seconds the *_per_second rates cover"),
+) -> None:
+    """Prometheus metrics from SQL: queue depth and oldest ready age per stage, items/s by outcome, claims/s,
+    dead letters, heartbeat lag, workers alive, seconds per item, n_dead_tup of the hot tables, oldest
+    transaction age (deploy/grafana-dashboard.json plots them)."""
+    from curation.metrics import exposition, registry
+
+    engine = _engine()
+    if listen is None:
+        sys.stdout.write(exposition(engine, window_s=window).decode())
+        return
+    from prometheus_client import start_http_server
+
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        _fail(f"--listen wants HOST:PORT, not {listen!r}")
+    start_http_server(int(port), addr=host or "127.0.0.1", registry=registry(engine, window_s=window))
+    console.print(f"serving /metrics on http://{escape(host or '127.0.0.1')}:{port}/metrics (Ctrl-C stops)")
+    while True:
+        time.sleep(3600)
+
+
+@app.command()
 def retry(job: int = typer.Argument(..., help="job id")) -> None:
     """Re-run only the failed and dead-lettered items of a job: their item errors are cleared and
     they are enqueued again at the stage where they failed."""
