@@ -1,6 +1,8 @@
-"""Helpers for migrations that extend a curated view: load an earlier revision's view text (a snapshot)
-and append columns and a LATERAL join to it. Kept tiny and append-only: migrations that ran must keep
-producing the same SQL."""
+"""Helpers for migrations that change a curated view. Since migration 0013 a view is a plain SQL file
+rendered from the stage registry (``workers/views.py``) and committed per revision
+(``views/<view>.<revision>.sql``): ``apply_views`` drops both views and creates them from a revision's
+files. Before 0013 a migration extended an earlier revision's view text (``load_revision`` +
+``extend_view``). Kept tiny and append-only: migrations that ran must keep producing the same SQL."""
 
 from __future__ import annotations
 
@@ -8,6 +10,18 @@ import importlib.util
 from pathlib import Path
 
 VERSIONS = Path(__file__).parent / "versions"
+VIEWS = Path(__file__).parent / "views"
+VIEW_NAMES = ("curated_images", "curated_scenes")
+
+
+def apply_views(op, revision: str) -> None:
+    """Drop the curated views and create them from ``views/<view>.<revision>.sql``; the read-only role
+    (migration 0012) may select them."""
+    for view in VIEW_NAMES:
+        op.execute(f"DROP VIEW IF EXISTS {view}")
+    for view in VIEW_NAMES:
+        op.execute((VIEWS / f"{view}.{revision}.sql").read_text())
+    op.execute(f"GRANT SELECT ON {', '.join(VIEW_NAMES)} TO curation_reader")
 
 
 def load_revision(file: str):

@@ -9,6 +9,7 @@ Revises: 0015
 Create Date: 2026-12-01
 """
 
+import sys
 from pathlib import Path
 
 from alembic import op
@@ -18,14 +19,8 @@ down_revision = "0015"
 branch_labels = None
 depends_on = None
 
-VIEWS = Path(__file__).resolve().parent.parent / "views"
-
-
-def _apply(revision_: str) -> None:
-    for view in ("curated_images", "curated_scenes"):
-        op.execute(f"DROP VIEW IF EXISTS {view}")
-        op.execute((VIEWS / f"{view}.{revision_}.sql").read_text())
-    op.execute("GRANT SELECT ON curated_images, curated_scenes TO curation_reader")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from view_snapshots import apply_views  # noqa: E402
 
 
 def upgrade() -> None:
@@ -35,7 +30,7 @@ def upgrade() -> None:
                "ADD COLUMN colourfulness double precision")
     op.execute("CREATE INDEX phash_results_center_hnsw_idx ON phash_results USING hnsw (phash_center bit_hamming_ops)")
     op.execute("ALTER TABLE near_duplicates ADD COLUMN kind text NOT NULL DEFAULT 'full'")
-    _apply("0016")
+    apply_views(op, "0016")
 
 
 def downgrade() -> None:
@@ -45,4 +40,4 @@ def downgrade() -> None:
     op.execute("ALTER TABLE near_duplicates DROP COLUMN kind")
     op.execute("DROP INDEX IF EXISTS phash_results_center_hnsw_idx")
     op.execute("ALTER TABLE phash_results DROP COLUMN phash_mirror, DROP COLUMN phash_center, DROP COLUMN colourfulness")
-    _apply("0013")
+    apply_views(op, "0013")

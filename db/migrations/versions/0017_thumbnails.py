@@ -8,6 +8,7 @@ Revises: 0016
 Create Date: 2026-12-01
 """
 
+import sys
 from pathlib import Path
 
 from alembic import op
@@ -17,14 +18,8 @@ down_revision = "0016"
 branch_labels = None
 depends_on = None
 
-VIEWS = Path(__file__).resolve().parent.parent / "views"
-
-
-def _apply(revision_: str) -> None:
-    for view in ("curated_images", "curated_scenes"):
-        op.execute(f"DROP VIEW IF EXISTS {view}")
-        op.execute((VIEWS / f"{view}.{revision_}.sql").read_text())
-    op.execute("GRANT SELECT ON curated_images, curated_scenes TO curation_reader")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from view_snapshots import apply_views  # noqa: E402
 
 
 def upgrade() -> None:
@@ -44,9 +39,9 @@ def upgrade() -> None:
         """
     )
     op.execute("GRANT SELECT ON thumbnail_results TO curation_reader")
-    _apply("0017")
+    apply_views(op, "0017")
 
 
 def downgrade() -> None:
-    _apply("0016")  # the 0016 views do not read thumbnail_results: drop the table after them
+    apply_views(op, "0016")  # the 0016 views do not read thumbnail_results: drop the table after them
     op.execute("DROP TABLE IF EXISTS thumbnail_results")
