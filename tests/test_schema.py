@@ -9,8 +9,14 @@ from curation.schema import Base
 
 
 def test_upgrade_is_idempotent(db_url):
+    from alembic.script import ScriptDirectory
+
+    from curation.db import alembic_config
+
     engine = make_engine(db_url, pool_size=1)
-    assert upgrade(engine) == upgrade(engine) == "0017"
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None and int(head) >= 17  # one linear chain of numbered revisions
+    assert upgrade(engine) == upgrade(engine) == head
 
 
 def test_migrated_tables_match_the_models(db_url):
