@@ -598,8 +598,11 @@ def encode(
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="training config (YAML; keys of training.train.TrainConfig)"),
+    config: Optional[Path] = typer.Argument(None, help="training config (YAML; keys of training.train.TrainConfig); "
+                                                       "overrides the recipe's keys"),
     data: str = typer.Option(..., "--data", help="folder or s3:// prefix holding the .tar shards"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="a report Table 4 stage (training/recipes): "
+                                                                "image-lite-lr … video-lite-mr-5s … video-pro-hr-10s"),
     out: Path = typer.Option(Path("runs/latest"), "--out", help="checkpoint folder (shared by all workers)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in --out"),
     steps: Optional[int] = typer.Option(None, "--steps", help="stop after this many more steps"),
@@ -613,8 +616,15 @@ def train(
     --ray-workers, sharded over a Ray cluster (FSDP/HSDP, sharded asynchronous checkpoints)."""
     from curation import storage
     from models.registry import TINY_ENV
+    from training.recipes import UnknownRecipe
     from training.train import Trainer, TrainConfig, describe
 
+    if config is None and recipe is None and (not resume or ray_workers):
+        _fail("give a training config, --recipe NAME, or both", 2)
+    try:
+        cfg = TrainConfig.load(config, recipe=recipe) if (config or recipe) else None
+    except (UnknownRecipe, ValueError) as exc:
+        _fail(str(exc), 2)
     shards = [o.uri for o in storage.list_objects(data) if o.uri.endswith(".tar")]
     if not shards:
         _fail(f"no .tar shards under {data}", 1)
@@ -625,12 +635,12 @@ def train(
         from workers.supervisor import ray_init
 
         ray_init(address or Settings.from_env().ray_address, num_cpus=None)
-        metrics = train_on_ray(TrainConfig.load(config), shards, out, workers=ray_workers, use_gpu=gpu, steps=steps,
+        metrics = train_on_ray(cfg, shards, out, workers=ray_workers, use_gpu=gpu, steps=steps,
                                resume=resume)
         console.print(f"{ray_workers} Ray workers: step {metrics.get('step')}, loss {metrics.get('loss')}; "
                       f"checkpoint: {out / (out / 'latest').read_text()}")
         return
-    trainer = Trainer.resume(out, shards, out) if resume else Trainer(TrainConfig.load(config), shards, out)
+    trainer = Trainer.resume(out, shards, out) if resume else Trainer(cfg, shards, out)
     console.print(describe(trainer))
     trainer.train(steps, log=console.print)
     path = trainer.save()
@@ -656,6 +666,9 @@ def sample(
     image: Optional[Path] = typer.Option(None, "--image", help="PNG out: the image to edit (editing model); "
                                                                ".mp4 out: the first frame (image-to-video model)"),
     use_ema: bool = typer.Option(True, "--ema/--no-ema", help="sample the EMA weights (default) or the raw ones"),
+    model_config: Optional[str] = typer.Option(None, "--model", help="with a released Kandinsky 5.0 .safetensors "
+                                                                     "checkpoint: its config (video-lite, image-lite, "
+                                                                     "image-lite-edit, video-pro)"),
     allow_tiny: bool = typer.Option(False, "--allow-tiny", help="accept --vae tiny (smoke runs)"),
 ) -> None:
     """Generate an image (PNG) or a video clip (MP4, 24 fps) from a checkpoint's EMA weights (shifted
@@ -665,7 +678,10 @@ def sample(
 
     from PIL import Image
 
-    model, cfg = load_model(checkpoint, use_ema=use_ema)
+    try:
+        model, cfg = load_model(checkpoint, use_ema=use_ema, model_config=model_config)
+    except ValueError as exc:
+        _fail(str(exc), 2)
     video = out.suffix.lower() == ".mp4"
     vae_model, info = _vae(vae, video=video, allow_tiny=allow_tiny)
     given = Image.open(image) if image is not None else None

@@ -116,7 +116,8 @@ def test_encode_a_slice_of_curated_scenes_through_the_cli(engine, db_url, bikes,
         assert r.shape[0] == 7 and r.shape[3] == 16 and r.modality == "video" and r.vae == "tiny-random-video"
         assert abs(r.scaling_factor - HUNYUAN_SCALING) < 1e-9 and r.shift_factor == 0.0
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump({"model": "tiny-i2v", "warmup_steps": 1, "t_max": 12, "image_share": 0.0,
+    cfg.write_text(yaml.safe_dump({"model": "tiny-i2v", "text_encoders": "tiny", "warmup_steps": 1, "t_max": 12,
+                                   "image_share": 0.0,
                                    "checkpoint_every": 0}))
     cli(db_url, "train", str(cfg), "--data", str(tmp_path / "shards"), "--out", str(tmp_path / "run"), "--steps", "1")
     cli(db_url, "sample", str(tmp_path / "run"), "--prompt", "bikes", "--vae", "tiny", "--out",

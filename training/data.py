@@ -5,6 +5,12 @@ trainer's side fills one queue per (modality, aspect bucket) and forms each batc
 popping latents until the sum of their temporal lengths reaches ``t_max``. Images are videos of length
 1 but always come in image-only batches; ``image_share`` sets the share of image steps.
 
+``bucket_probs`` (a recipe's resolution probabilities, report Table 4: ``{"512x768": 0.25, …}`` in pixels)
+makes each batch's bucket a seeded draw: the modality first (``image_share``), then a bucket with the
+recipe's probabilities among that modality's buckets that can still fill a batch this epoch (the shard
+indices say what is left), and shards are read until that bucket's queue holds a batch. Without it, the
+first ready queue is taken (as the shards arrive).
+
 Shards are split across ``rank``/``world`` (and data-loader workers) after the seeded shuffle, so the
 order is deterministic for a seed. ``state_dict()`` captures the epoch, the shards consumed, the keys
 waiting in each queue and the RNG; ``load_state_dict()`` resumes mid-epoch and yields exactly the batches
@@ -57,7 +63,8 @@ class _Item:
 
 class LatentLoader:
     def __init__(self, shards: Sequence[str], *, t_max: int, image_share: float = 0.5, seed: int = 0,
-                 rank: int = 0, world: int = 1, prefetch: int = 4, drop_last: bool = False):
+                 rank: int = 0, world: int = 1, prefetch: int = 4, drop_last: bool = False,
+                 bucket_probs: dict[str, float] | None = None):
         if t_max < 1:
             raise ValueError("t_max must be >= 1")
         if not 0.0 <= image_share <= 1.0:
@@ -66,8 +73,18 @@ class LatentLoader:
         self.t_max, self.image_share, self.seed = t_max, image_share, seed
         self.rank, self.world, self.prefetch, self.drop_last = rank, world, prefetch, drop_last
         self._state = {"epoch": 0, "shards_done": 0, "queued": {}, "rng": None, "batches": 0}
+        self._contents: dict[str, tuple[str, int]] = {}  # shard → (queue name, latent frames it holds)
         for uri in self.shards:  # fail early, naming the file, if an index is missing or unreadable
-            read_index(uri)
+            index = read_index(uri)
+            bucket = index.get("bucket") or [0, 0]
+            self._contents[uri] = (f"{index.get('modality')}:{bucket[0]}x{bucket[1]}",
+                                   sum(int(s["shape"][0]) for s in index.get("samples", [])))
+        self.bucket_probs = _check_probs(bucket_probs) if bucket_probs else None
+        if self.bucket_probs:
+            held = {q.split(":")[1] for q, _ in self._contents.values()}
+            if not held & set(self.bucket_probs):
+                raise ValueError(f"no shard holds a bucket of the resolution probabilities {sorted(self.bucket_probs)}; "
+                                 f"the shards hold {sorted(held)}")
 
     # --- order ---------------------------------------------------------------------------------
 
@@ -121,7 +138,8 @@ class LatentLoader:
         try:
             while True:
                 want_image = rng.random() < self.image_share
-                name = self._ready_queue(queues, want_image)
+                target = self._draw_bucket(rng, want_image, queues, order[state["shards_done"]:])
+                name = self._ready_queue(queues, want_image, target)
                 while name is None and not exhausted:
                     got = loaded.get()
                     if got is None:
@@ -135,9 +153,12 @@ class LatentLoader:
                         qname = f"{s.meta['modality']}:{bucket[0]}x{bucket[1]}"
                         queues.setdefault(qname, deque()).append(_Item(uri, s))
                     state["shards_done"] += 1
-                    name = self._ready_queue(queues, want_image)
+                    name = self._ready_queue(queues, want_image, target)
                 if name is None:  # end of the epoch: what is left, as partial batches
-                    name = next((q for q, items in queues.items() if items), None)
+                    if target is not None and queues.get(target):
+                        name = target
+                    else:
+                        name = next((q for q, items in queues.items() if items), None)
                     if name is None or self.drop_last:
                         break
                 batch = self._pop_batch(queues[name], name)
@@ -160,8 +181,28 @@ class LatentLoader:
             return any(sum(i.frames for i in items) >= self.t_max for items in queues.values())
         return any(queues.values())
 
-    def _ready_queue(self, queues, want_image: bool) -> str | None:
-        """The queue (of the wanted modality if it has one ready, else any) holding a full batch."""
+    def _draw_bucket(self, rng: random.Random, want_image: bool, queues, unread: list[str]) -> str | None:
+        """The queue this batch comes from, drawn with ``bucket_probs`` among the buckets (of the wanted
+        modality if it has any, else of the other) that still hold a full batch in the queues and unread
+        shards; None without ``bucket_probs`` or when no bucket can fill a batch (end of the epoch)."""
+        if not self.bucket_probs:
+            return None
+        left: dict[str, int] = {q: sum(i.frames for i in items) for q, items in queues.items()}
+        for uri in unread:
+            q, frames = self._contents[uri]
+            left[q] = left.get(q, 0) + frames
+        full = sorted(q for q, n in left.items() if n >= self.t_max and self.bucket_probs.get(q.split(":")[1], 0) > 0)
+        if not full:
+            return None
+        preferred = [q for q in full if q.startswith("image:") == want_image] or full
+        weights = [self.bucket_probs[q.split(":")[1]] for q in preferred]
+        return rng.choices(preferred, weights=weights)[0]
+
+    def _ready_queue(self, queues, want_image: bool, target: str | None = None) -> str | None:
+        """The queue holding a full batch: ``target`` when drawn, else the first ready one of the wanted
+        modality if it has one, else any."""
+        if target is not None:
+            return target if sum(i.frames for i in queues.get(target, ())) >= self.t_max else None
         ready = [q for q, items in queues.items() if sum(i.frames for i in items) >= self.t_max]
         preferred = [q for q in ready if q.startswith("image:") == want_image]
         return (preferred or ready or [None])[0]
@@ -197,6 +238,20 @@ class LatentLoader:
                     found[(shard, s.key)] = s
         for qname, items in queued.items():
             queues[qname] = deque(_Item(shard, found[(shard, key)]) for shard, key in items)
+
+
+def _check_probs(probs: dict[str, float]) -> dict[str, float]:
+    """Resolution probabilities keyed ``"HxW"`` (pixels), non-negative, summing to 1 (±1e-3: Table 4's rows
+    are rounded)."""
+    out = {}
+    for key, p in probs.items():
+        h, _, w = str(key).partition("x")
+        if not (h.isdigit() and w.isdigit()) or p < 0:
+            raise ValueError(f"resolution probability {key!r}: {p!r}; expected 'HEIGHTxWIDTH': p >= 0")
+        out[f"{int(h)}x{int(w)}"] = float(p)
+    if abs(sum(out.values()) - 1.0) > 1e-3:
+        raise ValueError(f"resolution probabilities sum to {sum(out.values()):.4f}, not 1")
+    return out
 
 
 def _rng_to_json(state) -> list:

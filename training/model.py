@@ -9,14 +9,24 @@ time embedding (9 vectors per block, 6 per LTF block). Q and K are RMS-normalise
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.attention import NablaParams, check_nabla_geometry, fractal_flatten, fractal_unflatten, nabla_attention
+from training.attention import (
+    BLOCK,
+    NablaParams,
+    check_nabla_geometry,
+    fractal_flatten,
+    fractal_unflatten,
+    nabla_attention,
+    nabla_block_mask,
+    sparse_attention,
+)
 from training.configs import CrossDiTConfig
 
 
@@ -117,7 +127,9 @@ class Attention(nn.Module):
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(*x.shape[:2], self.heads, self.head_dim)
 
-    def forward(self, x, context=None, rope_q=None, rope_k=None, key_mask=None, nabla=None, grid=None):
+    def forward(self, x, context=None, rope_q=None, rope_k=None, key_mask=None, nabla=None, grid=None, packing=None):
+        if packing is not None:
+            return self._packed(x, context, rope_q, key_mask, nabla, packing)
         context = x if context is None else context
         q = self.query_norm(self._split(self.to_query(x)).float()).type_as(x)
         k = self.key_norm(self._split(self.to_key(context)).float()).type_as(x)
@@ -131,6 +143,68 @@ class Attention(nn.Module):
             attn_mask = None if key_mask is None else key_mask[:, None, None, :]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.out_layer(out.transpose(1, 2).flatten(2))
+
+
+    def _packed(self, x, context, rope, key_mask, nabla, packing: "Packing"):
+        """Attention of a packed sequence x [1, S, d] of several samples (``packing.lengths`` tokens each,
+        contiguous). Self-attention (``context`` None) is block-diagonal — a token sees only its own sample:
+        with NABLA, each sample's NABLA block mask placed on the diagonal of one block mask (the document
+        mask composed with NABLA's) and one block-sparse call; dense, one SDPA per sample's span (what a
+        varlen kernel does). Cross-attention: each sample's tokens attend to its own text row of
+        ``context`` [n, L, d] under ``key_mask`` [n, L]."""
+        spans = packing.spans()
+        q = self.query_norm(self._split(self.to_query(x)).float()).type_as(x)
+        if context is not None:
+            k = self.key_norm(self._split(self.to_key(context)).float()).type_as(x)  # [n, L, heads, D]
+            v = self._split(self.to_value(context))
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            outs = [F.scaled_dot_product_attention(q[:, :, a:b], k[i:i + 1], v[i:i + 1],
+                                                   attn_mask=key_mask[i:i + 1, None, None, :])
+                    for i, (a, b) in enumerate(spans)]
+        else:
+            k = self.key_norm(self._split(self.to_key(x)).float()).type_as(x)
+            v = self._split(self.to_value(x))
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [1, heads, S, D]
+            if nabla is not None:
+                blocks = [nabla_block_mask(q[:, :, a:b].detach(), k[:, :, a:b].detach(), grid, nabla)
+                          for (a, b), grid in zip(spans, packing.grids)]
+                self.last_block_mask = _block_diagonal(blocks)
+                outs = [sparse_attention(q, k, v, self.last_block_mask)]
+            else:
+                outs = [F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b]) for a, b in spans]
+        out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+        return self.out_layer(out.transpose(1, 2).flatten(2))
+
+
+def _block_diagonal(masks: list[torch.Tensor]) -> torch.Tensor:
+    """Block masks [1, heads, n_i, n_i] of the samples of a pack → [1, heads, N, N], N = Σ n_i, False off
+    the diagonal blocks (the document mask)."""
+    sizes = [m.shape[-1] for m in masks]
+    out = masks[0].new_zeros(1, masks[0].shape[1], sum(sizes), sum(sizes))
+    a = 0
+    for m, n in zip(masks, sizes):
+        out[..., a:a + n, a:a + n] = m
+        a += n
+    return out
+
+
+@dataclass
+class Packing:
+    """Where each sample of a packed sequence lies: ``lengths`` visual tokens per sample (in order), their
+    token grids (T', H', W'), and ``segment`` [S] the sample index of every token."""
+
+    lengths: list[int]
+    grids: list[tuple[int, int, int]]
+    segment: torch.Tensor = field(repr=False)
+
+    def spans(self) -> list[tuple[int, int]]:
+        ends = list(itertools.accumulate(self.lengths))
+        return [(e - n, e) for n, e in zip(self.lengths, ends)]
+
+    def per_token(self, mod: torch.Tensor) -> torch.Tensor:
+        """A per-sample modulation vector [n, 1, d] → per token [1, S, d]."""
+        return mod[:, 0].index_select(0, self.segment)[None]
 
 
 class FeedForward(nn.Module):
@@ -173,13 +247,16 @@ class CrossDiTBlock(nn.Module):
         self.cross_attention = Attention(c.model_dim, c.head_dim)
         self.feed_forward = FeedForward(c.model_dim, c.ff_dim)
 
-    def forward(self, x, text, temb, rope, text_mask, nabla=None, grid=None):
-        (sa_shift, sa_scale, sa_gate, ca_shift, ca_scale, ca_gate,
-         ff_shift, ff_scale, ff_gate) = self.modulation(temb)
+    def forward(self, x, text, temb, rope, text_mask, nabla=None, grid=None, packing=None):
+        mods = self.modulation(temb)
+        if packing is not None:  # one sample's time embedding per token
+            mods = [packing.per_token(m) for m in mods]
+        sa_shift, sa_scale, sa_gate, ca_shift, ca_scale, ca_gate, ff_shift, ff_scale, ff_gate = mods
         out = self.self_attention(modulate(self.norm(x), sa_shift, sa_scale), rope_q=rope, rope_k=rope,
-                                  nabla=nabla, grid=grid)
+                                  nabla=nabla, grid=grid, packing=packing)
         x = gated(x, sa_gate, out)
-        out = self.cross_attention(modulate(self.norm(x), ca_shift, ca_scale), context=text, key_mask=text_mask)
+        out = self.cross_attention(modulate(self.norm(x), ca_shift, ca_scale), context=text, key_mask=text_mask,
+                                   packing=packing)
         x = gated(x, ca_gate, out)
         out = self.feed_forward(modulate(self.norm(x), ff_shift, ff_scale))
         return gated(x, ff_gate, out)
@@ -207,6 +284,18 @@ class ModelInputs:
     bool (True = a real token); ``pooled``: [B, in_text_dim2]."""
 
     x: torch.Tensor
+    t: torch.Tensor
+    text: torch.Tensor
+    text_mask: torch.Tensor
+    pooled: torch.Tensor
+
+
+@dataclass
+class PackedInputs:
+    """Several samples of one bucket, any lengths, for ``CrossDiT.forward_packed``: ``xs`` [T_i, H, W, Cin]
+    each; ``t`` [n]; ``text`` [n, L, in_text_dim] with ``text_mask`` [n, L]; ``pooled`` [n, in_text_dim2]."""
+
+    xs: list[torch.Tensor]
     t: torch.Tensor
     text: torch.Tensor
     text_mask: torch.Tensor
@@ -281,6 +370,56 @@ class CrossDiT(nn.Module):
         out = self.out_layer(modulate(self.out_norm(vis), shift, scale))
         out = fractal_unflatten(out, *grid) if nabla is not None else out.reshape(B, *grid, -1)
         return unpatchify(out, c.patch_size, c.out_visual_dim)
+
+    def forward_packed(self, inputs: "PackedInputs", *, nabla: NablaParams | None = None,
+                       rope_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> list[torch.Tensor]:
+        """One forward over several samples of different lengths packed into one sequence (issue 11 §4).
+        Returns each sample's velocity [T_i, H, W, out_visual_dim]; equal to ``forward`` on each sample
+        alone: RoPE positions restart per sample, every token is modulated by its own sample's time
+        embedding, self-attention is block-diagonal (composed with NABLA's block mask when on), and
+        cross-attention reads the sample's own text."""
+        c = self.config
+        n = len(inputs.xs)
+        temb = self.time_embedding(inputs.t) + self.pooled_text_embedding(inputs.pooled)  # [n, time_dim]
+        text = self.text_embedding(inputs.text)
+        device = inputs.xs[0].device
+        text_rope = rope_angles(torch.arange(text.shape[1], device=device), c.head_dim)
+        for block in self.text_blocks:
+            text = self._run(block, text, temb, text_rope, inputs.text_mask)
+
+        pt, ph, pw = c.patch_size
+        tokens, ropes, grids = [], [], []
+        for x in inputs.xs:
+            T, H, W, _ = x.shape
+            grid = (T // pt, H // ph, W // pw)
+            vis = self.visual_embedding(patchify(x[None], c.patch_size))  # [1, T', H', W', d]
+            rope = rope_3d(*grid, c.axes_dims, rope_scale, device=device)
+            if nabla is not None:
+                check_nabla_geometry(*grid)
+                tokens.append(fractal_flatten(vis))
+                ropes.append(fractal_flatten(rope[None])[0])
+            else:
+                tokens.append(vis.flatten(1, 3))
+                ropes.append(rope.flatten(0, 2))
+            grids.append(grid)
+        lengths = [v.shape[1] for v in tokens]
+        if nabla is not None and any(L % BLOCK for L in lengths):
+            raise ValueError(f"NABLA packs need samples of whole {BLOCK}-token blocks, got {lengths}")
+        packing = Packing(lengths, grids, torch.repeat_interleave(torch.arange(n, device=device),
+                                                                  torch.tensor(lengths, device=device),
+                                                                  output_size=sum(lengths)))
+        vis, rope = torch.cat(tokens, dim=1), torch.cat(ropes, dim=0)
+        for block in self.visual_blocks:
+            vis = self._run(block, vis, text, temb, rope, inputs.text_mask, nabla, None, packing)
+
+        shift, scale = (packing.per_token(m) for m in self.out_modulation(temb))
+        out = self.out_layer(modulate(self.out_norm(vis), shift, scale))
+        results = []
+        for (a, b), grid in zip(packing.spans(), grids):
+            seg = out[:, a:b]
+            seg = fractal_unflatten(seg, *grid) if nabla is not None else seg.reshape(1, *grid, -1)
+            results.append(unpatchify(seg, c.patch_size, c.out_visual_dim)[0])
+        return results
 
     def _run(self, block, *args):
         """A block, with per-block activation checkpointing when enabled: only the block's inputs are
