@@ -28,9 +28,22 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(checkpoint: str | Path, *, use_ema: bool = True, device=None) -> tuple[CrossDiT, dict]:
+def load_model(checkpoint: str | Path, *, use_ema: bool = True, device=None,
+               model_config: str | None = None) -> tuple[CrossDiT, dict]:
     """The model of a checkpoint file, a sharded (FSDP) checkpoint folder, or a run folder (its latest): the
-    EMA weights (``use_ema``, the default) or the raw ones, on ``device`` (default: the GPU if any)."""
+    EMA weights (``use_ema``, the default) or the raw ones, on ``device`` (default: the GPU if any). A released
+    Kandinsky 5.0 ``.safetensors`` file (``training.official``) loads strictly into ``model_config``, with the
+    default training settings (the report's text encoders, NABLA as the report)."""
+    if str(checkpoint).endswith(".safetensors"):
+        import dataclasses
+
+        from training.official import load_official
+        from training.train import TrainConfig
+
+        if model_config not in CONFIGS:
+            raise ValueError(f"an official checkpoint needs its model config, one of {sorted(CONFIGS)}")
+        model = load_official(CrossDiT(CONFIGS[model_config]), checkpoint)
+        return model.to(device or default_device()).eval(), dataclasses.asdict(TrainConfig(model=model_config))
     state = load_checkpoint(checkpoint)
     model = CrossDiT(CONFIGS[state["model_config"]])
     model.load_state_dict(state["ema" if use_ema else "model"])
