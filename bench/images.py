@@ -80,15 +80,90 @@ def pipeline(uris: list[str], stages, clock: dict) -> int:
     return n
 
 
+def fused(uris: list[str], stages, clock: dict) -> int:
+    """The same four stages as a fused pass runs them (``workers.runtime._Media``): one read, the probe's
+    full decode, and a reduced view of it (``workers.stage.reduced_view``) for phash and edges."""
+    from workers.runtime import _Media
+
+    probe, resolution, phash, edges = stages
+    n = 0
+    for i, uri in enumerate(uris):
+        media = _Media(uri)
+        item = StageItem(i, uri)
+        t0 = time.perf_counter()
+        media.fill(item, probe, None)
+        clock["io"] += time.perf_counter() - t0
+        (p,) = probe.process([item])
+        if isinstance(p, ItemFailure):
+            continue
+        clock["decode"] += p.decode_ms / 1000
+        media.full = item.image
+        (r,) = resolution.process([StageItem(i, uri, prior={"probe": p})])
+        if not resolution.keep(r):
+            continue
+        for stage in (phash, edges):
+            item = StageItem(i, uri, prior={"probe": p})
+            t0 = time.perf_counter()
+            media.fill(item, stage, p)
+            clock["decode"] += time.perf_counter() - t0
+            stage.process([item])
+        n += 1
+    return n
+
+
+def _rate_in_processes(kind: str, uris: list[str], procs: int) -> float:
+    """Images/s of ``kind`` (decode-only, pipeline, fused) with ``procs`` processes, each on its share."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    shares = [uris[i::procs] for i in range(procs)]
+    start = ctx.Barrier(procs + 1)
+    workers = [ctx.Process(target=_one_process, args=(kind, share, start)) for share in shares]
+    for w in workers:
+        w.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for w in workers:
+        w.join()
+    return len(uris) / (time.perf_counter() - t0)
+
+
+_STAGES = None
+
+
+def _stages():
+    global _STAGES
+    if _STAGES is None:
+        _STAGES = (ProbeStage(), ResolutionStage(), PhashStage(), EdgesStage())
+        _STAGES[3].setup()
+    return _STAGES
+
+
+def _run(kind: str, uris: list[str]) -> None:
+    clock = {"io": 0.0, "decode": 0.0}
+    if kind == "decode-only":
+        decode_only(uris)
+    else:
+        (pipeline if kind == "pipeline" else fused)(uris, _stages(), clock)
+
+
+def _one_process(kind: str, uris: list[str], start) -> None:
+    _run(kind, uris[:3])  # warm-up
+    start.wait()
+    _run(kind, uris)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--processes", type=int, default=2, help="also run each variant in this many processes")
+    ap.add_argument("--no-models", action="store_true", help="skip the model stages")
     args = ap.parse_args()
     uris = photos()
     stages = (ProbeStage(), ResolutionStage(), PhashStage(), EdgesStage())
     stages[3].setup()
     pipeline(uris[:5], stages, {"io": 0.0, "decode": 0.0})  # warm-up (imports, torch)
-    d_rates, p_rates, shares = [], [], []
+    d_rates, p_rates, shares, f_rates, f_shares = [], [], [], [], []
     for _ in range(args.runs):
         t0 = time.perf_counter()
         decode_only(uris)
@@ -99,14 +174,27 @@ def main() -> None:
         total = time.perf_counter() - t0
         p_rates.append(len(uris) / total)
         shares.append((clock["io"] + clock["decode"]) / total)
-    d, p = statistics.median(d_rates), statistics.median(p_rates)
+        clock = {"io": 0.0, "decode": 0.0}
+        t0 = time.perf_counter()
+        fused(uris, stages, clock)
+        total = time.perf_counter() - t0
+        f_rates.append(len(uris) / total)
+        f_shares.append((clock["io"] + clock["decode"]) / total)
+    d, p, f = statistics.median(d_rates), statistics.median(p_rates), statistics.median(f_rates)
     print(f"{len(uris)} real photos ({sum(Path(u).stat().st_size for u in uris) / 2**20:.0f} MiB), {args.runs} runs, one process")
     print(f"decode-only  {d:8.1f} images/s")
-    print(f"pipeline     {p:8.1f} images/s  (probe → resolution → phash → edges)")
-    print(f"ratio pipeline / decode-only: {p / d:.2f}")
-    print(f"pipeline time reading + decoding: {statistics.median(shares) * 100:.0f} %, stage compute: "
-          f"{(1 - statistics.median(shares)) * 100:.0f} %")
-    model_stages(uris)
+    print(f"pipeline     {p:8.1f} images/s  (probe → resolution → phash → edges, a task per stage)  "
+          f"ratio {p / d:.2f}; reading + decoding {statistics.median(shares) * 100:.0f} %")
+    print(f"fused        {f:8.1f} images/s  (the same stages as one fused pass)  ratio {f / d:.2f}; "
+          f"reading + decoding {statistics.median(f_shares) * 100:.0f} %")
+    if args.processes > 1:
+        rates = {k: statistics.median(_rate_in_processes(k, uris, args.processes) for _ in range(args.runs))
+                 for k in ("decode-only", "pipeline", "fused")}
+        print(f"{args.processes} processes: decode-only {rates['decode-only']:.1f}, pipeline {rates['pipeline']:.1f} "
+              f"(ratio {rates['pipeline'] / rates['decode-only']:.2f}), fused {rates['fused']:.1f} "
+              f"(ratio {rates['fused'] / rates['decode-only']:.2f}) images/s")
+    if not args.no_models:
+        model_stages(uris)
 
 
 def model_stages(uris: list[str]) -> None:

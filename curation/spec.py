@@ -130,6 +130,10 @@ class JobSpec(BaseModel):
                                  "forced at each window edge); 0: never"
     )
     max_attempts: int = Field(5, ge=1, le=100)
+    fuse_cpu_stages: bool = Field(
+        True, description="image: consecutive model-free CPU stages (e.g. probe → resolution → phash → edges) run "
+                          "as one pass per task on one read and one full decode of each file; false: a task per stage"
+    )
     export: ExportSpec | None = None
 
     @model_validator(mode="after")

@@ -32,8 +32,9 @@ def few_photos(tmp_path, skimage_dir):
 
 
 def job(engine, folder, name, stages):
+    # a task per stage, so each stage's counters show (fused passes: tests/test_fused_stages.py)
     return submit_spec(engine, {"name": name, "modality": "image", "source": {"uri": str(folder), "name": "few"},
-                                "stages": stages, "chunk_size": 8})
+                                "stages": stages, "chunk_size": 8, "fuse_cpu_stages": False})
 
 
 def test_stage_config_identity():
@@ -130,7 +131,7 @@ def test_byte_identical_copies_cost_no_stage_work(engine, db_url, tmp_path, skim
     drain(db_url, "probe", "phash", "edges")
     second = submit_spec(engine, {"name": "copies", "modality": "image", "source": {"uri": str(folder / "b"),
                                                                                    "name": "mirror"},
-                                  "stages": stages, "chunk_size": 8})
+                                  "stages": stages, "chunk_size": 8, "fuse_cpu_stages": False})
     runs = drain(db_url, "probe", "phash", "edges")
     assert runs["probe"]["items_ok"] == 4  # the probe hashes the bytes: the one stage that reads the copies
     assert runs["phash"]["reused"] == 4 and runs["edges"]["reused"] == 4

@@ -67,10 +67,13 @@ class ProbeStage(Stage[ProbeParams, ProbeScores]):
         try:
             header = read_header(data, max_pixels=self.params.max_pixels, what=what)
             started = time.perf_counter()
-            decode_image(data, max_pixels=self.params.max_pixels, timeout_s=self.params.decode_timeout_s, what=what)
+            image = decode_image(data, max_pixels=self.params.max_pixels, timeout_s=self.params.decode_timeout_s,
+                                 what=what)
             decode_ms = (time.perf_counter() - started) * 1000.0
         except MediaError as exc:
             return ItemFailure(exc.error_class, str(exc))
+        if item.keep_image:  # a fused pass: the stages after the probe share this, the only full decode
+            item.image = image
         return ProbeScores(
             format=header.format, width=header.width, height=header.height, mode=header.mode, bytes=len(data),
             sha256=hashlib.sha256(data).digest(), decode_ms=round(decode_ms, 3), orientation=header.orientation,

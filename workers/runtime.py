@@ -48,7 +48,7 @@ from curation.result_tables import result_table
 from curation.schema import Base
 from curation.spec import JobSpec
 from curation.storage import StorageError
-from workers.stage import ItemFailure, Span, Stage, StageConfig, StageItem, get_stage
+from workers.stage import ItemFailure, Span, Stage, StageConfig, StageItem, get_stage, reduced_view
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,31 @@ def job_config_ids(conn: Connection, job_id: int, stage_ref: str) -> list[str]:
                              {"j": job_id, "s": stage_ref}).scalars())
 
 
+def fusable(spec: JobSpec, index: int) -> bool:
+    """Whether the job's stage ``index`` may run inside a fused pass: an image stage on the CPU that loads
+    no model (``Stage.model_free``), takes at most the bytes, the decoded image and earlier results, and
+    creates no assets (video stages, scene splits and model stages keep their own pools and tasks)."""
+    cls = get_stage(spec.stages[index].name)
+    if spec.modality != "image" or "image" not in cls.modalities:
+        return False
+    if cls.resources.gpus > 0 or (spec.stages[index].gpus or 0) > 0 or cls.needs_path:
+        return False
+    if cls.children_field is not None or cls.windowed or cls.embedding_model_param is not None:
+        return False
+    return cls.model_free(spec.stage_params(index))
+
+
+def fused_refs(spec: JobSpec, index: int) -> list[str]:
+    """The stages a task of the job's stage ``index`` runs: that stage and the fusable stages right
+    after it when the job fuses (``fuse_cpu_stages``) and the stage itself is fusable; else the stage alone."""
+    refs = [s.name for s in spec.stages]
+    end = index + 1
+    if spec.fuse_cpu_stages and fusable(spec, index):
+        while end < len(refs) and fusable(spec, end):
+            end += 1
+    return refs[index:end]
+
+
 _CONTENT_TWINS = (  # {table}: the stage's result table (a name from the stage class, not user input)
     """
     -- for each asset, another asset with the same content that has a result under the config:
@@ -124,6 +149,85 @@ _CONTENT_TWINS = (  # {table}: the stage's result table (a name from the stage c
         LIMIT 1) donor
     """
 )
+
+
+_TWINS_BY_SHA = (  # {table}: the stage's result table (a name from the stage class, not user input)
+    """
+    SELECT DISTINCT ON (op.sha256) op.sha256, op.asset_id AS donor
+    FROM probe_results op
+    WHERE op.sha256 = ANY(:shas) AND op.asset_id <> ALL(:ids)
+      AND EXISTS (SELECT 1 FROM {table} r WHERE r.asset_id = op.asset_id AND r.config_id = :c)
+    ORDER BY op.sha256, op.asset_id
+    """
+)
+
+
+@dataclass
+class _Step:
+    """One stage of a fused pass and what it has read and computed for the task."""
+
+    ref: str
+    stage: Stage
+    config: StageConfig
+    index: int
+    done: dict[int, Any] = dataclasses.field(default_factory=dict)
+    failed: set[int] = dataclasses.field(default_factory=set)
+    twins: dict[int, Any] = dataclasses.field(default_factory=dict)
+    outside: dict[str, dict[int, Any]] = dataclasses.field(default_factory=dict)
+    results: dict[int, Any] = dataclasses.field(default_factory=dict)  # what the completion writes
+
+
+class _Media:
+    """One file of a fused pass: read once, decoded fully once — by the probe (``StageItem.keep_image``),
+    or here by the first stage that needs the image — and a stage that asks for less than full size
+    (``Stage.image_draft_size``) gets ``reduced_view`` of that decode: the very image a task of its own
+    gives it (``StageWorker._fetch_batch``), so fused and unfused results are equal."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.data: bytes | ItemFailure | None = None
+        self.full: Any = None
+        self.views: dict[int | None, Any] = {}
+
+    def read(self) -> bytes | ItemFailure:
+        if self.data is None:
+            try:
+                self.data = storage.read_bytes(self.uri)
+            except StorageError as exc:
+                self.data = ItemFailure(exc.error_class, str(exc))
+        return self.data
+
+    def fill(self, item: StageItem, stage: Stage, probe: Any) -> ItemFailure | None:
+        """Give ``item`` what ``stage`` declares (as ``StageWorker._fetch_batch`` does); an ItemFailure
+        when the file cannot be read or decoded."""
+        if not (stage.needs_bytes or stage.needs_image):
+            return None
+        data = self.read()
+        if isinstance(data, ItemFailure):
+            return data
+        item.data = data
+        if stage.needs_bytes and self.full is None:
+            item.keep_image = True  # the probe: its full decode is kept for the stages after it
+        if not stage.needs_image:
+            return None
+        draft = stage.image_draft_size
+        try:
+            if not stage.takes_reduced_view():  # a JPEG draft decode of its own (not in a fused pass today)
+                item.image = self._decode(data, probe, draft, item)
+                return None
+            if self.full is None:
+                self.full = self._decode(data, probe, None, item)
+            if draft not in self.views:
+                self.views[draft] = reduced_view(self.full, draft)
+            item.image = self.views[draft]
+        except MediaError as exc:
+            return ItemFailure(exc.error_class, str(exc))
+        return None
+
+    @staticmethod
+    def _decode(data: bytes, probe: Any, draft: int | None, item: StageItem) -> Any:
+        limit = probe.width * probe.height if probe is not None else DEFAULT_MAX_PIXELS
+        return decode_image(data, max_pixels=limit, draft_size=draft, what=f"asset {item.asset_id} ({item.uri})")
 
 
 class StageWorker:
@@ -241,14 +345,15 @@ class StageWorker:
             self._jobs[job_id] = plan
         return plan
 
-    def _stage_instance(self, plan: _JobPlan, ref: str) -> tuple[Stage, StageConfig, int]:
-        """The stage set up for the job's params (once per actor and params) and its configuration."""
+    def _stage_instance(self, plan: _JobPlan, ref: str, capacity: int = 0) -> tuple[Stage, StageConfig, int]:
+        """The stage set up for the job's params (once per actor and params) and its configuration;
+        ``capacity``: instances to keep at least (a fused pass keeps every stage of its group)."""
         index = plan.stage_refs.index(ref)
         params = plan.spec.stage_params(index)
         key = f"{ref}|{json.dumps(params.model_dump(mode='json'), sort_keys=True)}"
         got = self._stages.pop(key, None)
         if got is None:
-            while len(self._stages) >= self.max_stage_instances:  # free the old models before loading new ones
+            while self._stages and len(self._stages) >= max(self.max_stage_instances, capacity):  # free the old models before loading new ones
                 self._teardown(self._stages.pop(next(iter(self._stages)))[0])
             stage = get_stage(ref)(params)
             config = stage.config()
@@ -273,9 +378,14 @@ class StageWorker:
     def process_task(self, lease: Lease) -> None:
         try:
             plan = with_reconnect(lambda: self._plan(lease.job_id), what="load job")
-            stage, config, index = self._stage_instance(plan, lease.stage)
-            config = with_reconnect(lambda: self._with_inputs(config, stage, plan, lease.job_id), what="read inputs")
-            outcome = self._run_stage(lease, plan, stage, config, index)
+            group = fused_refs(plan.spec, plan.stage_refs.index(lease.stage))
+            if len(group) > 1:
+                outcome = self._run_fused(lease, plan, group)
+            else:
+                stage, config, index = self._stage_instance(plan, lease.stage)
+                config = with_reconnect(lambda: self._with_inputs(config, stage, plan, lease.job_id),
+                                        what="read inputs")
+                outcome = self._run_stage(lease, plan, stage, config, index)
         except Exception as exc:  # noqa: BLE001 - a task-level failure: retried with back-off
             log.exception("task %s (%s) failed", lease.task_id, lease.stage)
             self.stats.task_failures += 1
@@ -286,13 +396,20 @@ class StageWorker:
         if not outcome:
             self.stats.fenced_out += 1
 
-    def _with_inputs(self, config: StageConfig, stage: Stage, plan: _JobPlan, job_id: int) -> StageConfig:
-        """``config`` with the job's configurations of the stages it reads (``Stage.requires``) folded in."""
+    def _with_inputs(self, config: StageConfig, stage: Stage, plan: _JobPlan, job_id: int,
+                     in_pass: dict[str, str] | None = None) -> StageConfig:
+        """``config`` with the job's configurations of the stages it reads (``Stage.requires``) folded in;
+        ``in_pass``: stage name -> config id of the stages before it in a fused pass (their
+        ``job_configs`` rows are written in the same transaction, as the unfused run would have them)."""
         if not stage.requires:
             return config
+        in_pass = in_pass or {}
         with self.engine.connect() as conn:
             inputs = {required: job_config_ids(conn, job_id, self._required_ref(plan, required))
                       for required in stage.requires}
+        for required, config_id in in_pass.items():
+            if required in inputs and config_id not in inputs[required]:
+                inputs[required].append(config_id)
         return dataclasses.replace(config, inputs=inputs)
 
     @staticmethod
@@ -405,6 +522,157 @@ class StageWorker:
             self.stats.item_errors += sum(1 for r in results.values() if isinstance(r, ItemFailure))
         return ok
 
+    # --- fused CPU stages: one read and one full decode per file ------------------------------------
+
+    fused_batch = 16  # files of a fused pass held at once (their full decodes are shared by its stages)
+
+    def _run_fused(self, lease: Lease, plan: _JobPlan, refs: list[str]) -> bool:
+        """Run the consecutive CPU stages ``refs`` of the job on the task's assets in one pass: each file
+        is read once and fully decoded once (by the probe when it is in the pass; see ``_Media``), and
+        each stage sees exactly the items, priors, reuse and image it would see in a task of its own.
+        Every stage's results, item errors and configuration are written, and the last stage's survivors
+        enqueued for the stage after the pass, in the one completion transaction of the task."""
+        ids = list(lease.asset_ids)
+        steps: list[_Step] = []
+        in_pass: dict[str, str] = {}
+        for ref in refs:
+            stage, config, index = self._stage_instance(plan, ref, capacity=len(refs))
+            config = with_reconnect(lambda: self._with_inputs(config, stage, plan, lease.job_id, in_pass),
+                                    what="read inputs")
+            in_pass[stage.name] = config.config_id
+            steps.append(_Step(ref, stage, config, index))
+
+        def read_state():
+            with self.engine.connect() as conn:
+                rows = {r.asset_id: r for r in conn.execute(
+                    text("SELECT asset_id, uri FROM assets WHERE asset_id = ANY(:ids)"), {"ids": ids})}
+                for step in steps:
+                    step.done = load_results(conn, type(step.stage), ids, [step.config.config_id])
+                    step.failed = set(conn.execute(
+                        text("SELECT asset_id FROM item_errors WHERE asset_id = ANY(:ids) AND stage = :s "
+                             "AND stage_version = :v"),
+                        {"ids": ids, "s": step.ref, "v": step.stage.stage_version()},
+                    ).scalars())
+                    step.twins = self._content_twins(conn, step.stage, step.config,
+                                                     [a for a in ids if a not in step.done and a not in step.failed])
+                    step.outside = {}  # inputs from stages before the pass, under the job's configurations
+                    for required in step.stage.requires:
+                        if required not in in_pass:
+                            ref = self._required_ref(plan, required)
+                            step.outside[required] = load_results(conn, get_stage(ref), ids,
+                                                                  job_config_ids(conn, lease.job_id, ref))
+            return rows
+
+        rows = with_reconnect(read_state, what="read task inputs")
+        batch_size = min([self.fused_batch] + [plan.spec.stages[s.index].batch_size or s.stage.batch_size
+                                               for s in steps])
+        outputs: dict[str, dict[int, Any]] = {s.stage.name: {} for s in steps}  # done or new, by stage name
+        last: list[int] = []
+        for start in range(0, len(ids), batch_size):
+            reaching = ids[start : start + batch_size]
+            media = {a: _Media(rows[a].uri) for a in reaching if a in rows}
+            for step in steps:
+                reaching = self._fused_step(step, reaching, media, outputs)
+            last.extend(reaching)
+            media.clear()  # free the pixels before the next batch
+
+        tail = steps[-1]
+        end = plan.stage_refs.index(refs[-1]) + 1
+        next_stage = None
+        chunks = None
+        if end < len(plan.stage_refs):
+            nxt = get_stage(plan.stage_refs[end])
+            next_stage = NextStage(plan.stage_refs[end], nxt.stage_version(), nxt.max_runtime_s)
+            if last:
+                out = outputs[tail.stage.name]
+                planned = plan_next_tasks(last, [tail.stage.task_seconds(out[a]) for a in last],
+                                          TaskSizing.of(plan.spec), next_windowed=nxt.windowed)
+                if planned.windows:
+                    raise RuntimeError(f"a fused pass cannot hand windows to {nxt.name}")
+                if planned.chunks is not None:
+                    chunks = lambda: planned.chunks  # noqa: E731
+        writers = [self._writer(lease, s.stage, s.config, s.results, s.ref) for s in steps]
+
+        def write(conn: Connection) -> int:
+            return sum(w(conn) for w in writers)
+
+        ok = with_reconnect(
+            lambda: self.broker.complete(lease, self.worker_id, write, survivors=last, next_stage=next_stage,
+                                         survivor_chunks=chunks),
+            what="complete",
+        )
+        if ok:
+            for s in steps:
+                self.stats.items_ok += sum(1 for r in s.results.values() if not isinstance(r, ItemFailure))
+                self.stats.item_errors += sum(1 for r in s.results.values() if isinstance(r, ItemFailure))
+        return ok
+
+    def _fused_step(self, step: "_Step", reaching: list[int], media: dict[int, "_Media"],
+                    outputs: dict[str, dict[int, Any]]) -> list[int]:
+        """One stage of a fused pass on the assets that reached it: as ``_run_stage`` does it (stored
+        results kept, earlier failures skipped, content twins reused, missing priors are errors, stage
+        errors isolated per item); returns the assets that go on (kept), in order."""
+        stage = step.stage
+        done = {a: step.done[a] for a in reaching if a in step.done}
+        todo = [a for a in reaching if a not in done and a not in step.failed]
+        results: dict[int, Any] = {a: step.twins[a] for a in todo if a in step.twins}
+        fresh_probe = {a: r for a, r in outputs.get("probe", {}).items() if a in todo and a not in results}
+        if stage.reuse_by_content and fresh_probe:  # twins by the sha256 the probe of this pass computed
+            results.update(with_reconnect(lambda: self._twins_by_sha(stage, step.config, fresh_probe),
+                                          what="read content twins"))
+        self.stats.reused += len(results)
+        items: list[StageItem] = []
+        for a in todo:
+            if a in results:
+                continue
+            prior = {}
+            for required in stage.requires:
+                got = outputs[required] if required in outputs else step.outside[required]
+                if a in got:
+                    prior[required] = got[a]
+            missing = [r for r in stage.requires if r not in prior]
+            if missing or a not in media:
+                results[a] = ItemFailure("missing_prior", f"no {', '.join(missing or ['asset'])} result for this asset")
+                continue
+            items.append(StageItem(asset_id=a, uri=media[a].uri, prior=prior))
+        ready: list[StageItem] = []
+        for item in items:
+            failure = media[item.asset_id].fill(item, stage, self._probe_of(item.asset_id, outputs, step))
+            if failure is None:
+                ready.append(item)
+            else:
+                results[item.asset_id] = failure
+        for item, result in zip(ready, self._process_batch(stage, ready) if ready else []):
+            results[item.asset_id] = result
+            if item.keep_image and item.image is not None:
+                media[item.asset_id].full = item.image
+        for item in items:
+            item.data = item.image = None
+        step.results.update(results)
+        mine = outputs[stage.name]
+        mine.update(done)
+        mine.update({a: r for a, r in results.items() if not isinstance(r, ItemFailure)})
+        return [a for a in reaching if a in mine and stage.keep(mine[a])]
+
+    @staticmethod
+    def _probe_of(asset_id: int, outputs: dict[str, dict[int, Any]], step: "_Step") -> Any:
+        got = outputs.get("probe", {}).get(asset_id)
+        return got if got is not None else step.outside.get("probe", {}).get(asset_id)
+
+    def _twins_by_sha(self, stage: Stage, config: StageConfig, probes: dict[int, Any]) -> dict[int, Any]:
+        """``_content_twins`` for assets probed in this pass (their sha256 is not stored yet)."""
+        by_sha: dict[bytes, list[int]] = {}
+        for a, p in probes.items():
+            by_sha.setdefault(bytes(p.sha256), []).append(a)
+        table = _result_table(type(stage))
+        with self.engine.connect() as conn:
+            donors = conn.execute(text(_TWINS_BY_SHA.format(table=table.name)),
+                                  {"shas": list(by_sha), "c": config.config_id, "ids": list(probes)}).all()
+            if not donors:
+                return {}
+            stored = load_results(conn, type(stage), [d.donor for d in donors], [config.config_id])
+        return {a: stored[d.donor] for d in donors if d.donor in stored for a in by_sha[bytes(d.sha256)]}
+
     def _ensure_embedding_index(self, model: str) -> None:
         """Once per actor and model, outside any completion transaction (see ``curation.embeddings``)."""
         if model in self._indexed_models:
@@ -477,9 +745,12 @@ class StageWorker:
             if stage.needs_image:
                 probe = item.prior.get("probe")  # the probe already applied the job's pixel limit
                 limit = probe.width * probe.height if probe is not None else DEFAULT_MAX_PIXELS
+                view = stage.takes_reduced_view()
                 try:
-                    item.image = decode_image(data, max_pixels=limit, draft_size=stage.image_draft_size,
+                    item.image = decode_image(data, max_pixels=limit, draft_size=None if view else stage.image_draft_size,
                                               what=f"asset {item.asset_id} ({item.uri})")
+                    if view:
+                        item.image = reduced_view(item.image, stage.image_draft_size)
                 except MediaError as exc:
                     out.append(ItemFailure(exc.error_class, str(exc)))
                     continue
@@ -506,7 +777,10 @@ class StageWorker:
         return out
 
     def _writer(self, lease: Lease, stage: Stage, config: StageConfig,
-                results: dict[int, Any]) -> Callable[[Connection], int]:
+                results: dict[int, Any], ref: str | None = None) -> Callable[[Connection], int]:
+        """Writes the stage's results, item errors and configuration (``stage_configs``, ``job_configs``);
+        ``ref``: the job's stage (default: the leased one; a fused pass writes for each of its stages)."""
+        ref = ref or lease.stage
         version = stage.stage_version()
         table = _result_table(type(stage))
         columns = type(stage).result_columns()
@@ -516,7 +790,7 @@ class StageWorker:
             for a, r in results.items() if not isinstance(r, ItemFailure)
         ]
         errors = [
-            {"asset_id": a, "stage": lease.stage, "stage_version": version, "job_id": lease.job_id,
+            {"asset_id": a, "stage": ref, "stage_version": version, "job_id": lease.job_id,
              "error_class": r.error_class[:200], "message": r.message.replace("\x00", "")[:4000],
              "attempt": lease.attempt}
             for a, r in results.items() if isinstance(r, ItemFailure)
@@ -526,7 +800,7 @@ class StageWorker:
             record = {"c": config.config_id, "st": config.stage, "v": config.stage_version,
                       "p": json.dumps({**config.params, **({"_inputs": config.inputs} if config.inputs else {})},
                                       sort_keys=True, default=str),
-                      "m": json.dumps(config.models, sort_keys=True), "j": lease.job_id, "ref": lease.stage}
+                      "m": json.dumps(config.models, sort_keys=True), "j": lease.job_id, "ref": ref}
             for statement in _RECORD_CONFIG:
                 conn.execute(statement, record)
             if rows:

@@ -60,6 +60,10 @@ class StageItem:
     prior: dict[str, Any] = field(default_factory=dict)  # earlier stage name -> its result dataclass
     path: str | None = None  # a local file holding the media (stages with ``needs_path``)
     span: Span | None = None  # for a scene: its range of the parent video
+    keep_image: bool = False
+    """Set by a fused pass (``workers/runtime.py``): a stage that fully decodes ``data`` itself (the
+    probe) leaves that decode in ``image``, and the stages after it in the pass share it — no stage may
+    change ``image`` in place."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,9 @@ class Stage(ABC, Generic[P, R]):
     needs_bytes: ClassVar[bool] = False
     needs_image: ClassVar[bool] = False
     needs_path: ClassVar[bool] = False  # a local file (videos: the demuxer seeks); S3 objects are downloaded
-    image_draft_size: ClassVar[int | None] = None  # decode JPEG at reduced scale when enough
+    image_draft_size: ClassVar[int | None] = None
+    """The short side the stage needs: JPEGs decode at reduced DCT scale (model stages), or a model-free CPU
+    stage gets the full decode reduced by the same integer factor (``reduced_view``)."""
     requires: ClassVar[tuple[str, ...]] = ()  # earlier stages whose results ``prior`` must hold
     models: ClassVar[tuple[str, ...]] = ()  # registry names of the weights the stage loads (models/registry.py)
     view_columns: ClassVar[tuple[ViewColumns, ...]] = ()
@@ -186,7 +192,27 @@ class Stage(ABC, Generic[P, R]):
         for value in scored.values():  # a weights file given by path (e.g. a YOLO .onnx export)
             if isinstance(value, str) and value.endswith(WEIGHT_SUFFIXES) and Path(value).is_file():
                 models.setdefault(value, weights_identity(value))
+        if self.takes_reduced_view():
+            scored["image_view"] = f"reduce:{self.image_draft_size}"  # see ``reduced_view``: other pixels, other results
         return StageConfig(self.name, self.stage_version(), scored, models)
+
+    def takes_reduced_view(self) -> bool:
+        """Whether the runtime hands this stage ``reduced_view(full decode, image_draft_size)`` — a model-free
+        CPU stage that asks for less than full size, in fused and unfused runs alike, so that a fused pass
+        shares one decode and writes what separate tasks write — instead of a JPEG draft decode of its own
+        (model stages). Recorded in the configuration (``image_view``)."""
+        return self.image_draft_size is not None and self.model_free(self.params)
+
+    @classmethod
+    def model_free(cls, params: BaseModel) -> bool:
+        """A light CPU stage: no GPU, no model with its default params or with ``params`` (a registry name or a
+        weights file in a param counts), so it may share a fused pass and reduced views. Decided per class
+        and params, never per job."""
+        from models.registry import WEIGHT_SUFFIXES
+
+        if cls.resources.gpus > 0 or cls.models or cls.models_for(cls.Params()) or cls.models_for(params):
+            return False
+        return not any(isinstance(v, str) and v.endswith(WEIGHT_SUFFIXES) for v in params.model_dump().values())
 
     def setup(self) -> None:
         """Load models once per instance; the runtime calls it before the first ``process()``. Default:
@@ -243,6 +269,16 @@ _BUILTIN = {
     "clip_text_score": "workers.clip_text_score:ClipTextScoreStage",
     "thumbnail": "workers.thumbnail:ThumbnailStage", "video_thumbnail": "workers.thumbnail:VideoThumbnailStage",
 }
+
+
+def reduced_view(image: Any, short_side: int | None) -> Any:
+    """``image`` box-reduced by the largest factor of 8, 4, 2 that keeps both sides at least ``short_side``
+    (the factor JPEG DCT scaling would use): one decode serves every stage that needs less than full size."""
+    if short_side is None:
+        return image
+    most = min(image.width // short_side, image.height // short_side)
+    factor = next((f for f in (8, 4, 2) if most >= f), 1)
+    return image.reduce(factor) if factor > 1 else image
 
 
 class UnknownStage(KeyError):
