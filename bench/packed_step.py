@@ -31,7 +31,7 @@ def batch(config, lengths, side, L=16):
 
 
 def packed_loss(model, p, nabla):
-    outs = model.forward_packed(p, nabla=nabla)
+    outs = model(p, nabla=nabla)
     return sum((o ** 2).sum() for o in outs) / sum(o.numel() for o in outs)
 
 

@@ -43,7 +43,7 @@ def _one(p: PackedInputs, i: int) -> ModelInputs:
 def test_packed_forward_and_backward_equal_per_sample(nabla):
     model = _model()
     packed = _inputs([3, 1, 2])
-    outs = model.forward_packed(packed, nabla=nabla, rope_scale=(1.0, 2.0, 2.0))
+    outs = model(packed, nabla=nabla, rope_scale=(1.0, 2.0, 2.0))
     if nabla is not None:  # the pack's block mask: 6 frames of one 64-token block; nothing across samples
         mask = model.visual_blocks[0].self_attention.last_block_mask
         assert mask.shape[-1] == 6 and not mask[..., :3, 3:].any() and not mask[..., 3, 4:].any()

@@ -340,9 +340,12 @@ class CrossDiT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, inputs: ModelInputs, *, nabla: NablaParams | None = None,
-                rope_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> torch.Tensor:
-        """Predicted velocity [B, T, H, W, out_visual_dim]."""
+    def forward(self, inputs: ModelInputs | PackedInputs, *, nabla: NablaParams | None = None,
+                rope_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> torch.Tensor | list[torch.Tensor]:
+        """Predicted velocity [B, T, H, W, out_visual_dim]; for ``PackedInputs``, ``forward_packed``'s list
+        (called through here so that module hooks — FSDP's unsharding of the root parameters — run)."""
+        if isinstance(inputs, PackedInputs):
+            return self.forward_packed(inputs, nabla=nabla, rope_scale=rope_scale)
         c = self.config
         x = inputs.x
         B, T, H, W, _ = x.shape
@@ -373,7 +376,8 @@ class CrossDiT(nn.Module):
 
     def forward_packed(self, inputs: "PackedInputs", *, nabla: NablaParams | None = None,
                        rope_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> list[torch.Tensor]:
-        """One forward over several samples of different lengths packed into one sequence (issue 11 §4).
+        """One forward over several samples of different lengths packed into one sequence (issue 11 §4);
+        call it as ``model(packed_inputs)``.
         Returns each sample's velocity [T_i, H, W, out_visual_dim]; equal to ``forward`` on each sample
         alone: RoPE positions restart per sample, every token is modulated by its own sample's time
         embedding, self-attention is block-diagonal (composed with NABLA's block mask when on), and

@@ -293,7 +293,7 @@ class Trainer:
                 masks.append(_frame_mask(x0[i], tasks[i]))
             inputs = PackedInputs(xs, t[idx], text.hidden[idx], text.mask[idx], text.pooled[idx])
             with self.autocast():
-                preds = self.model.forward_packed(inputs, nabla=self.nabla if use_nabla else None, rope_scale=scale)
+                preds = self.model(inputs, nabla=self.nabla if use_nabla else None, rope_scale=scale)
             for pred, target, mask in zip(preds, targets, masks):
                 err = ((pred.float() - target) ** 2 * mask).sum()
                 elems = mask.sum() * target.shape[-1] * target.shape[1] * target.shape[2]
