@@ -55,7 +55,9 @@ def s3_client():
         import boto3
         from botocore.config import Config
 
-        _s3_client = boto3.client(
+        # a session of its own: credentials are resolved again after reset_s3_client (boto3's default
+        # session caches the first ones it found)
+        _s3_client = boto3.session.Session().client(
             "s3",
             endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None,
             config=Config(retries={"max_attempts": 5, "mode": "adaptive"}, connect_timeout=10, read_timeout=60),

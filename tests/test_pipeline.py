@@ -16,6 +16,7 @@ from sqlalchemy import text
 from curation.export import export_slice
 from curation.sample_media import resized_copy, write_broken_files
 from tests.helpers import assert_exactly_one_outcome, run_until_done, submit_spec
+from workers.probe import ProbeStage
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,7 @@ def test_image_job_end_to_end(engine, db_url, ray_local, photo_dir, s3_bucket, s
         assert conn.execute(text("SELECT status FROM jobs WHERE job_id=:j"), {"j": job}).scalar_one() == "completed"
 
     # every listed asset: exactly one probe result or one item error, with the right class
-    outcome = assert_exactly_one_outcome(engine, job, "probe", "probe_results", "probe@1")
+    outcome = assert_exactly_one_outcome(engine, job, "probe", "probe_results", ProbeStage.stage_version())
     assert len(outcome) == len(listing)
     assert outcome[ids[broken.truncated_jpeg.name]] == "corrupt_media"
     assert outcome[ids[broken.zero_byte.name]] == "empty_file"
@@ -154,7 +155,7 @@ def test_kill_9_worker_mid_task(engine, db_url, ray_local, photo_dir):
                                 on_tick=kill_a_busy_worker)
     assert killed, "no worker was caught mid-task"
     assert supervisor.restarts >= 1
-    outcome = assert_exactly_one_outcome(engine, job, "tests.stages:SlowProbe", "probe_results", "probe@1")
+    outcome = assert_exactly_one_outcome(engine, job, "tests.stages:SlowProbe", "probe_results", ProbeStage.stage_version())
     assert set(outcome.values()) == {"ok"}
     with engine.connect() as conn:
         attempts = conn.execute(text("SELECT outcome FROM task_attempts WHERE task_id=:t ORDER BY attempt_id"),
@@ -184,7 +185,7 @@ def test_postgres_restart_mid_job(engine, db_url, ray_local, photo_dir, pg_serve
     run_until_done(engine, db_url, job, {"tests.stages:SlowProbe": 2, "resolution": 1},
                    on_tick=restart_when_half_done)
     assert restarted
-    outcome = assert_exactly_one_outcome(engine, job, "tests.stages:SlowProbe", "probe_results", "probe@1")
+    outcome = assert_exactly_one_outcome(engine, job, "tests.stages:SlowProbe", "probe_results", ProbeStage.stage_version())
     assert set(outcome.values()) == {"ok"}
     assert_exactly_one_outcome(engine, job, "resolution", "resolution_results", "resolution@1")
 
@@ -200,7 +201,7 @@ def test_crashing_chunk_is_bisected_to_the_bad_asset(engine, db_url, ray_local, 
     })
     run_until_done(engine, db_url, job, {"tests.stages:CrashingProbe": 1}, timeout_s=300)
     ids = uri_ids(engine, job)
-    outcome = assert_exactly_one_outcome(engine, job, "tests.stages:CrashingProbe", "probe_results", "probe@1")
+    outcome = assert_exactly_one_outcome(engine, job, "tests.stages:CrashingProbe", "probe_results", ProbeStage.stage_version())
     assert outcome.pop(ids["poison.png"]) == "worker_crash"
     assert set(outcome.values()) == {"ok"}
     with engine.connect() as conn:
@@ -267,6 +268,6 @@ def test_terminated_connections_are_survived(engine, db_url, ray_local, photo_di
     run_until_done(engine, db_url, job, {"tests.stages:SlowProbe": 2, "resolution": 1},
                    on_tick=terminate_worker_connections)
     assert len(kills) >= 3 and sum(kills) > 0, kills
-    outcome = assert_exactly_one_outcome(engine, job, "tests.stages:SlowProbe", "probe_results", "probe@1")
+    outcome = assert_exactly_one_outcome(engine, job, "tests.stages:SlowProbe", "probe_results", ProbeStage.stage_version())
     assert set(outcome.values()) == {"ok"}
     assert_exactly_one_outcome(engine, job, "resolution", "resolution_results", "resolution@1")

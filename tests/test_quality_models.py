@@ -296,8 +296,10 @@ def test_a_job_writes_all_three_into_curated_images(engine, db_url, skimage_dir,
                      "qalign_sft_candidate": "boolean", "mask_count": "integer"}
 
 
-def test_absent_weights_and_tiny_models_are_refused(engine, photo_dir, monkeypatch):
+def test_absent_weights_and_tiny_models_are_refused(engine, photo_dir, monkeypatch, tmp_path):
     from curation.planner import submit
+
+    monkeypatch.setenv("CURATION_WEIGHTS_DIR", str(tmp_path / "no-weights"))  # other tests pull into the shared one
 
     spec = parse_spec({"name": "x", "modality": "image", "source": {"uri": str(photo_dir)},
                        "stages": [{"name": "probe"}, {"name": "topiq"}, {"name": "qalign"}, {"name": "complexity"}]})

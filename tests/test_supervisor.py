@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.helpers import assert_exactly_one_outcome, job_state, submit_spec
+from workers.probe import ProbeStage
 from workers.supervisor import StageLoad, read_queue, size_pools
 
 CPU = {"CPU": 1.0}
@@ -161,7 +162,7 @@ def test_a_job_with_more_stages_than_cpus_completes(engine, db_url, photo_dir, t
             proc.kill()
     assert proc.returncode == 0, out[-4000:]
     assert job_state(engine, job) == "completed"
-    probe = assert_exactly_one_outcome(engine, job, "probe", "probe_results", "probe@1")
+    probe = assert_exactly_one_outcome(engine, job, "probe", "probe_results", ProbeStage.stage_version())
     assert set(probe.values()) == {"ok"}
     with engine.connect() as conn:
         edges = conn.execute(text("SELECT count(*) FROM edge_results")).scalar_one()
