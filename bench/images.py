@@ -3,11 +3,14 @@
 On the same real photos (the demo set: scikit-image, Debian opencv-doc and mate-backgrounds), in one
 process, one core's worth of work:
   decode-only  read the file + full Pillow decode to RGB (what any pipeline must at least do)
-  pipeline     probe → resolution → phash → edges exactly as the workers run them: the probe's full
-               decode and sha256; resolution from the probe; phash and edges each read the file again
-               and decode it in JPEG draft mode at the size they need
-and prints images/s, the ratio, and the share of pipeline time spent reading+decoding vs in stage
-compute. (The broker and Ray add little per image at 64 images per task; see bench/broker.py.)
+  pipeline     probe → resolution → phash → edges a task per stage, as the workers ran them before fused
+               passes: the probe's full decode and sha256; resolution from the probe; phash and edges each
+               read the file again and decode it in JPEG draft mode at the size they need
+  fused        the same stages as one fused pass runs them (``workers.runtime._Media``): one read, the
+               probe's full decode, reduced views of it for phash and edges (docs/fused-stages.md)
+and prints images/s, the ratios to decode-only, and the share of time spent reading+decoding vs in stage
+compute; then the same three in ``--processes`` processes (default 2), each on its share of the files.
+(The broker and Ray add little per image at 64 images per task; see bench/broker.py.)
 
 It then times the model stages on the same photos, each on its own: images/s, and the share of time
 decoding vs in the model — the offline-real ones (quality = BRISQUE, text = PP-OCRv4 detector, objects =
@@ -15,7 +18,7 @@ a real YOLOv8n ONNX export at 320 px) and the tiny random-weight variants of the
 watermark classifier, TOPIQ (ResNet-18 CFANet), Q-Align (a 2-layer Qwen2.5-VL), SAM 2 complexity (a 5-block
 Hiera at 512 px, 16 points per side, on the first 8 photos); the real weights would be far slower on this CPU).
 
-  python bench/images.py [--runs 3]
+  python bench/images.py [--runs 3] [--processes 2] [--no-models]
 """
 
 from __future__ import annotations

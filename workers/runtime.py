@@ -95,6 +95,36 @@ def job_config_ids(conn: Connection, job_id: int, stage_ref: str) -> list[str]:
                              {"j": job_id, "s": stage_ref}).scalars())
 
 
+def actor_cpus(default: float) -> float:
+    """The CPUs Ray gave this actor (``default``, the stage's declared CPUs, outside Ray)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return float(ray.get_runtime_context().get_assigned_resources().get("CPU", default))
+    except Exception:  # noqa: BLE001 - running outside Ray
+        pass
+    return default
+
+
+def limit_model_threads(cpus: float) -> int:
+    """Intra-op threads of torch, OpenCV and the BLAS/OpenMP pools = the actor's CPUs (at least 1): a model
+    stage with more threads than CPUs thrashes when the other actors are busy (on 2 cores, torch with 2
+    threads under load ran ~50× slower than with 1). Set before the models load (environment) and again
+    after each ``setup()`` (model loaders set their own counts). ONNX Runtime sessions take their count
+    when made (``models/``: PP-OCRv4 1, YOLO 2)."""
+    n = max(1, int(cpus))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None:
+        cv2.setNumThreads(n)
+    return n
+
+
 def fusable(spec: JobSpec, index: int) -> bool:
     """Whether the job's stage ``index`` may run inside a fused pass: an image stage on the CPU that loads
     no model (``Stage.model_free``), takes at most the bytes, the decoded image and earlier results, and
@@ -111,11 +141,13 @@ def fusable(spec: JobSpec, index: int) -> bool:
 
 def fused_refs(spec: JobSpec, index: int) -> list[str]:
     """The stages a task of the job's stage ``index`` runs: that stage and the fusable stages right
-    after it when the job fuses (``fuse_cpu_stages``) and the stage itself is fusable; else the stage alone."""
+    after it that need no more CPUs than it (they run on its actors) when the job fuses
+    (``fuse_cpu_stages``) and the stage itself is fusable; else the stage alone."""
     refs = [s.name for s in spec.stages]
     end = index + 1
     if spec.fuse_cpu_stages and fusable(spec, index):
-        while end < len(refs) and fusable(spec, end):
+        cpus = get_stage(refs[index]).resources.cpus  # the group runs on the first stage's actors
+        while end < len(refs) and fusable(spec, end) and get_stage(refs[end]).resources.cpus <= cpus:
             end += 1
     return refs[index:end]
 
@@ -274,6 +306,7 @@ class StageWorker:
             lambda: self.broker.register_worker(stage_ref, socket.gethostname(), os.getpid(), node_id),
             what="register worker",
         )
+        self.threads = limit_model_threads(actor_cpus(self.stage_cls.resources.cpus))
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, args=(sweep,), daemon=True)
         self._heartbeat.start()
 
@@ -358,6 +391,7 @@ class StageWorker:
             stage = get_stage(ref)(params)
             config = stage.config()
             stage.setup()
+            limit_model_threads(self.threads)  # the model loader may have set its own count
             got = (stage, config)
         self._stages[key] = got  # the most recently used last
         return got[0], got[1], index

@@ -20,6 +20,11 @@ Pools are demand-driven (so a cluster with fewer CPUs or GPUs than stages still 
   actor. Stopping is graceful (the actor finishes its task in hand, releases the rest) and then the
   actor is killed, which gives its CPUs / GPUs / memory back to Ray; its models load again when work
   returns.
+- Fused CPU stages (``fuse_cpu_stages``, ``workers/runtime.py``): the tasks of a job's fused group (e.g. probe →
+  resolution → phash → edges) are all the group's first stage's, so only that pool gets work; the others
+  scale to zero. Its seconds per item, measured from its attempts, cover the whole group, so the drain
+  time above sizes it for the group's work; its maximum is the largest of the group's pools
+  (``fused_pool_maxima``, for the jobs the supervisor serves).
 - ``stop()`` (SIGTERM, Ctrl-C) kills actors that never started at once, asks running ones to stop
   (they see it within ``CURATION_HEARTBEAT_S``) and kills whatever is left after ``grace_s`` or at the
   deadline of the task in hand, whichever is later; leases of killed workers are reclaimed at once. A
@@ -172,6 +177,36 @@ def read_throughput(conn: Connection, stages: Sequence[str], after: int | None) 
 # --- sizing: a pure function ---------------------------------------------------------------------------
 
 
+def fused_memory(pools: Mapping[str, int], specs: Sequence[Any]) -> dict[str, float]:
+    """Bytes of memory an actor of each fused group's first stage asks for: the most any stage of the
+    group declares (their CPUs are never more than the first stage's; ``workers.runtime.fused_refs``)."""
+    from workers.runtime import fused_refs
+
+    out: dict[str, float] = {}
+    for spec in specs:
+        for index in range(len(spec.stages)):
+            group = fused_refs(spec, index)
+            if len(group) > 1 and group[0] in pools:
+                need = max(float(int(get_stage(s).resources.memory_gb * 2**30)) for s in group)
+                out[group[0]] = max(out.get(group[0], 0.0), need)
+    return out
+
+
+def fused_pool_maxima(pools: Mapping[str, int], specs: Sequence[Any]) -> dict[str, int]:
+    """``pools`` with the first stage of each fused group of the jobs ``specs`` raised to the largest
+    maximum of its group: that pool runs the whole group's work (``workers.runtime.fused_refs``)."""
+    from workers.runtime import fused_refs
+
+    out = dict(pools)
+    for spec in specs:
+        for index in range(len(spec.stages)):
+            group = fused_refs(spec, index)
+            if len(group) > 1 and group[0] in out:
+                out[group[0]] = max(out[group[0]], *(pools.get(s, 0) for s in group))
+    return out
+
+
+
 def size_pools(
     load: Mapping[str, StageLoad],
     seconds_per_item: Mapping[str, float],
@@ -258,12 +293,30 @@ class Supervisor:
     def __post_init__(self) -> None:
         self.broker = Broker(make_engine(self.database_url, pool_size=1, application_name="curation-supervisor"),
                              self.timing)
+        self._fused_memory: dict[str, float] = {}
+        if self.job_ids:
+            from curation.jobs import UnknownJob, load_job
+
+            def specs():
+                out = []
+                for job_id in self.job_ids:
+                    try:
+                        out.append(load_job(self.broker.engine, job_id).spec)
+                    except UnknownJob:
+                        log.warning("job %s not found: its pools keep their maxima", job_id)
+                return out
+
+            jobs = with_reconnect(specs, what="read the jobs")
+            self.pools = fused_pool_maxima(self.pools, jobs)
+            self._fused_memory = fused_memory(self.pools, jobs)
         self.stopping = False
         self.hurry = False
         self.load: dict[str, StageLoad] = {s: StageLoad() for s in self.pools}
         self.seconds_per_item: dict[str, float] = {}
         self.desired: dict[str, int] = {s: 0 for s in self.pools}
         self._need = {s: actor_resources(get_stage(s), gpus=self.gpus.get(s)) for s in self.pools}
+        for s, memory in self._fused_memory.items():  # a fused group's actor holds all its stages
+            self._need[s]["memory"] = max(self._need[s].get("memory", 0.0), memory)
         self._idle_since: dict[str, float] = {}
         self._surplus_since: dict[str, float] = {}
         self._cursor: int | None = None
