@@ -184,3 +184,18 @@ def test_byte_identical_copies_reuse_results_in_a_fused_pass(engine, db_url, tmp
             "SELECT count(*) FROM edge_results x JOIN edge_results y ON x.asset_id < y.asset_id "
             "AND x.config_id = y.config_id AND x.edge_density = y.edge_density")).scalar_one()
     assert same == 2
+
+
+def test_the_first_stage_pool_is_sized_for_its_group():
+    from curation.spec import JobSpec
+    from workers.supervisor import fused_memory, fused_pool_maxima
+
+    spec = JobSpec.model_validate({"name": "g", "modality": "image", "source": {"uri": "/x"},
+                                   "stages": [{"name": s} for s in STAGES + ["quality"]]})
+    pools = {"probe": 1, "resolution": 4, "phash": 2, "edges": 2, "quality": 1}
+    assert fused_pool_maxima(pools, [spec])["probe"] == 4
+    assert fused_pool_maxima(pools, [spec])["quality"] == 1
+    assert fused_memory(pools, [spec])["probe"] == 1.5 * 2**30  # edges' memory on the probe's actors
+    unplaceable = JobSpec.model_validate({"name": "u", "modality": "image", "source": {"uri": "/x"},
+                                          "stages": [{"name": "probe"}, {"name": "tests.stages:UnplaceableEdges"}]})
+    assert fused_refs(unplaceable, 0) == ["probe"]  # 64 CPUs do not run on the probe's one

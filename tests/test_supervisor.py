@@ -144,7 +144,8 @@ def test_a_job_with_more_stages_than_cpus_completes(engine, db_url, photo_dir, t
     """Four stages (3.5 CPUs of actors) on a 2-CPU Ray: the pools of drained stages give their CPUs
     back, so the later stages get actors and the job completes (issue 14 §6)."""
     job = submit_spec(engine, {"name": "tight", "modality": "image", "source": {"uri": str(photo_dir)},
-                               "stages": [{"name": s} for s in IMAGE_STAGES], "chunk_size": 3})
+                               "stages": [{"name": s} for s in IMAGE_STAGES], "chunk_size": 3,
+                               "fuse_cpu_stages": False})  # a pool per stage (fused, they are one pool)
     log = tmp_path / "worker.log"
     proc = _worker(db_url, IMAGE_STAGES, log, num_cpus=2)
     try:
