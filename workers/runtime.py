@@ -4,6 +4,9 @@ actors by ``workers/supervisor.py``, one pool per stage).
 - A ``StageWorker`` loads its stage (and its models) once, registers itself in ``workers``, heartbeats
   from a background thread (which also runs the reclaim sweep), and processes tasks until asked to
   stop. Tasks carry asset ids only; the worker fetches the media from storage itself.
+- Consecutive light CPU stages of an image job (probe → resolution → phash → edges) run as one fused
+  pass per task of the group's first stage: one read and one full decode per file, each stage's rows
+  written in the one completion (``fused_refs``, ``_run_fused``; docs/fused-stages.md).
 - Per-item failures (missing object, corrupt file, an exception from the stage on one item) become
   ``item_errors`` rows; the rest of the chunk completes.
 - A lost database connection is retried with back-off (``with_reconnect``), so a restarted PostgreSQL
