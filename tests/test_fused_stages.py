@@ -152,6 +152,9 @@ def test_a_stage_that_raises_on_one_item_fails_only_that_stage_item(engine, db_u
 def test_running_the_job_again_scores_nothing(engine, db_url, media_dir):
     submit(engine, media_dir, fuse=True, name="first")
     first = drain(db_url, ["probe"])["probe"]
+    with engine.connect() as conn:  # the attempt ledger counts the task's own items, not every stage's rows
+        assert conn.execute(text("SELECT count(*) FROM task_attempts WHERE outcome = 'ok' AND n_ok > n_items")
+                            ).scalar_one() == 0
     with engine.connect() as conn:
         before = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
                   for t in ("probe_results", "resolution_results", "phash_results", "edge_results", "item_errors")}

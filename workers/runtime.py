@@ -631,7 +631,8 @@ class StageWorker:
         writers = [self._writer(lease, s.stage, s.config, s.results, s.ref) for s in steps]
 
         def write(conn: Connection) -> int:
-            return sum(w(conn) for w in writers)
+            # the attempt ledger's n_ok counts the task's own items: those the group's first stage scored
+            return [w(conn) for w in writers][0]
 
         ok = with_reconnect(
             lambda: self.broker.complete(lease, self.worker_id, write, survivors=last, next_stage=next_stage,
