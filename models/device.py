@@ -18,3 +18,15 @@ def onnx_providers() -> list[str]:
 
     available = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def cpu_threads() -> int:
+    """Intra-op threads a model session should use: the runtime sets ``OMP_NUM_THREADS`` to the actor's
+    CPUs before models load (``workers.runtime.limit_model_threads``); elsewhere 1 unless the environment
+    says otherwise. More threads than CPUs thrash under load."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
+    except ValueError:
+        return 1

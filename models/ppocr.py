@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.device import cpu_threads
 from models.registry import files_digest, require
 
 
@@ -26,7 +27,7 @@ def load_text_detector() -> TextDetector:
     st = require("ppocrv4-det")
     from rapidocr_onnxruntime import RapidOCR
 
-    engine = RapidOCR(det_model_path=str(st.where / "ch_PP-OCRv4_det_infer.onnx"), intra_op_num_threads=1)
+    engine = RapidOCR(det_model_path=str(st.where / "ch_PP-OCRv4_det_infer.onnx"), intra_op_num_threads=cpu_threads())
     return TextDetector(engine, st.spec.name, files_digest(st))
 
 

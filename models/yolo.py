@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.device import onnx_providers
+from models.device import cpu_threads, onnx_providers
 from models.registry import REGISTRY, files_digest, require, sha256_of
 
 LETTERBOX_FILL = 114
@@ -105,7 +105,7 @@ def load_yolo(model: str) -> YoloDetector:
 
     path, name, digest = resolve(model)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
+    options.intra_op_num_threads = cpu_threads()
     session = ort.InferenceSession(str(path), sess_options=options, providers=onnx_providers())
     meta = session.get_modelmeta().custom_metadata_map
     names = {int(k): str(v) for k, v in ast.literal_eval(meta["names"]).items()} if "names" in meta else {}

@@ -114,8 +114,8 @@ def limit_model_threads(cpus: float) -> int:
     """Intra-op threads of torch, OpenCV and the BLAS/OpenMP pools = the actor's CPUs (at least 1): a model
     stage with more threads than CPUs thrashes when the other actors are busy (on 2 cores, torch with 2
     threads under load ran ~50× slower than with 1). Set before the models load (environment) and again
-    after each ``setup()`` (model loaders set their own counts). ONNX Runtime sessions take their count
-    when made (``models/``: PP-OCRv4 1, YOLO 2)."""
+    after each ``setup()`` (model loaders set their own counts). ONNX Runtime sessions (PP-OCRv4, YOLO) read
+    it through ``models.device.cpu_threads`` when they are made."""
     n = max(1, int(cpus))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
