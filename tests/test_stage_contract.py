@@ -248,7 +248,8 @@ def test_the_runtime_tears_down_evicted_instances_and_all_at_stop(engine, db_url
     ref = f"{__name__}:CountingEdges"
     for threshold in (0.1, 0.2):  # two configs: one instance each
         submit_spec(engine, {"name": f"edges-{threshold}", "modality": "image", "source": {"uri": str(folder)},
-                             "stages": [{"name": "probe"}, {"name": ref, "params": {"threshold": threshold}}]})
+                             "stages": [{"name": "probe"}, {"name": ref, "params": {"threshold": threshold}}],
+                             "fuse_cpu_stages": False})  # the edges stage's own worker is what is tested
     StageWorker(db_url, "probe", sweep=False).run(idle_exit_s=0.5)
     CountingEdges.events.clear()
     worker = StageWorker(db_url, ref, sweep=False)
