@@ -98,6 +98,14 @@ def job_config_ids(conn: Connection, job_id: int, stage_ref: str) -> list[str]:
                              {"j": job_id, "s": stage_ref}).scalars())
 
 
+def failed_items(conn: Connection, asset_ids: Sequence[int], stage_ref: str, stage_version: str) -> set[int]:
+    """The assets with an item error at this stage version (skipped until ``curation retry``)."""
+    return set(conn.execute(
+        text("SELECT asset_id FROM item_errors WHERE asset_id = ANY(:ids) AND stage = :s AND stage_version = :v"),
+        {"ids": list(asset_ids), "s": stage_ref, "v": stage_version},
+    ).scalars())
+
+
 def actor_cpus(default: float) -> float:
     """The CPUs Ray gave this actor (``default``, the stage's declared CPUs, outside Ray)."""
     try:
@@ -478,11 +486,7 @@ class StageWorker:
         def read_state():
             with self.engine.connect() as conn:
                 done = load_results(conn, type(stage), ids, [config.config_id])
-                failed = set(conn.execute(
-                    text("SELECT asset_id FROM item_errors WHERE asset_id = ANY(:ids) AND stage = :s "
-                         "AND stage_version = :v"),
-                    {"ids": ids, "s": lease.stage, "v": version},
-                ).scalars())
+                failed = failed_items(conn, ids, lease.stage, version)
                 rows, priors = self._inputs(conn, stage, plan, lease.job_id, ids)
                 fresh = [a for a in ids if a not in done and a not in failed]
                 twins = self._content_twins(conn, stage, config, fresh)
@@ -585,11 +589,7 @@ class StageWorker:
                     text("SELECT asset_id, uri FROM assets WHERE asset_id = ANY(:ids)"), {"ids": ids})}
                 for step in steps:
                     step.done = load_results(conn, type(step.stage), ids, [step.config.config_id])
-                    step.failed = set(conn.execute(
-                        text("SELECT asset_id FROM item_errors WHERE asset_id = ANY(:ids) AND stage = :s "
-                             "AND stage_version = :v"),
-                        {"ids": ids, "s": step.ref, "v": step.stage.stage_version()},
-                    ).scalars())
+                    step.failed = failed_items(conn, ids, step.ref, step.stage.stage_version())
                     step.twins = self._content_twins(conn, step.stage, step.config,
                                                      [a for a in ids if a not in step.done and a not in step.failed])
                     step.outside = {}  # inputs from stages before the pass, under the job's configurations
