@@ -10,6 +10,9 @@
   chunk that keeps crashing its worker and dead-letters what is left after ``max_attempts``.
 - ``complete()`` deletes the task, writes the stage's result rows, enqueues the survivors for the next
   stage and logs the attempt in **one** transaction: at-least-once execution, exactly-once effect.
+  ``complete_many()`` does the same for several leases in one transaction (one commit for a run of
+  small tasks); each lease is still fenced on its own: a fenced-out lease adds nothing, and it does not
+  undo the others.
 - All lease arithmetic uses the database's clock (``now()``), never the worker's.
 """
 
@@ -20,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from curation.config import BrokerTiming
 
@@ -58,6 +62,29 @@ class SweepReport:
 
 WriteResults = Callable[[Connection], int]
 """Writes a task's result and item-error rows inside the completion transaction; returns n_ok."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What ``complete()`` takes for one lease, for ``complete_many()``."""
+
+    lease: Lease
+    write_results: WriteResults
+    survivors: Sequence[int] = ()
+    next_stage: NextStage | None = None
+    survivor_chunks: Callable[[], Sequence[Sequence[int]]] | None = None
+
+
+Outcome = bool | Exception
+"""Of one lease in ``complete_many()``: True committed, False fenced out (nothing written), or the
+exception its ``write_results``/``survivor_chunks`` raised (nothing of it written; the lease is still
+held, so the caller can ``fail()`` it)."""
+
+
+class _CallbackFailed(Exception):
+    def __init__(self, index: int, error: Exception):
+        super().__init__(str(error))
+        self.index, self.error = index, error
 
 
 def chunked(ids: Sequence[int], size: int) -> list[list[int]]:
@@ -108,6 +135,37 @@ _FINISH_JOB = text(
     """
 )
 
+# the fence of complete_many: each row goes only when its own lease still holds it
+_DELETE_LEASED = text(
+    """
+    DELETE FROM tasks t
+    USING unnest(CAST(:task_ids AS bigint[]), CAST(:lease_ids AS uuid[])) AS u(task_id, lease_id)
+    WHERE t.task_id = u.task_id AND t.lease_id = u.lease_id AND t.state = 'leased'
+    RETURNING t.task_id, t.claimed_at
+    """
+)
+
+_LOG_ATTEMPTS = text(
+    """
+    INSERT INTO task_attempts (task_id, job_id, stage, attempt, lease_id, worker_id, claimed_at, outcome,
+                               error, n_items, n_ok)
+    SELECT task_id, job_id, stage, attempt, lease_id, :worker_id, claimed_at, outcome, error, n_items, n_ok
+    FROM unnest(CAST(:task_id AS bigint[]), CAST(:job_id AS bigint[]), CAST(:stage AS text[]),
+                CAST(:attempt AS integer[]), CAST(:lease_id AS uuid[]), CAST(:claimed_at AS timestamptz[]),
+                CAST(:outcome AS text[]), CAST(:error AS text[]), CAST(:n_items AS integer[]),
+                CAST(:n_ok AS integer[]))
+         AS u(task_id, job_id, stage, attempt, lease_id, claimed_at, outcome, error, n_items, n_ok)
+    """
+)
+
+_FINISH_JOBS = text(
+    """
+    UPDATE jobs j SET status = 'completed', finished_at = now()
+    WHERE j.job_id = ANY(:job_ids) AND j.status = 'running'
+      AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.job_id)
+    """
+)
+
 
 def _pg_array(ids: Sequence[int]) -> str:
     return "{" + ",".join(str(int(i)) for i in ids) + "}"
@@ -143,6 +201,14 @@ def enqueue(
         },
     )
     return result.rowcount
+
+
+def _finish_jobs_if_drained(conn: Connection, job_ids: Sequence[int]) -> int:
+    # as _finish_job_if_drained, for several jobs; the rows are locked in job_id order so that two
+    # flushes touching the same jobs cannot deadlock
+    ids = sorted(set(job_ids))
+    conn.execute(text("SELECT 1 FROM jobs WHERE job_id = ANY(:j) ORDER BY job_id FOR UPDATE"), {"j": ids})
+    return conn.execute(_FINISH_JOBS, {"job_ids": ids}).rowcount
 
 
 def _finish_job_if_drained(conn: Connection, job_id: int) -> bool:
@@ -228,38 +294,108 @@ class Broker:
     ) -> bool:
         """Finish a leased task in one transaction: fenced delete, result rows, enqueue of the
         survivors for the next stage, attempt log, job completion. Returns False (and writes nothing
-        but a ``fenced_out`` attempt) when the lease is no longer ours.
+        but a ``fenced_out`` attempt) when the lease is no longer ours; an exception from
+        ``write_results`` rolls it all back and propagates.
 
         ``survivor_chunks`` replaces ``survivors`` for a stage that creates assets (the scene split):
         it is called after ``write_results`` and returns the next stage's chunks, each enqueued as its
         own task (dedupe key ``<this task's key>/<n>``)."""
-        with self.engine.begin() as conn:
-            claimed = conn.execute(
-                text(
-                    "DELETE FROM tasks WHERE task_id = :t AND lease_id = CAST(:l AS uuid) AND state = 'leased' "
-                    "RETURNING claimed_at"
-                ),
-                {"t": lease.task_id, "l": lease.lease_id},
-            ).first()
-            if claimed is not None:
-                n_ok = write_results(conn)
-                if survivor_chunks is not None:
-                    chunks = [(f"{lease.dedupe_key}/{i}", list(ids)) for i, ids in enumerate(survivor_chunks())]
+        (outcome,) = self.complete_many(
+            [Completion(lease, write_results, survivors, next_stage, survivor_chunks)], worker_id
+        )
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def complete_many(self, completions: Sequence[Completion], worker_id: int) -> list[Outcome]:
+        """``complete()`` for several leases in **one** transaction (one commit for a run of small
+        tasks). Each lease is fenced on its own: the delete takes a task only while that lease holds
+        it, so a fenced-out lease writes nothing but its ``fenced_out`` attempt and the others commit.
+        For each lease that is still ours, exactly what ``complete()`` does: its result rows, its
+        survivors' enqueue (tasks of the same next stage and job in one insert), its ``ok`` attempt,
+        and the check that finishes drained jobs.
+
+        When a lease's ``write_results`` (or ``survivor_chunks``) raises, the transaction is rolled
+        back and redone without that lease: its outcome is the exception (its lease is still held, for
+        ``fail()``), and the others' effects are as if it had not been in the batch. A lost connection
+        is not a lease's error: it propagates (the caller retries the whole flush; what had committed
+        then reads as fenced out, as for a retried ``complete()``).
+
+        Returns one outcome per completion, in order (see ``Outcome``)."""
+        outcomes: list[Outcome | None] = [None] * len(completions)
+        todo = list(range(len(completions)))
+        while todo:
+            try:
+                with self.engine.begin() as conn:
+                    done = self._complete_in(conn, [completions[i] for i in todo], worker_id)
+            except _CallbackFailed as failed:
+                culprit = todo[failed.index]
+                log.warning("task %s: its completion raised %s; completing the rest of the batch without it",
+                            completions[culprit].lease.task_id, failed.error.__class__.__name__)
+                outcomes[culprit] = failed.error
+                todo.remove(culprit)
+                continue
+            for i, ok in zip(todo, done):
+                outcomes[i] = ok
+                if not ok:
+                    lease = completions[i].lease
+                    log.warning("task %s: lease %s is no longer ours; complete fenced out",
+                                lease.task_id, lease.lease_id)
+            break
+        return outcomes  # type: ignore[return-value]
+
+    def _complete_in(self, conn: Connection, completions: Sequence[Completion], worker_id: int) -> list[bool]:
+        order = sorted(range(len(completions)), key=lambda i: completions[i].lease.task_id)
+        claimed = dict(
+            conn.execute(
+                _DELETE_LEASED,
+                {"task_ids": [completions[i].lease.task_id for i in order],
+                 "lease_ids": [completions[i].lease.lease_id for i in order]},
+            ).all()
+        )
+        ours = [c.lease.task_id in claimed for c in completions]
+        n_ok: dict[int, int] = {}
+        enqueues: dict[tuple, list[tuple[str, list[int]]]] = {}
+        for i, c in enumerate(completions):
+            if not ours[i]:
+                continue
+            lease = c.lease
+            try:
+                n_ok[i] = c.write_results(conn)
+                if c.survivor_chunks is not None:
+                    chunks = [(f"{lease.dedupe_key}/{n}", list(ids)) for n, ids in enumerate(c.survivor_chunks())]
                 else:
-                    chunks = [(lease.dedupe_key, list(survivors))]
-                if next_stage is not None and any(ids for _, ids in chunks):
-                    enqueue(
-                        conn, job_id=lease.job_id, stage=next_stage.stage, stage_version=next_stage.stage_version,
-                        chunks=chunks, max_attempts=lease.max_attempts, max_runtime_s=next_stage.max_runtime_s,
-                    )
-                conn.execute(
-                    _LOG_ATTEMPT,
-                    self._attempt_row(lease, worker_id, claimed[0], "ok", None, len(lease.asset_ids), n_ok),
-                )
-                _finish_job_if_drained(conn, lease.job_id)
-                return True
-        self._log_fenced_out(lease, worker_id, "complete")
-        return False
+                    chunks = [(lease.dedupe_key, list(c.survivors))]
+            except Exception as exc:  # stage code: only this lease's completion fails
+                if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                    raise
+                raise _CallbackFailed(i, exc) from exc
+            if c.next_stage is not None and any(ids for _, ids in chunks):
+                key = (lease.job_id, c.next_stage, lease.max_attempts)
+                enqueues.setdefault(key, []).extend(chunks)
+        for (job_id, nxt, max_attempts), chunks in enqueues.items():
+            enqueue(conn, job_id=job_id, stage=nxt.stage, stage_version=nxt.stage_version, chunks=chunks,
+                    max_attempts=max_attempts, max_runtime_s=nxt.max_runtime_s)
+        rows = [
+            (c.lease, claimed.get(c.lease.task_id), "ok" if ours[i] else "fenced_out",
+             None if ours[i] else "complete after the lease was reclaimed", len(c.lease.asset_ids),
+             n_ok.get(i, 0))
+            for i, c in enumerate(completions)
+        ]
+        conn.execute(
+            _LOG_ATTEMPTS,
+            {
+                "worker_id": worker_id,
+                "task_id": [r[0].task_id for r in rows], "job_id": [r[0].job_id for r in rows],
+                "stage": [r[0].stage for r in rows], "attempt": [r[0].attempt for r in rows],
+                "lease_id": [r[0].lease_id for r in rows], "claimed_at": [r[1] for r in rows],
+                "outcome": [r[2] for r in rows], "error": [r[3] for r in rows],
+                "n_items": [r[4] for r in rows], "n_ok": [r[5] for r in rows],
+            },
+        )
+        if claimed:
+            _finish_jobs_if_drained(conn, [c.lease.job_id for i, c in enumerate(completions) if ours[i]])
+        return ours
 
     def fail(self, lease: Lease, worker_id: int, error: str) -> str:
         """A task-level failure (not a per-item one). Retried with back-off, dead-lettered once

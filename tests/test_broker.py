@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections import Counter
 
 from sqlalchemy import text
 
-from curation.broker import Broker, NextStage, enqueue
+from curation.broker import Broker, Completion, NextStage, enqueue
 from curation.config import BrokerTiming
 
 TIMING = BrokerTiming(heartbeat_s=0.5, worker_timeout_s=4, sweep_s=1, backoff_base_s=10)
@@ -205,3 +207,164 @@ def test_deadline_reclaims_a_task_of_a_live_worker(engine):
     assert broker.sweep().reclaimed == 1
     with engine.connect() as conn:
         assert conn.execute(text("SELECT outcome FROM task_attempts")).scalar_one() == "reclaimed_deadline"
+
+
+# --- batched completions (complete_many) ----------------------------------------------------------
+
+
+def insert_probe_rows(asset_ids):
+    """A plain INSERT (no ON CONFLICT): a second effect for the same asset would raise."""
+    def write(conn):
+        conn.execute(
+            text("INSERT INTO probe_results (asset_id, config_id, stage_version, format, width, height, mode, bytes, "
+                 "sha256, decode_ms) SELECT a, 'probe:test', 'probe@1', 'x', 1, 1, 'RGB', 1, '\\x00', 0 "
+                 "FROM unnest(CAST(:ids AS bigint[])) a"),
+            {"ids": list(asset_ids)},
+        )
+        return len(asset_ids)
+    return write
+
+
+def test_complete_many_fences_each_lease_on_its_own(engine):
+    make_job(engine, 8, 2)
+    broker = Broker(engine, TIMING)
+    zombie = broker.register_worker("probe", "zombie", 1)
+    healthy = broker.register_worker("probe", "healthy", 2)
+    leases = broker.claim(zombie, "probe", 4)
+    assert len(leases) == 4
+    with engine.begin() as conn:  # lease 1 is reclaimed and handed to another worker meanwhile
+        conn.execute(text("UPDATE tasks SET lease_id = gen_random_uuid(), lease_owner = :w WHERE task_id = :t"),
+                     {"w": healthy, "t": leases[1].task_id})
+
+    def broken(conn):
+        raise ValueError("stage bug on this chunk")
+
+    batch = [Completion(leases[0], insert_probe_rows(leases[0].asset_ids),
+                        survivors=leases[0].asset_ids, next_stage=NextStage("resolution", "resolution@1", 60)),
+             Completion(leases[1], insert_probe_rows(leases[1].asset_ids)),
+             Completion(leases[2], broken),
+             Completion(leases[3], insert_probe_rows(leases[3].asset_ids))]
+    outcomes = broker.complete_many(batch, zombie)
+    assert outcomes[0] is True and outcomes[1] is False and outcomes[3] is True
+    assert isinstance(outcomes[2], ValueError)
+    with engine.connect() as conn:
+        written = set(conn.execute(text("SELECT asset_id FROM probe_results")).scalars())
+        assert written == set(leases[0].asset_ids) | set(leases[3].asset_ids)
+        left = dict(conn.execute(text("SELECT task_id, state FROM tasks WHERE stage = 'probe'")).all())
+        assert left == {leases[1].task_id: "leased", leases[2].task_id: "leased"}  # the other's, and ours to fail()
+        nxt = conn.execute(text("SELECT asset_ids FROM tasks WHERE stage = 'resolution'")).scalars().all()
+        assert [list(a) for a in nxt] == [list(leases[0].asset_ids)]
+        attempts = Counter(conn.execute(text("SELECT outcome FROM task_attempts")).scalars())
+        assert attempts == {"ok": 2, "fenced_out": 1}
+    assert broker.fail(leases[2], zombie, "stage bug") == "scheduled"
+
+
+def test_complete_many_finishes_the_job_with_its_last_tasks(engine):
+    job, _ = make_job(engine, 6, 1)
+    broker = Broker(engine, TIMING)
+    wid = broker.register_worker("probe", "w", 1)
+    leases = broker.claim(wid, "probe", 10)
+    assert broker.complete_many([Completion(l, insert_probe_rows(l.asset_ids)) for l in leases], wid) == [True] * 6
+    assert broker.complete_many([], wid) == []
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM jobs WHERE job_id = :j"), {"j": job}).scalar_one() == "completed"
+        assert conn.execute(text("SELECT count(*), sum(n_ok) FROM task_attempts WHERE outcome = 'ok'")).one() == (6, 6)
+
+
+def test_crash_between_process_and_flush_reruns_the_unflushed_tasks(engine):
+    """The worker processed its tasks but died before flushing their completions: nothing of them is in
+    the database, the sweep reclaims them, another worker reruns them (at-least-once execution) and
+    each asset ends with exactly one result row (exactly-once effect)."""
+    _, ids = make_job(engine, 12, 1)
+    broker = Broker(engine, TIMING)
+    crashed = broker.register_worker("probe", "crashed", 1)
+    first = broker.claim(crashed, "probe", 5)
+    assert broker.complete_many([Completion(l, insert_probe_rows(l.asset_ids)) for l in first[:2]], crashed) == [True] * 2
+    # first[2:] processed, completions buffered in the dead process: never flushed
+    broker.mark_worker_dead(crashed)
+    assert broker.sweep().reclaimed == 3
+    with engine.begin() as conn:  # skip the back-off for the test
+        conn.execute(text("UPDATE tasks SET state = 'ready', run_after = now() WHERE state = 'scheduled'"))
+    healthy = broker.register_worker("probe", "healthy", 2)
+    while leases := broker.claim(healthy, "probe", 4):
+        assert all(broker.complete_many([Completion(l, insert_probe_rows(l.asset_ids)) for l in leases], healthy))
+    # the crashed worker's buffered completions, flushed late (e.g. it was only paused): fenced out
+    late = broker.complete_many([Completion(l, insert_probe_rows(l.asset_ids)) for l in first[2:]], crashed)
+    assert late == [False] * 3
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT asset_id, count(*) FROM probe_results GROUP BY asset_id")).all()
+        assert sorted(a for a, _ in rows) == sorted(ids) and {n for _, n in rows} == {1}
+        reruns = conn.execute(text("SELECT count(*) FROM task_attempts WHERE outcome = 'ok' AND attempt = 2")).scalar_one()
+        assert reruns == 3
+        assert conn.execute(text("SELECT status FROM jobs")).scalar_one() == "completed"
+
+
+def test_many_batching_workers_with_reclaims_give_every_item_exactly_one_outcome(engine):
+    """8 workers claim and flush in batches while the sweep keeps reclaiming tasks whose (very short)
+    deadline passed: late flushes are fenced out, the reruns commit; every asset ends with exactly one
+    result row or one item error, and no task is left."""
+    timing = BrokerTiming(heartbeat_s=0.5, worker_timeout_s=30, sweep_s=0.05, backoff_base_s=0.01, backoff_max_s=0.05)
+    n = 600
+    with engine.begin() as conn:
+        job = conn.execute(text("INSERT INTO jobs (name, modality, spec, stages) VALUES ('j', 'image', '{}', "
+                                "ARRAY['probe']) RETURNING job_id")).scalar_one()
+        src = conn.execute(text("INSERT INTO sources (name, uri) VALUES ('s', '/x') RETURNING source_id")).scalar_one()
+        ids = conn.execute(text("INSERT INTO assets (uri, kind, source_id) SELECT '/x/' || g, 'image', :s "
+                                "FROM generate_series(1, :n) g RETURNING asset_id"), {"s": src, "n": n}).scalars().all()
+        enqueue(conn, job_id=job, stage="probe", stage_version="probe@1", chunks=[(f"c{a}", [a]) for a in ids],
+                max_attempts=50, max_runtime_s=0.3)
+    broker = Broker(engine, timing)
+    outcomes: Counter = Counter()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def worker(seed: int):
+        rng = random.Random(seed)
+        wid = broker.register_worker("probe", "w", seed)
+        try:
+            while not stop.is_set():
+                leases = broker.claim(wid, "probe", rng.randint(1, 9))
+                if not leases:
+                    time.sleep(0.01)
+                    continue
+                if rng.random() < 0.1:
+                    time.sleep(0.4)  # a slow batch: its deadline passes and the sweep may reclaim it
+                got = broker.complete_many([Completion(l, insert_probe_rows(l.asset_ids)) for l in leases], wid)
+                with lock:
+                    outcomes.update("exception" if isinstance(o, Exception) else o for o in got)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    def sweeper():
+        while not stop.is_set():
+            broker.sweep()
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)] + [threading.Thread(target=sweeper)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                if conn.execute(text("SELECT count(*) FROM tasks")).scalar_one() == 0:
+                    break
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert outcomes["exception"] == 0 and outcomes[True] >= n
+    assert outcomes[False] > 0  # ~50 late flushes per run: the fence was exercised
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM tasks")).scalar_one() == 0
+        results = Counter(conn.execute(text("SELECT asset_id FROM probe_results")).scalars())
+        item_errors = Counter(conn.execute(text("SELECT asset_id FROM item_errors")).scalars())
+        assert max(results.values(), default=1) == 1
+        assert set(results) | set(item_errors) == set(ids) and not set(results) & set(item_errors)
+        per_task = conn.execute(text("SELECT max(c) FROM (SELECT count(*) c FROM task_attempts WHERE outcome='ok' "
+                                     "GROUP BY task_id) s")).scalar_one()
+        assert per_task == 1
+        assert outcomes[True] == sum(results.values())
