@@ -200,6 +200,40 @@ REGISTRY: dict[str, ModelSpec] = {
             stages=("complexity",),
             files={"config.json": None, "model.safetensors": None},
         ),
+        *(ModelSpec(
+            name=f"dinov2-{size}",
+            family="dino",
+            library="transformers (Dinov2Model + its image processor; CLS embedding; models/dino.py)",
+            source=f"hf:facebook/dinov2-{size}",
+            licence="Apache-2.0",
+            stages=("dino",),
+            files={"config.json": None, "model.safetensors": None, "preprocessor_config.json": None},
+        ) for size in ("small", "base", "large")),
+        ModelSpec(
+            name="dlib-face-resnet-v1",
+            family="faces",
+            library="dlib (5-point shape_predictor + face_recognition_model_v1, 128-d descriptor; models/faces.py)",
+            source="pypi:face-recognition-models==0.3.0 (ships the dlib model files)",
+            licence="public domain / CC0 (dlib-models by Davis King)",
+            stages=("faces",),
+            files={
+                "dlib_face_recognition_resnet_model_v1.dat": "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+                "shape_predictor_5_face_landmarks.dat": "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+            },
+            package="face_recognition_models",
+            package_dir="models",
+        ),
+        ModelSpec(
+            name="dlib-mmod-face-detector",
+            family="faces",
+            library="dlib (cnn_face_detection_model_v1, max-margin object detection; models/faces.py)",
+            source="pypi:face-recognition-models==0.3.0 (ships the dlib model files)",
+            licence="public domain / CC0 (dlib-models by Davis King)",
+            stages=("faces",),
+            files={"mmod_human_face_detector.dat": "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6"},
+            package="face_recognition_models",
+            package_dir="models",
+        ),
     )
 }
 

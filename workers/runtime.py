@@ -299,7 +299,7 @@ class StageWorker:
         self.broker = Broker(self.engine, self.timing)
         self.claim_batch = claim_batch
         self._stages: dict[str, tuple[Stage, StageConfig]] = {}
-        self._indexed_models: set[str] = set()
+        self._indexed_models: set[tuple[str, str]] = set()  # (table, model)
         self._jobs: dict[int, _JobPlan] = {}
         self._stop = threading.Event()
         self._io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch")
@@ -557,7 +557,7 @@ class StageWorker:
             what="complete",
         )
         if ok and stage.embedding_model_param is not None and results:
-            self._ensure_embedding_index(str(getattr(stage.params, stage.embedding_model_param)))
+            self._ensure_embedding_index(stage.result_table, str(getattr(stage.params, stage.embedding_model_param)))
         if ok:
             self.stats.items_ok += sum(1 for r in results.values() if not isinstance(r, ItemFailure))
             self.stats.item_errors += sum(1 for r in results.values() if isinstance(r, ItemFailure))
@@ -711,13 +711,13 @@ class StageWorker:
             stored = load_results(conn, type(stage), [d.donor for d in donors], [config.config_id])
         return {a: stored[d.donor] for d in donors if d.donor in stored for a in by_sha[bytes(d.sha256)]}
 
-    def _ensure_embedding_index(self, model: str) -> None:
+    def _ensure_embedding_index(self, table: str, model: str) -> None:
         """Once per actor and model, outside any completion transaction (see ``curation.embeddings``)."""
-        if model in self._indexed_models:
+        if (table, model) in self._indexed_models:
             return
         try:
-            if with_reconnect(lambda: ensure_hnsw_index(self.engine, model), what="embedding index"):
-                self._indexed_models.add(model)
+            if with_reconnect(lambda: ensure_hnsw_index(self.engine, model, table), what="embedding index"):
+                self._indexed_models.add((table, model))
         except Exception as exc:  # noqa: BLE001 - the results are stored; the next completion tries again
             log.warning("HNSW index of %s not created yet: %s", model, exc)
 

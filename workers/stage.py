@@ -302,3 +302,5 @@ def get_stage(name: str) -> type[Stage]:
     if not (isinstance(cls, type) and issubclass(cls, Stage)):
         raise UnknownStage(f"{name!r} is not a Stage subclass")
     return cls
+    "dino": "workers.dino:DinoStage",
+    "faces": "workers.faces:FacesStage",
