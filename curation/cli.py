@@ -279,6 +279,31 @@ def metrics(
 
 
 @app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind; anything but loopback needs a token"),
+    port: int = typer.Option(8765, "--port", help="TCP port"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="CURATION_CONSOLE_TOKEN",
+                                        help="required on every request when set (header, or ?token= once)"),
+    exports: Optional[str] = typer.Option(None, "--exports", help="folder or s3:// prefix that 'export this "
+                                          "slice' writes under (default <CURATION_HOME>/console-exports)"),
+) -> None:
+    """The web console: jobs with live progress, a job's funnel and errors, cancel / retry, a slice browser
+    (SQL predicate, thumbnails, one asset's stored results and provenance), export of a slice, /metrics."""
+    from curation.console import ConsoleConfigError, check_bind, create_app
+
+    try:
+        check_bind(host, token)
+    except ConsoleConfigError as exc:
+        _fail(str(exc))
+    import uvicorn
+
+    app_ = create_app(_engine(), token=token, export_root=exports)
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"console on http://{escape(shown)}:{port}/" + ("?token=…" if token else "") + " (Ctrl-C stops)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
 def retry(job: int = typer.Argument(..., help="job id")) -> None:
     """Re-run only the failed and dead-lettered items of a job: their item errors are cleared and
     they are enqueued again at the stage where they failed."""

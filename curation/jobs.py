@@ -152,11 +152,12 @@ def export(
     rows_per_file: int | None = None,
     overwrite: bool | None = None,
     balance: Balance | None = None,
+    timeout_s: float = 3600.0,
 ) -> ExportResult:
     """Export a slice to Parquet. With a job, its assets only, and what is not given comes from its
     spec's export section (the view from its modality); without, all assets of ``view`` (default
-    ``curated_images``). Raises ``NoExportTarget`` without a predicate or an output, ``UnknownJob``,
-    and ``curation.export.ExportError``."""
+    ``curated_images``). ``timeout_s``: the statement timeout of the slice's query. Raises
+    ``NoExportTarget`` without a predicate or an output, ``UnknownJob``, and ``curation.export.ExportError``."""
     job = load_job(engine, job_id) if job_id is not None else None
     section = job.spec.export if job is not None else None
     if section is not None:
@@ -168,7 +169,8 @@ def export(
         raise NoExportTarget("give --where and --output (or a job whose spec has an export section)")
     return export_slice(engine, predicate=where, output=output, job_id=job_id,
                         view=view or (job.spec.view if job is not None else "curated_images"),
-                        rows_per_file=rows_per_file or 100_000, overwrite=bool(overwrite), balance=balance)
+                        rows_per_file=rows_per_file or 100_000, overwrite=bool(overwrite), balance=balance,
+                        timeout_s=timeout_s)
 
 
 def export_finished(engine: Engine, job_id: int) -> ExportResult | None:
