@@ -40,6 +40,11 @@ class BrokerTiming:
     sweep_s: float = 15.0
     backoff_base_s: float = 10.0
     backoff_max_s: float = 3600.0
+    # completion batching in the worker loop (workers/runtime.py, Broker.complete_many): the completions
+    # of up to flush_max_tasks consecutive tasks share one transaction, and a finished task's completion
+    # waits about flush_max_s at most; flush_max_tasks = 1 completes every task on its own
+    flush_max_tasks: int = 16
+    flush_max_s: float = 0.5
 
     @classmethod
     def from_env(cls) -> "BrokerTiming":
@@ -48,6 +53,8 @@ class BrokerTiming:
             worker_timeout_s=_float("CURATION_WORKER_TIMEOUT_S", cls.worker_timeout_s),
             sweep_s=_float("CURATION_SWEEP_S", cls.sweep_s),
             backoff_base_s=_float("CURATION_BACKOFF_BASE_S", cls.backoff_base_s),
+            flush_max_tasks=max(1, int(_float("CURATION_FLUSH_MAX_TASKS", cls.flush_max_tasks))),
+            flush_max_s=_float("CURATION_FLUSH_MAX_S", cls.flush_max_s),
         )
 
 

@@ -13,6 +13,8 @@ actors by ``workers/supervisor.py``, one pool per stage).
   only pauses the work.
 - Stopping (SIGTERM to ``curation worker``/``run``, or ``stop_requested`` in the database): the task in
   hand is finished, leases not yet started are released without using an attempt.
+- Completions of consecutive tasks are flushed together in one transaction (``Broker.complete_many``;
+  ``BrokerTiming.flush_max_tasks`` / ``flush_max_s``), and the next tasks are claimed before the flush.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from curation import storage
-from curation.broker import Broker, Lease, NextStage
+from curation.broker import Broker, Completion, Lease, NextStage
 from curation.config import BrokerTiming
 from curation.db import make_engine, with_reconnect
 from curation.dedup import record_near_duplicates
@@ -54,6 +56,13 @@ from curation.storage import StorageError
 from workers.stage import ItemFailure, Span, Stage, StageConfig, StageItem, get_stage, reduced_view
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    completion: Completion
+    after: Callable[[], None]  # counters and follow-ups once committed
+    finished: float  # time.monotonic() when the task's work ended
 
 
 @dataclass
@@ -302,6 +311,8 @@ class StageWorker:
         self._indexed_models: set[tuple[str, str]] = set()  # (table, model)
         self._jobs: dict[int, _JobPlan] = {}
         self._stop = threading.Event()
+        self._pending: list[_Pending] = []  # finished tasks whose completion awaits the next flush
+        self._last_task_s = 0.0
         self._io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch")
         self.stats = WorkerStats()
         self._scratch: Path | None = None
@@ -348,31 +359,49 @@ class StageWorker:
     # --- the loop ---------------------------------------------------------------------------------
 
     def run(self, *, idle_exit_s: float | None = None) -> dict:
-        """Claim and process tasks until stopped (or idle for ``idle_exit_s``). Returns counters."""
+        """Claim and process tasks until stopped (or idle for ``idle_exit_s``). Returns counters.
+
+        Completions are batched: a finished task's completion (results, survivors' enqueue, attempt) is
+        held for the next flush, which commits up to ``timing.flush_max_tasks`` of them in one
+        transaction (``Broker.complete_many``, each still fenced by its own lease), and the next tasks
+        are claimed before it. A completion waits about ``timing.flush_max_s`` at most: the held ones
+        are flushed before a task that would take them past that bound (judged by the last task's
+        time), when the queue is empty and when the worker stops. If the worker dies first, the held
+        tasks are reclaimed and rerun (at-least-once execution; exactly-once effect, as ever)."""
         idle_since = time.monotonic()
         delay = 0.05
+        leases: list[Lease] = []
         try:
             while not self._stop.is_set():
-                leases = with_reconnect(
-                    lambda: self.broker.claim(self.worker_id, self.stage_ref, self.claim_batch), what="claim"
-                )
+                if not leases:  # claimed before the flush of the tasks just finished
+                    leases = with_reconnect(
+                        lambda: self.broker.claim(self.worker_id, self.stage_ref, self.claim_batch), what="claim"
+                    )
                 if not leases:
+                    self._flush()
                     if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                         break
                     self._stop.wait(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 1.0)
                     continue
                 delay = 0.05
-                for i, lease in enumerate(leases):
-                    if self._stop.is_set():
-                        for rest in leases[i:]:
-                            if self.broker.release(rest, self.worker_id):
-                                self.stats.released += 1
-                        break
-                    self.process_task(lease)
+                lease = leases.pop(0)
+                if self._pending and (time.monotonic() - self._pending[0].finished + self._last_task_s
+                                      >= self.timing.flush_max_s):
+                    self._flush()
+                started = time.monotonic()
+                self.process_task(lease)
+                self._last_task_s = time.monotonic() - started
                 idle_since = time.monotonic()
         finally:
             self._stop.set()
+            try:
+                self._flush()  # finished work first
+                for rest in leases:
+                    if self.broker.release(rest, self.worker_id):
+                        self.stats.released += 1
+            except Exception:  # noqa: BLE001 - the sweep reclaims what is left
+                log.warning("worker %s: could not flush or release its tasks on stop", self.worker_id)
             try:
                 self.broker.worker_stopped(self.worker_id)
             except Exception:  # noqa: BLE001
@@ -380,6 +409,38 @@ class StageWorker:
             while self._stages:
                 self._teardown(self._stages.popitem()[1][0])
         return dataclasses.asdict(self.stats)
+
+    def _complete(self, lease: Lease, write: Callable[[Connection], int], after: Callable[[], None],
+                  **kw: Any) -> None:
+        """Hold the task's completion for the next flush; ``after`` runs once it has committed."""
+        self._pending.append(_Pending(Completion(lease, write, **kw), after, time.monotonic()))
+        if len(self._pending) >= self.timing.flush_max_tasks:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Commit the held completions in one transaction. A fenced-out one is counted; one whose
+        result write raised is failed (retried with back-off) like any task-level failure."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        outcomes = with_reconnect(
+            lambda: self.broker.complete_many([p.completion for p in pending], self.worker_id), what="complete"
+        )
+        for p, outcome in zip(pending, outcomes):
+            lease = p.completion.lease
+            if isinstance(outcome, Exception):
+                log.error("task %s (%s) failed writing its results: %r", lease.task_id, lease.stage, outcome)
+                self.stats.task_failures += 1
+                error = f"{outcome.__class__.__name__}: {outcome}"
+                with_reconnect(lambda lease=lease, error=error: self.broker.fail(lease, self.worker_id, error),
+                               what="fail")
+            elif outcome is False:
+                self.stats.fenced_out += 1
+            else:
+                try:
+                    p.after()
+                except Exception:  # noqa: BLE001 - the task is committed; what follows is best effort
+                    log.exception("task %s: after its completion", lease.task_id)
 
     def _plan(self, job_id: int) -> _JobPlan:
         plan = self._jobs.get(job_id)
@@ -438,7 +499,7 @@ class StageWorker:
             with_reconnect(lambda: self.broker.fail(lease, self.worker_id, error), what="fail")
             return
         self.stats.tasks += 1
-        if not outcome:
+        if outcome is False:
             self.stats.fenced_out += 1
 
     def _with_inputs(self, config: StageConfig, stage: Stage, plan: _JobPlan, job_id: int,
@@ -479,7 +540,7 @@ class StageWorker:
                                 if a in got or parents.get(a) in got}
         return rows, priors
 
-    def _run_stage(self, lease: Lease, plan: _JobPlan, stage: Stage, config: StageConfig, index: int) -> bool:
+    def _run_stage(self, lease: Lease, plan: _JobPlan, stage: Stage, config: StageConfig, index: int) -> None:
         ids = list(lease.asset_ids)
         version = stage.stage_version()
 
@@ -551,23 +612,19 @@ class StageWorker:
                 write, chunks = self._windows_writer(write, nxt, outputs)
             elif nxt.chunks is not None:
                 chunks = lambda: nxt.chunks  # noqa: E731
-        ok = with_reconnect(
-            lambda: self.broker.complete(lease, self.worker_id, write, survivors=survivors, next_stage=next_stage,
-                                         survivor_chunks=chunks),
-            what="complete",
-        )
-        if ok and stage.embedding_model_param is not None and results:
-            self._ensure_embedding_index(stage.result_table, str(getattr(stage.params, stage.embedding_model_param)))
-        if ok:
+        def after() -> None:
+            if stage.embedding_model_param is not None and results:
+                self._ensure_embedding_index(stage.result_table, str(getattr(stage.params, stage.embedding_model_param)))
             self.stats.items_ok += sum(1 for r in results.values() if not isinstance(r, ItemFailure))
             self.stats.item_errors += sum(1 for r in results.values() if isinstance(r, ItemFailure))
-        return ok
+
+        self._complete(lease, write, after, survivors=survivors, next_stage=next_stage, survivor_chunks=chunks)
 
     # --- fused CPU stages: one read and one full decode per file ------------------------------------
 
     fused_batch = 16  # files of a fused pass held at once (their full decodes are shared by its stages)
 
-    def _run_fused(self, lease: Lease, plan: _JobPlan, refs: list[str]) -> bool:
+    def _run_fused(self, lease: Lease, plan: _JobPlan, refs: list[str]) -> None:
         """Run the consecutive CPU stages ``refs`` of the job on the task's assets in one pass: each file
         is read once and fully decoded once (by the probe when it is in the pass; see ``_Media``), and
         each stage sees exactly the items, priors, reuse and image it would see in a task of its own.
@@ -634,16 +691,12 @@ class StageWorker:
             # the attempt ledger's n_ok counts the task's own items: those the group's first stage scored
             return [w(conn) for w in writers][0]
 
-        ok = with_reconnect(
-            lambda: self.broker.complete(lease, self.worker_id, write, survivors=last, next_stage=next_stage,
-                                         survivor_chunks=chunks),
-            what="complete",
-        )
-        if ok:
+        def after() -> None:
             for s in steps:
                 self.stats.items_ok += sum(1 for r in s.results.values() if not isinstance(r, ItemFailure))
                 self.stats.item_errors += sum(1 for r in s.results.values() if isinstance(r, ItemFailure))
-        return ok
+
+        self._complete(lease, write, after, survivors=last, next_stage=next_stage, survivor_chunks=chunks)
 
     def _fused_step(self, step: "_Step", reaching: list[int], media: dict[int, "_Media"],
                     outputs: dict[str, dict[int, Any]]) -> list[int]:
