@@ -61,6 +61,7 @@ def tiny_params(name: str, yolo: str) -> dict:
         "clip_text_score": CLIP,
         "thumbnail": {"output": THUMBNAILS},
         "video_thumbnail": {"output": THUMBNAILS, "frames": 2},
+        "dino": {"model": "dinov2-tiny-random"},
     }.get(name, {})
 
 
