@@ -267,6 +267,7 @@ _BUILTIN = {
     "caption_variants": "workers.caption_variants:CaptionVariantsStage",
     "video_caption_variants": "workers.caption_variants:VideoCaptionVariantsStage",
     "clip_text_score": "workers.clip_text_score:ClipTextScoreStage",
+    "pair_verify": "workers.pair_verify:PairVerifyStage",
     "thumbnail": "workers.thumbnail:ThumbnailStage", "video_thumbnail": "workers.thumbnail:VideoThumbnailStage",
 }
 
