@@ -22,7 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from models.device import cpu_threads, torch_device
-from models.registry import REGISTRY, TINY_SUFFIX, MissingWeights, files_digest, refuse_tiny, require
+from models.registry import (
+    REGISTRY,
+    TINY_SUFFIX,
+    MissingWeights,
+    files_digest,
+    refuse_tiny,
+    require,
+)
 
 TINY = "dinov2-tiny-random"
 FAMILY = "dino"

@@ -5,6 +5,7 @@ counts, boxes, descriptors and ``face_sim`` on real faces), and both stages thro
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from models.faces import KEEP_DISTANCE, SAME_PERSON_DISTANCE, face_similarity
 from models.registry import MissingWeights
 from tests.missing import unavailable
 from workers.dino import DinoParams, DinoStage
-from workers.faces import FacesParams, FacesStage
+from workers.faces import FacesStage
 from workers.stage import StageItem
 
 # astronaut (Eileen Collins), messi5 (Lionel Messi), basketball1/2 (two frames of one player)
@@ -80,6 +81,18 @@ def test_tiny_dino_embeds_real_photos_as_unit_vectors(skimage_dir):
     assert stage.config().params == {"model": TINY} and stage.config().models == {}  # the name says random-init
 
 
+def test_a_local_dinov2_folder_loads_through_from_pretrained(skimage_dir, tmp_path):
+    """The real-weights path (``Dinov2Model`` + ``AutoImageProcessor.from_pretrained`` of a folder, offline)
+    on a folder saved from the tiny model: the same embeddings, and the folder's digest as its identity."""
+    tiny = DinoEmbedder(TINY)
+    tiny._net.save_pretrained(tmp_path / "dinov2")
+    tiny._processor.save_pretrained(tmp_path / "dinov2")
+    local = DinoEmbedder(str(tmp_path / "dinov2"))
+    photo = _open(skimage_dir / "astronaut.png")
+    assert local.dim == 32 and len(local.weights_sha256) == 64
+    assert np.allclose(local.embed([photo]), tiny.embed([photo]), atol=1e-5)
+
+
 def test_the_tiny_dino_never_runs_in_a_real_job_and_absent_weights_say_what_to_do(monkeypatch, tmp_path):
     monkeypatch.delenv("CURATION_ALLOW_TINY_MODELS")
     with pytest.raises(ValidationError, match="random-weight test model"):
@@ -127,11 +140,11 @@ def test_two_faces_are_counted_and_get_no_descriptor(skimage_dir, faces_stage):
 
 def test_face_similarity_maps_dlib_distance_onto_the_reports_thresholds():
     a = np.zeros(128, dtype=np.float32)
-    at = lambda d: face_similarity(a, np.r_[np.float32(d), np.zeros(127, dtype=np.float32)])  # noqa: E731
+    at = lambda d: face_similarity(a, np.r_[np.float32(d), np.zeros(127, dtype=np.float32)])
     assert at(KEEP_DISTANCE) == pytest.approx(0.7) and at(SAME_PERSON_DISTANCE) == pytest.approx(0.5)
     assert (KEEP_DISTANCE, SAME_PERSON_DISTANCE) == (0.5, 0.6)
     values = [at(d) for d in np.linspace(0.0, 1.4, 29)]
-    assert all(b > c for b, c in zip(values, values[1:]))  # the nearer, the more alike
+    assert all(b > c for b, c in itertools.pairwise(values))  # the nearer, the more alike
     assert 0.99 < values[0] < 1.0 and 0.0 < values[-1] < 0.01  # never 0: the report's "no face"
 
 
@@ -190,9 +203,9 @@ def test_dino_and_faces_jobs_store_embeddings_faces_and_item_errors(engine, db_u
         assert row.view_count == row.face_count == (0 if name in NO_FACE else 1)
         assert (row.embedding is None) == (name in NO_FACE)
         assert isinstance(row.boxes, list) and len(row.boxes) == row.face_count
-    as_array = lambda v: np.array(v.strip("[]").split(",") if isinstance(v, str) else v, dtype=np.float32)  # noqa: E731
+    as_array = lambda v: np.array(v.strip("[]").split(",") if isinstance(v, str) else v, dtype=np.float32)
     astronaut, flipped, messi = (as_array(faces[n].embedding) for n in ("astronaut.png", "astronaut_flipped.jpg", "messi5.jpg"))
-    assert face_similarity(astronaut, flipped) > 0.7 > 0.5 > face_similarity(astronaut, messi)
+    assert face_similarity(astronaut, flipped) > 0.7 and face_similarity(astronaut, messi) < 0.5
     with engine.begin() as conn:
         asset = conn.execute(text("SELECT asset_id FROM assets WHERE uri LIKE '%/astronaut.png'")).scalar_one()
         hits = similar(conn, asset, k=3, table="dino_results")
