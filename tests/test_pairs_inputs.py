@@ -123,6 +123,17 @@ def test_one_face_on_the_astronaut_with_its_box_and_a_descriptor(skimage_dir, fa
     assert r.model == "dlib-face-resnet-v1" and len(r.weights_sha256) == 64
 
 
+def test_the_cnn_detector_finds_the_astronaut_too(skimage_dir):
+    """dlib's MMOD CNN (``detector: cnn``; 5-8 s an image on one CPU core, made for a GPU build of dlib)."""
+    stage = FacesStage(FacesStage.Params(detector="cnn", upsample=0))
+    stage.setup()
+    (r,) = _faces(stage, _open(skimage_dir / "astronaut.png"))
+    assert r.face_count == 1 and r.embedding.shape == (128,)
+    x0, y0, x1, y1 = r.boxes[0]["box"]
+    assert 0.28 < x0 < 0.38 and 0.48 < x1 < 0.56 and 0.09 < y0 < 0.19 and 0.28 < y1 < 0.37
+    assert "dlib-mmod-face-detector" in stage.config().models
+
+
 def test_photos_without_a_face_have_no_descriptor(skimage_dir, faces_stage):
     for r in _faces(faces_stage, *(_open(skimage_dir / n) for n in NO_FACE)):
         assert (r.face_count, r.boxes, r.largest_face_fraction, r.embedding) == (0, [], 0.0, None)
