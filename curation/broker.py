@@ -12,7 +12,8 @@
   stage and logs the attempt in **one** transaction: at-least-once execution, exactly-once effect.
   ``complete_many()`` does the same for several leases in one transaction (one commit for a run of
   small tasks); each lease is still fenced on its own: a fenced-out lease adds nothing, and it does not
-  undo the others.
+  undo the others. A drained job is marked completed right after that commit (no lock on the job row
+  while completions commit; a worker that dies in between leaves it to the sweep).
 - All lease arithmetic uses the database's clock (``now()``), never the worker's.
 """
 
@@ -203,14 +204,6 @@ def enqueue(
     return result.rowcount
 
 
-def _finish_jobs_if_drained(conn: Connection, job_ids: Sequence[int]) -> int:
-    # as _finish_job_if_drained, for several jobs; the rows are locked in job_id order so that two
-    # flushes touching the same jobs cannot deadlock
-    ids = sorted(set(job_ids))
-    conn.execute(text("SELECT 1 FROM jobs WHERE job_id = ANY(:j) ORDER BY job_id FOR UPDATE"), {"j": ids})
-    return conn.execute(_FINISH_JOBS, {"job_ids": ids}).rowcount
-
-
 def _finish_job_if_drained(conn: Connection, job_id: int) -> bool:
     # Lock the job row first: of two concurrent last completions, the second one to take the lock
     # sees the first one's delete (fresh snapshot per statement) and finishes the job.
@@ -293,7 +286,8 @@ class Broker:
         survivor_chunks: Callable[[], Sequence[Sequence[int]]] | None = None,
     ) -> bool:
         """Finish a leased task in one transaction: fenced delete, result rows, enqueue of the
-        survivors for the next stage, attempt log, job completion. Returns False (and writes nothing
+        survivors for the next stage, attempt log; then, once committed, the job's completion if that was
+        its last task. Returns False (and writes nothing
         but a ``fenced_out`` attempt) when the lease is no longer ours; an exception from
         ``write_results`` rolls it all back and propagates.
 
@@ -312,8 +306,8 @@ class Broker:
         tasks). Each lease is fenced on its own: the delete takes a task only while that lease holds
         it, so a fenced-out lease writes nothing but its ``fenced_out`` attempt and the others commit.
         For each lease that is still ours, exactly what ``complete()`` does: its result rows, its
-        survivors' enqueue (tasks of the same next stage and job in one insert), its ``ok`` attempt,
-        and the check that finishes drained jobs.
+        survivors' enqueue (tasks of the same next stage and job in one insert), its ``ok`` attempt;
+        after the commit, the check that finishes drained jobs.
 
         When a lease's ``write_results`` (or ``survivor_chunks``) raises, the transaction is rolled
         back and redone without that lease: its outcome is the exception (its lease is still held, for
@@ -326,8 +320,16 @@ class Broker:
         todo = list(range(len(completions)))
         while todo:
             try:
-                with self.engine.begin() as conn:
-                    done = self._complete_in(conn, [completions[i] for i in todo], worker_id)
+                with self.engine.connect() as conn:
+                    with conn.begin():
+                        done = self._complete_in(conn, [completions[i] for i in todo], worker_id)
+                    if any(done):
+                        # after the commit, not inside it: of two last completions of a job, the one
+                        # that commits second sees both deletes here; no job row is locked while the
+                        # completion commits (that lock serialised every worker of a job on its fsync)
+                        with conn.begin():
+                            conn.execute(_FINISH_JOBS, {"job_ids": sorted(
+                                {completions[i].lease.job_id for i, ok in zip(todo, done) if ok})})
             except _CallbackFailed as failed:
                 culprit = todo[failed.index]
                 log.warning("task %s: its completion raised %s; completing the rest of the batch without it",
@@ -393,8 +395,6 @@ class Broker:
                 "n_items": [r[4] for r in rows], "n_ok": [r[5] for r in rows],
             },
         )
-        if claimed:
-            _finish_jobs_if_drained(conn, [c.lease.job_id for i, c in enumerate(completions) if ours[i]])
         return ours
 
     def fail(self, lease: Lease, worker_id: int, error: str) -> str:
