@@ -38,7 +38,8 @@ HOSTILE_PREDICATES = (
 )
 
 
-def submit_job(engine, skimage_dir, tmp_path, name: str = HOSTILE_NAME, *, fuse: bool = True) -> int:
+def submit_job(engine, skimage_dir, tmp_path, name: str = HOSTILE_NAME, *, fuse: bool = True,
+               thumbnails: str | None = None) -> int:
     """``fuse=False``: each stage in its own worker, so progress moves in visible steps, one per stage."""
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -47,7 +48,7 @@ def submit_job(engine, skimage_dir, tmp_path, name: str = HOSTILE_NAME, *, fuse:
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # an item error
     spec = {"name": name, "modality": "image", "source": {"uri": str(folder), "name": "skimage"},
             "stages": [{"name": "probe"}, {"name": "resolution", "params": {"min_side": 400}}, {"name": "phash"},
-                       {"name": "thumbnail", "params": {"output": str(tmp_path / "thumbs")}}],
+                       {"name": "thumbnail", "params": {"output": thumbnails or str(tmp_path / "thumbs")}}],
             "chunk_size": 2, "fuse_cpu_stages": fuse}
     return submit_spec(engine, spec)
 
@@ -172,6 +173,28 @@ def test_thumbnails_are_only_stored_uris(engine, done_job, tmp_path):
     with engine.connect() as conn:  # an asset without a thumbnail (the broken file)
         broken = conn.execute(text("SELECT asset_id FROM assets WHERE uri LIKE '%broken.jpg'")).scalar_one()
     assert client.get(f"/thumbnails/{broken}").status_code == 404
+
+
+def test_slice_pages_and_s3_thumbnails(engine, db_url, skimage_dir, tmp_path, s3_bucket):
+    from curation.slices import read_slice
+
+    job_id = submit_job(engine, skimage_dir, tmp_path, thumbnails=f"s3://{s3_bucket}/thumbs")
+    run_stages(db_url)
+    pages = [read_slice(engine, "decoded", job_id=job_id, page=p, per_page=4) for p in range(3)]
+    assert [len(p.rows) for p in pages] == [4, 2, 0] and [p.more for p in pages] == [True, False, False]
+    ids = [r.asset_id for p in pages for r in p.rows]
+    assert ids == sorted(ids) and len(set(ids)) == len(PHOTOS)
+    assert read_slice(engine, "uri LIKE '%coffee%' AND uri NOT LIKE '%:%'", job_id=job_id).rows  # '%', ':' literal
+
+    client = client_for(engine, tmp_path)
+    shown = client.get("/slice", params={"job": job_id, "where": "thumbnail_uri LIKE 's3://%'"})
+    assets = [int(a) for a in re.findall(r'data-asset="(\d+)"', shown.text)]
+    assert len(assets) >= 4
+    for asset_id in assets:
+        picture = client.get(f"/thumbnails/{asset_id}")
+        assert picture.status_code == 200
+        with Image.open(io.BytesIO(picture.content)) as im:
+            assert im.format == "WEBP"
 
 
 def test_token_rule(engine, done_job, tmp_path, monkeypatch):

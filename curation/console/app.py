@@ -40,6 +40,8 @@ SECURITY_HEADERS = {
                                "'unsafe-inline'; frame-ancestors 'none'; form-action 'self'",
 }
 PER_PAGE = 24
+JOBS_LISTED = 30
+FINISHED_TTL_S = 30.0
 
 
 def _progress(st) -> dict:
@@ -91,13 +93,27 @@ def create_app(engine: Engine, *, token: str | None = None, export_root: str | P
 
     # --- jobs ---------------------------------------------------------------------------------------
 
+    # a completed or cancelled job's progress changes only after a retry: it is read again after
+    # FINISHED_TTL_S, not on every poll of every open page
+    finished: dict[tuple[int, str], tuple[float, dict]] = {}
+
     def all_progress() -> list[dict]:
         out = []
-        for summary in jobs.list_jobs(engine, limit=50):
+        for summary in jobs.list_jobs(engine, limit=JOBS_LISTED):
+            if summary.status == "running":  # retried: what was cached of it is over
+                finished.pop((summary.id, "completed"), None)
+                finished.pop((summary.id, "cancelled"), None)
+            cached = finished.get((summary.id, summary.status))
+            if cached is not None and time.monotonic() - cached[0] < FINISHED_TTL_S:
+                out.append(cached[1])
+                continue
             try:
-                out.append(_progress(jobs.status(engine, summary.id)) | {"created_at": summary.created_at.isoformat()})
+                progress = _progress(jobs.status(engine, summary.id)) | {"created_at": summary.created_at.isoformat()}
             except jobs.UnknownJob:
                 continue  # deleted between the two reads
+            if progress["status"] != "running":
+                finished[(summary.id, progress["status"])] = (time.monotonic(), progress)
+            out.append(progress)
         return out
 
     @app.get("/", response_class=HTMLResponse)
