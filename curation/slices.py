@@ -20,7 +20,7 @@ from curation.user_sql import UnsafeSQL, check_predicate, reader_engine
 # columns a slice card does not show as a score (ids, hashes, provenance, the thumbnail's own size)
 _NOT_SHOWN = {"job_id", "asset_id", "exact_duplicate_of", "near_duplicate_of", "semantic_duplicate_of",
               "video_id", "start_frame", "end_frame", "cluster_id", "thumbnail_width", "thumbnail_height",
-              "exif_orientation", "rotation", "width", "height", "bytes", "long_side"}
+              "exif_orientation", "rotation", "width", "height", "bytes", "long_side", "decode_ms", "decoded"}
 SCORES_PER_CARD = 6
 
 
@@ -49,15 +49,16 @@ class SlicePage:
 
 
 def _scores(record: dict) -> list[tuple[str, Any]]:
-    out = []
+    """The first few numbers of the row (scores, in view order), then its flags."""
+    numbers, flags = [], []
     for name, value in record.items():
         if name in _NOT_SHOWN or name.endswith("_version") or value is None:
             continue
-        if isinstance(value, (bool, int, float)):
-            out.append((name, round(value, 3) if isinstance(value, float) else value))
-        if len(out) == SCORES_PER_CARD:
-            break
-    return out
+        if isinstance(value, bool):
+            flags.append((name, value))
+        elif isinstance(value, (int, float)):
+            numbers.append((name, round(value, 3) if isinstance(value, float) else value))
+    return (numbers + flags)[:SCORES_PER_CARD]
 
 
 def read_slice(engine: Engine, predicate: str, *, view: str = "curated_images", job_id: int | None = None,

@@ -230,6 +230,38 @@ def test_token_rule(engine, done_job, tmp_path, monkeypatch):
     assert client.post(f"/jobs/{done_job}/retry", data={"csrf": "x"}).status_code == 403  # token, but no CSRF
 
 
+def test_serve_command(db_url, tmp_path):
+    """``curation serve`` as a user starts it: the console answers on loopback, and with a token only to it."""
+    import os
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    port = _free_port()
+    env = {**os.environ, "CURATION_DATABASE_URL": db_url, "CURATION_CONSOLE_TOKEN": TOKEN,
+           "CURATION_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen([sys.executable, "-m", "curation.cli", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 401  # up, and the token from the environment is required
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else ""
+                time.sleep(0.2)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=10) as page:
+            assert page.status == 200 and b"<h1>Jobs</h1>" in page.read()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
 def test_cancel_and_retry_are_csrf_safe_posts(engine, db_url, skimage_dir, tmp_path):
     job_id = submit_job(engine, skimage_dir, tmp_path, name="to cancel")
     client = client_for(engine, tmp_path)
