@@ -50,7 +50,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -139,11 +139,11 @@ def _ours_setup(url: str, items: int, per_task: int) -> None:
     _analyze(url)
 
 
-def _ours_worker(url: str, claim_n: int, write_rows: bool, ready, start, done) -> None:
+def _ours_worker(url: str, claim_n: int, write_rows: bool, batched: bool, ready, start, done) -> None:
     from sqlalchemy import BigInteger, Column, Float, MetaData, Table, Text
     from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-    from curation.broker import Broker
+    from curation.broker import Broker, Completion
     from curation.db import make_engine
 
     scratch = Table("bench_results", MetaData(), Column("asset_id", BigInteger, primary_key=True),
@@ -171,10 +171,13 @@ def _ours_worker(url: str, claim_n: int, write_rows: bool, ready, start, done) -
         leases = broker.claim(wid, STAGE, claim_n)
         if not leases:
             break
-        for lease in leases:
-            if not broker.complete(lease, wid, writer(lease)):
-                raise RuntimeError(f"task {lease.task_id} fenced out")
-            n += len(lease.asset_ids)
+        if batched:  # the runtime's flush: the claimed tasks' completions in one transaction
+            outcomes = broker.complete_many([Completion(lease, writer(lease)) for lease in leases], wid)
+        else:  # one transaction per task
+            outcomes = [broker.complete(lease, wid, writer(lease)) for lease in leases]
+        if not all(o is True for o in outcomes):
+            raise RuntimeError(f"completions fenced out or failed: {outcomes}")
+        n += sum(len(lease.asset_ids) for lease in leases)
     broker.engine.dispose()
     done.put(n)
 
@@ -182,6 +185,123 @@ def _ours_worker(url: str, claim_n: int, write_rows: bool, ready, start, done) -
 def _ours_span(url: str) -> tuple[float, int]:
     return _query(url, "SELECT extract(epoch FROM max(ended_at) - min(claimed_at)), coalesce(sum(n_items), 0) "
                        "FROM task_attempts WHERE outcome = 'ok'")
+
+
+# --- the bare SQL loop (reference) ---------------------------------------------------------------
+
+_BARE_CLAIM = """
+    WITH picked AS MATERIALIZED (
+        SELECT task_id FROM tasks WHERE stage = %s AND state = 'ready' AND run_after <= now()
+        ORDER BY priority, task_id LIMIT 1 FOR UPDATE SKIP LOCKED)
+    UPDATE tasks t SET state = 'leased', attempt = t.attempt + 1, lease_id = gen_random_uuid(), lease_owner = %s,
+        claimed_at = now(), deadline_at = now() + t.max_runtime_s * interval '1 second'
+    FROM picked WHERE t.task_id = picked.task_id
+    RETURNING t.task_id, t.job_id, t.attempt, t.lease_id, cardinality(t.asset_ids)
+"""
+_BARE_DELETE = ("DELETE FROM tasks WHERE task_id = %s AND lease_id = %s AND state = 'leased' "
+                "RETURNING claimed_at")
+_BARE_LOG = ("INSERT INTO task_attempts (task_id, job_id, stage, attempt, lease_id, worker_id, claimed_at, "
+             "outcome, n_items, n_ok) VALUES (%s, %s, %s, %s, %s, %s, %s, 'ok', %s, 0)")
+
+
+def _bare_worker(url: str, ready, start, done) -> None:
+    """The same design with nothing around it: psycopg 3, one connection, prepared statements; one
+    transaction claims one task (the broker's claim SQL), one transaction completes it (fenced delete +
+    attempt row). No job bookkeeping, no pool, no ORM."""
+    import psycopg
+
+    conn = psycopg.connect(_sa_url_to_libpq(url), prepare_threshold=0)
+    wid = conn.execute("INSERT INTO workers (stage, host, pid) VALUES (%s, 'bare', 0) RETURNING worker_id",
+                       (STAGE,)).fetchone()[0]
+    conn.commit()
+    ready.put(1)
+    start.wait()
+    n = 0
+    while True:
+        row = conn.execute(_BARE_CLAIM, (STAGE, wid)).fetchone()
+        conn.commit()
+        if row is None:
+            break
+        task_id, job_id, attempt, lease_id, n_items = row
+        claimed = conn.execute(_BARE_DELETE, (task_id, lease_id)).fetchone()
+        if claimed is None:
+            raise RuntimeError(f"task {task_id} fenced out")
+        conn.execute(_BARE_LOG, (task_id, job_id, STAGE, attempt, lease_id, wid, claimed[0], n_items))
+        conn.commit()
+        n += n_items
+    conn.close()
+    done.put(n)
+
+
+# --- graphile-worker (Node) ----------------------------------------------------------------------
+
+GRAPHILE_VERSION = "0.17.3"  # the newest release that runs on Node 20 (0.18 needs Node >= 22.18)
+NODE_DIR = Path(__file__).resolve().parent / ".node"  # git-ignored (a .gitignore of its own)
+_graphile_results: dict[str, list[dict]] = {}
+
+
+def _ensure_graphile() -> None:
+    import json
+    import subprocess
+
+    pkg = NODE_DIR / "node_modules" / "graphile-worker" / "package.json"
+    if pkg.is_file() and json.loads(pkg.read_text())["version"] == GRAPHILE_VERSION:
+        return
+    NODE_DIR.mkdir(exist_ok=True)
+    (NODE_DIR / ".gitignore").write_text("*\n")
+    if not (NODE_DIR / "package.json").is_file():
+        (NODE_DIR / "package.json").write_text('{"private": true}\n')
+    print(f"installing graphile-worker@{GRAPHILE_VERSION} under {NODE_DIR} (npm)", flush=True)
+    subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR),
+                    f"graphile-worker@{GRAPHILE_VERSION}"], check=True, capture_output=True)
+
+
+def _graphile_setup(url: str, items: int) -> None:
+    import subprocess
+
+    import psycopg
+
+    libpq = _sa_url_to_libpq(url)
+    subprocess.run(["node", str(NODE_DIR / "node_modules" / "graphile-worker" / "dist" / "cli.js"),
+                    "--schema-only", "-c", libpq], check=True, capture_output=True)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        for s in range(0, items, 10000):
+            conn.execute("SELECT graphile_worker.add_jobs(ARRAY(SELECT ROW('noop', '{}'::json, NULL, NULL, NULL, "
+                         "NULL, NULL, NULL)::graphile_worker.job_spec FROM generate_series(1, %s)))",
+                         (min(10000, items - s),))
+        conn.execute("ANALYZE")
+
+
+def _graphile_spawn(url: str, workers: int, concurrency: int, local_queue: int) -> float:
+    import json
+    import subprocess
+
+    script = Path(__file__).resolve().parent / "graphile_worker_peer.cjs"
+    procs = [subprocess.Popen(["node", str(script), str(NODE_DIR), _sa_url_to_libpq(url), str(concurrency),
+                               str(local_queue)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(workers)]
+    for p in procs:
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError("graphile-worker process did not start")
+    t0 = time.perf_counter()
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    results = [json.loads(p.stdout.readline()) for p in procs]
+    wall = time.perf_counter() - t0
+    for p in procs:
+        if p.wait(60) != 0:
+            raise RuntimeError(f"graphile-worker exit code {p.returncode}")
+    _graphile_results[url] = results
+    return wall
+
+
+def _graphile_span(url: str) -> tuple[float, int]:
+    # graphile-worker deletes a job when it completes and keeps no ledger: the span runs from the first
+    # job's start to the first process seeing the queue empty (all completions committed, +<= 10 ms)
+    got = _graphile_results.pop(url)
+    first = min(r["first"] for r in got if r["n"])
+    return (min(r["drained"] for r in got) - first) / 1000, sum(r["n"] for r in got)
 
 
 # --- procrastinate -------------------------------------------------------------------------------
@@ -278,20 +398,23 @@ def _pgq_span(url: str) -> tuple[float, int]:
 
 @dataclass
 class Case:
-    system: str  # "ours" | "procrastinate" | "PgQueuer"
+    system: str  # "ours" | "bare SQL" | "procrastinate" | "PgQueuer" | "graphile-worker"
     label: str
     per_task: int  # assets per task (1 for the peers: one job per item)
     items: int
-    batch: str  # how work is fetched, for the table
+    batch: str  # how work is fetched and completed, for the table
     setup: Callable[[], str]  # prepares the backlog, returns the database URL the workers use
-    worker: Callable
+    worker: Callable | None
     worker_args: Callable[[str], tuple]
     span: Callable[[str], tuple[float, int]]
-    rates: list[float]
-    walls: list[float]
+    rates: list[float] = field(default_factory=list)
+    walls: list[float] = field(default_factory=list)
+    spawn: Callable[[str, int], float] | None = None  # replaces the Python worker processes (Node)
 
 
 def _spawn_and_time(case: Case, url: str, workers: int) -> float:
+    if case.spawn is not None:
+        return case.spawn(url, workers)
     ctx = mp.get_context("spawn")
     ready, start, done = ctx.Queue(), ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=case.worker, args=(*case.worker_args(url), ready, start, done)) for _ in range(workers)]
@@ -316,34 +439,51 @@ def _spawn_and_time(case: Case, url: str, workers: int) -> float:
     return wall
 
 
+def _ints(arg: str) -> list[int]:
+    return [int(x) for x in arg.split(",") if x.strip()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--items", type=int, default=4000,
-                    help="items per run at 1 item per task/job (ours 1 asset/task, procrastinate, PgQueuer)")
+    ap.add_argument("--items", type=int, default=10000,
+                    help="items per run at 1 item per task/job (ours complete_many, PgQueuer, graphile-worker)")
     ap.add_argument("--items-64", type=int, default=None,
-                    help="assets per run for ours at 64 assets/task (default 16 x --items, i.e. 1,000 tasks "
-                         "at the default: enough tasks for a measurable span)")
+                    help="assets per run at 64 assets/task (ours, bare SQL; default 16 x --items)")
+    ap.add_argument("--slow-items", type=int, default=2000,
+                    help="items per run of the cases that commit once per item (ours per-task commit and the "
+                         "bare SQL loop at 1 asset/task, procrastinate)")
+    ap.add_argument("--synchronous-commit", choices=["on", "off"], default="on",
+                    help="the server's synchronous_commit (on: every commit waits for its WAL flush)")
     ap.add_argument("--workers", type=int, default=4, help="worker processes per system")
     ap.add_argument("--runs", type=int, default=3, help="measurements per case; the median is reported")
-    ap.add_argument("--claim-n", type=int, default=16, help="ours: tasks per claim at 1 asset/task")
-    ap.add_argument("--claim-n-64", type=int, default=1, help="ours: tasks per claim at 64 assets/task")
+    ap.add_argument("--batch", type=int, default=64,
+                    help="ours at 1 asset/task: tasks per claim, and per complete_many flush")
+    ap.add_argument("--batch-64", type=int, default=4,
+                    help="ours at 64 assets/task: tasks per claim and per complete_many flush")
+    ap.add_argument("--claim-n", type=int, default=16,
+                    help="ours, one completion transaction per task, at 1 asset/task: tasks per claim")
     ap.add_argument("--procr-concurrency", type=int, default=1, help="procrastinate: concurrency per process")
-    ap.add_argument("--pgq-batch", type=int, default=None, help="PgQueuer batch size (default: --workers)")
+    ap.add_argument("--pgq-batch", default="4,16,64",
+                    help="PgQueuer batch sizes to measure (comma-separated); ratios use its best")
+    ap.add_argument("--gw-concurrency", type=int, default=24, help="graphile-worker: concurrentJobs per process")
+    ap.add_argument("--gw-local-queue", type=int, default=500, help="graphile-worker: localQueue.size")
     ap.add_argument("--write-rows", action="store_true",
                     help="also measure ours writing one result row per asset in the completion transaction")
-    ap.add_argument("--systems", default="ours,procrastinate,pgqueuer",
-                    help="comma-separated subset of ours, procrastinate, pgqueuer")
+    ap.add_argument("--systems", default="ours,bare,pgqueuer,graphile,procrastinate",
+                    help="comma-separated subset of ours, bare, pgqueuer, graphile, procrastinate")
     args = ap.parse_args()
     systems = {s.strip().lower() for s in args.systems.split(",")}
-    n, n64, w = args.items, args.items_64 or args.items * 16, args.workers
-    pgq_batch = args.pgq_batch or w
+    n, n64, w, slow = args.items, args.items_64 or args.items * 16, args.workers, args.slow_items
+    if "graphile" in systems:
+        _ensure_graphile()
 
     from curation.embedded import EmbeddedPostgres
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-broker-") as tmp:
         server = EmbeddedPostgres(Path(tmp) / "pg")
+        server.server_options = (*server.server_options, f"synchronous_commit={args.synchronous_commit}")
         admin = server.start()
         try:
             ours_url = _create_db(admin, "bench_ours")
@@ -355,10 +495,10 @@ def main() -> None:
                     return ours_url
                 return setup
 
-            def fresh(name: str, fill: Callable[[str, int], None]) -> Callable[[], str]:
+            def fresh(name: str, fill: Callable[[str, int], None], items: int) -> Callable[[], str]:
                 def setup() -> str:
                     url = _create_db(admin, name)
-                    fill(url, n)
+                    fill(url, items)
                     return url
                 return setup
 
@@ -366,19 +506,40 @@ def main() -> None:
             if "ours" in systems:
                 for write in ([False, True] if args.write_rows else [False]):
                     sfx = ", +1 result row/asset" if write else ""
-                    cases.append(Case("ours", f"ours{sfx}", 1, n, f"claim {args.claim_n}", ours_setup(n, 1),
-                                      _ours_worker, lambda u, write=write: (u, args.claim_n, write), _ours_span,
-                                      [], []))
-                    cases.append(Case("ours", f"ours{sfx}", 64, n64, f"claim {args.claim_n_64}", ours_setup(n64, 64),
-                                      _ours_worker, lambda u, write=write: (u, args.claim_n_64, write), _ours_span,
-                                      [], []))
-            if "procrastinate" in systems:
-                cases.append(Case("procrastinate", "procrastinate", 1, n, f"concurrency {args.procr_concurrency}",
-                                  fresh("bench_procr", _procrastinate_setup), _procrastinate_worker,
-                                  lambda u: (u, args.procr_concurrency), _procrastinate_span, [], []))
+                    cases.append(Case("ours", f"ours, per-task commit{sfx}", 1, slow, f"claim {args.claim_n}, 1/tx",
+                                      ours_setup(slow, 1), _ours_worker,
+                                      lambda u, write=write: (u, args.claim_n, write, False), _ours_span))
+                    cases.append(Case("ours", f"ours, complete_many{sfx}", 1, n,
+                                      f"claim {args.batch}, {args.batch}/tx", ours_setup(n, 1), _ours_worker,
+                                      lambda u, write=write: (u, args.batch, write, True), _ours_span))
+                    cases.append(Case("ours", f"ours, per-task commit{sfx}", 64, n64, "claim 1, 1/tx",
+                                      ours_setup(n64, 64), _ours_worker,
+                                      lambda u, write=write: (u, 1, write, False), _ours_span))
+                    cases.append(Case("ours", f"ours, complete_many{sfx}", 64, n64,
+                                      f"claim {args.batch_64}, {args.batch_64}/tx", ours_setup(n64, 64),
+                                      _ours_worker, lambda u, write=write: (u, args.batch_64, write, True),
+                                      _ours_span))
+            if "bare" in systems:
+                for per_task, items in ((1, slow), (64, n64)):
+                    cases.append(Case("bare SQL", "bare SQL loop", per_task, items, "claim 1, 1/tx",
+                                      ours_setup(items, per_task), _bare_worker, lambda u: (u,), _ours_span))
             if "pgqueuer" in systems:
-                cases.append(Case("PgQueuer", "PgQueuer", 1, n, f"batch {pgq_batch}", fresh("bench_pgq", _pgq_setup),
-                                  _pgq_worker, lambda u: (u, pgq_batch), _pgq_span, [], []))
+                for b in _ints(args.pgq_batch):
+                    cases.append(Case("PgQueuer", f"PgQueuer (batch {b})", 1, n, f"batch {b}",
+                                      fresh("bench_pgq", _pgq_setup, n), _pgq_worker,
+                                      lambda u, b=b: (u, b), _pgq_span))
+            if "graphile" in systems:
+                cases.append(Case("graphile-worker", f"graphile-worker {GRAPHILE_VERSION}", 1, n,
+                                  f"conc {args.gw_concurrency}, lq {args.gw_local_queue}",
+                                  fresh("bench_gw", _graphile_setup, n), None, lambda u: (), _graphile_span,
+                                  spawn=lambda u, w: _graphile_spawn(u, w, args.gw_concurrency,
+                                                                     args.gw_local_queue)))
+            if "procrastinate" in systems:
+                cases.append(Case("procrastinate", "procrastinate", 1, slow,
+                                  f"concurrency {args.procr_concurrency}",
+                                  fresh("bench_procr", _procrastinate_setup, slow),
+                                  _procrastinate_worker, lambda u: (u, args.procr_concurrency),
+                                  _procrastinate_span))
 
             for run in range(args.runs):
                 for case in cases:
@@ -395,25 +556,37 @@ def main() -> None:
         finally:
             server.stop("fast")
 
-    med = {id(c): statistics.median(c.rates) for c in cases}
-    peer = {c.system: med[id(c)] for c in cases if c.system != "ours"}
     print()
-    print(f"{w} worker processes per system, embedded PostgreSQL 18, no-op work; items/s = items completed / "
-          f"(first claim .. last completion, database clock); median of {args.runs} runs; "
-          f"total {time.perf_counter() - started:.0f} s")
-    head = (f"{'system':<34}{'assets/task':>12}{'workers':>8}  {'fetch':<15}{'items':>8}{'items/s':>10}"
-            f"{'wall items/s':>14}{'ours/procr.':>13}{'ours/PgQ':>10}")
+    print(f"{w} worker processes per system, embedded PostgreSQL 18 (synchronous_commit={args.synchronous_commit}), "
+          f"no-op work; items/s = items completed / "
+          f"(first claim .. last completion, each system's ledger; graphile-worker: first .. last job run, "
+          f"its handlers' clock); median of {args.runs} runs; total {time.perf_counter() - started:.0f} s")
+    head = (f"{'system':<38}{'assets/task':>12}  {'fetch / complete':<22}{'items':>8}{'items/s':>10}"
+            f"{'wall items/s':>14}")
     print(head)
     print("-" * len(head))
+    med = {id(c): statistics.median(c.rates) for c in cases}
+    wmed = {id(c): statistics.median(c.walls) for c in cases}
     for c in cases:
-        m = med[id(c)]
-        r_p = f"{m / peer['procrastinate']:.2f}x" if c.system == "ours" and "procrastinate" in peer else "-"
-        r_q = f"{m / peer['PgQueuer']:.2f}x" if c.system == "ours" and "PgQueuer" in peer else "-"
-        print(f"{c.label:<34}{c.per_task:>12}{w:>8}  {c.batch:<15}{c.items:>8}{m:>10,.0f}"
-              f"{statistics.median(c.walls):>14,.0f}{r_p:>13}{r_q:>10}")
+        print(f"{c.label:<38}{c.per_task:>12}  {c.batch:<22}{c.items:>8}{med[id(c)]:>10,.0f}{wmed[id(c)]:>14,.0f}")
     print()
     for c in cases:
         print(f"  {c.label} @ {c.per_task}/task, runs: {', '.join(f'{r:,.0f}' for r in c.rates)} items/s")
+
+    def best(system: str, per_task: int) -> Case | None:
+        got = [c for c in cases if c.system == system and c.per_task == per_task]
+        return max(got, key=lambda c: med[id(c)]) if got else None
+
+    print("\nratios (ledger span; wall clock in brackets):")
+    for per_task, peers in ((1, ("PgQueuer", "graphile-worker", "procrastinate", "bare SQL")), (64, ("bare SQL",))):
+        for label in ("ours, per-task commit", "ours, complete_many"):
+            ours = next((c for c in cases if c.label == label and c.per_task == per_task), None)
+            for system in peers:
+                peer = best(system, per_task)
+                if ours is None or peer is None:
+                    continue
+                print(f"  {per_task:>2} asset(s)/task  {label:<24} / {peer.label:<26} "
+                      f"{med[id(ours)] / med[id(peer)]:>6.2f}x  ({wmed[id(ours)] / wmed[id(peer)]:.2f}x)")
 
 
 if __name__ == "__main__":
