@@ -216,6 +216,12 @@ def test_token_rule(engine, done_job, tmp_path, monkeypatch):
     refused = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--port", "1"])
     assert refused.exit_code == 2 and "needs a token" in refused.output
 
+    open_ = client_for(engine, tmp_path)  # no token: loopback names only (DNS rebinding)
+    assert open_.get("/", headers={"Host": "localhost:8765"}).status_code == 200
+    assert open_.get("/", headers={"Host": "[::1]:8765"}).status_code == 200
+    for host in ("rebound.example:8765", "rebound.example", "10.0.0.5:8765"):
+        assert open_.get("/api/jobs", headers={"Host": host}).status_code == 403, host
+
     client = client_for(engine, tmp_path, token=TOKEN)
     for path in ("/", f"/jobs/{done_job}", "/api/jobs", "/metrics", "/slice", "/thumbnails/1", "/static/console.js"):
         assert client.get(path).status_code == 401, path
@@ -223,6 +229,8 @@ def test_token_rule(engine, done_job, tmp_path, monkeypatch):
     assert client.get("/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     assert client.get("/metrics", headers={"X-Curation-Token": TOKEN}).status_code == 200
     assert client.get("/?token=wrong").status_code == 401
+    bounced = client.get(f"http://127.0.0.1:8765//evil.example/?token={TOKEN}", follow_redirects=False)
+    assert bounced.headers["location"] == "/evil.example/"  # never an off-site redirect
     opened = client.get(f"/jobs/{done_job}?token={TOKEN}", follow_redirects=False)
     assert opened.status_code == 303 and opened.headers["location"] == f"/jobs/{done_job}"
     assert "httponly" in opened.headers["set-cookie"].lower() and "samesite=strict" in opened.headers["set-cookie"].lower()

@@ -28,7 +28,14 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
 
 from curation import jobs, slices, storage
-from curation.console.security import TOKEN_COOKIE, Csrf, presented_token, same_secret
+from curation.console.security import (
+    TOKEN_COOKIE,
+    Csrf,
+    host_name,
+    is_loopback,
+    presented_token,
+    same_secret,
+)
 from curation.export import EXPORT_VIEWS, ExportError
 
 HERE = Path(__file__).parent
@@ -73,6 +80,11 @@ def create_app(engine: Engine, *, token: str | None = None, export_root: str | P
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
+        if token is None and not is_loopback(host_name(request.headers.get("host", ""))):
+            # without a token the console is for this machine only: a page on another name that resolves
+            # to 127.0.0.1 (DNS rebinding) must not read it or post to it
+            return Response("without a token this console answers to 127.0.0.1, ::1 and localhost only\n",
+                            status_code=403, media_type="text/plain")
         if token is not None:
             given = request.query_params.get("token")
             if given is not None:
@@ -80,7 +92,7 @@ def create_app(engine: Engine, *, token: str | None = None, export_root: str | P
                     return _unauthorised()
                 # the token moves into a cookie and leaves the address bar (and the history, and Referer)
                 rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
-                target = request.url.path + (f"?{rest}" if rest else "")
+                target = "/" + request.url.path.lstrip("/") + (f"?{rest}" if rest else "")  # never //host
                 response = RedirectResponse(target, status_code=303)
                 response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
                 return response

@@ -1,7 +1,8 @@
 """Who may use the console, and how a form post proves it came from the console's own page.
 
 - **Bind.** A loopback address (127.0.0.0/8, ::1, ``localhost``) needs nothing; any other bind needs a
-  token, or the console refuses to start (``check_bind``).
+  token, or the console refuses to start (``check_bind``). Without a token, a request must also name a
+  loopback host (``Host``), so a page whose name was rebound to 127.0.0.1 cannot read the console.
 - **Token.** With a token, every request carries it: ``Authorization: Bearer T``, an ``X-Curation-Token``
   header, or the cookie the console sets (HttpOnly, SameSite=Strict) when a URL is opened with ``?token=T``
   (then redirected without it, so the token leaves the address bar). Compared in constant time.
@@ -35,6 +36,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a host name: it may resolve to anything
+
+
+def host_name(host_header: str) -> str:
+    """The name in a ``Host`` header, without the port (``[::1]:8765`` → ``::1``)."""
+    if host_header.startswith("["):
+        return host_header[1:].split("]", 1)[0]
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
 def check_bind(host: str, token: str | None) -> None:
