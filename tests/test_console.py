@@ -197,6 +197,38 @@ def test_slice_pages_and_s3_thumbnails(engine, db_url, skimage_dir, tmp_path, s3
             assert im.format == "WEBP"
 
 
+def test_scene_slices_show_contact_sheets(engine, db_url, media_cache, tmp_path):
+    from curation.sample_media import MediaUnavailable, sample_clips
+    from tests.missing import unavailable
+    from workers.runtime import StageWorker
+
+    try:
+        clips = sample_clips(media_cache)
+    except MediaUnavailable as exc:
+        unavailable(f"real clips unavailable: {exc}")
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("vtest", "bigbuckbunny"):
+        shutil.copyfile(clips[name], folder / clips[name].name)
+    job_id = submit_spec(engine, {
+        "name": "scenes", "modality": "video", "source": {"uri": str(folder), "name": "clips"},
+        "stages": [{"name": "video_probe"}, {"name": "scenes"},
+                   {"name": "video_thumbnail", "params": {"output": str(tmp_path / "sheets"), "frames": 4}}]})
+    for stage in ("video_probe", "scenes", "video_thumbnail"):
+        StageWorker(db_url, stage, sweep=False).run(idle_exit_s=0.3)
+
+    client = client_for(engine, tmp_path)
+    shown = client.get("/slice", params={"job": job_id, "where": "thumbnail_uri IS NOT NULL"})
+    assert shown.status_code == 200 and "curated_scenes" in shown.text, shown.text
+    scenes = [int(a) for a in re.findall(r'data-asset="(\d+)"', shown.text)]
+    assert scenes
+    with Image.open(io.BytesIO(client.get(f"/thumbnails/{scenes[0]}").content)) as sheet:
+        assert sheet.format == "WEBP" and max(sheet.size) <= 512
+    scene = client.get(f"/assets/{scenes[0]}", params={"job": job_id})
+    assert "scene" in scene.text and "parent" in scene.text
+    assert "video_thumbnail:" in scene.text
+
+
 def test_token_rule(engine, done_job, tmp_path, monkeypatch):
     check_bind("127.0.0.1", None)
     check_bind("::1", None)
