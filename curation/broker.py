@@ -211,6 +211,31 @@ def _finish_job_if_drained(conn: Connection, job_id: int) -> bool:
     return conn.execute(_FINISH_JOB, {"job_id": job_id}).rowcount > 0
 
 
+def prune_attempts(engine: Engine, older_than_s: float, *, batch: int = 10000) -> int:
+    """Retention of the attempt ledger: delete ``task_attempts`` rows that ended more than
+    ``older_than_s`` seconds ago (on the database clock). Deletes ``batch`` rows per transaction, oldest
+    first, so that no long transaction pins the vacuum horizon of the hot queue tables. Tasks, dead
+    tasks, item errors and results are untouched. Returns the number of rows deleted."""
+    with engine.begin() as conn:
+        cutoff = conn.execute(text("SELECT now() - :s * interval '1 second'"), {"s": older_than_s}).scalar_one()
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            n = conn.execute(
+                text(
+                    """
+                    DELETE FROM task_attempts WHERE attempt_id IN (
+                        SELECT attempt_id FROM task_attempts WHERE ended_at < :cutoff
+                        ORDER BY attempt_id LIMIT :batch FOR UPDATE SKIP LOCKED)
+                    """
+                ),
+                {"cutoff": cutoff, "batch": batch},
+            ).rowcount
+        total += n
+        if n < batch:
+            return total
+
+
 class Broker:
     """Broker operations for one worker process (or a test harness). Thread-safe: every call takes
     its own connection from the engine's pool."""

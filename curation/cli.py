@@ -833,6 +833,35 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app()
 
+# --- broker maintenance ---------------------------------------------------------------------------
+
+broker_app = typer.Typer(no_args_is_help=True, help="Broker maintenance: retention of the attempt ledger.")
+app.add_typer(broker_app, name="broker")
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_age(value: str) -> float:
+    """'30d', '12h', '90m', '3600s' (or plain seconds) -> seconds."""
+    v = value.strip().lower()
+    try:
+        return float(v[:-1]) * _UNITS[v[-1]] if v and v[-1] in _UNITS else float(v)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not an age like 30d, 12h, 90m or 3600s") from None
+
+
+@broker_app.command("prune")
+def broker_prune(
+    older_than: str = typer.Option("30d", "--older-than", help="delete attempts that ended longer ago: 30d, 12h, 90m"),
+    batch: int = typer.Option(10000, "--batch", help="rows deleted per transaction"),
+) -> None:
+    """Delete ``task_attempts`` rows older than ``--older-than``, a batch per short transaction (a long
+    delete would pin the vacuum horizon). Tasks, dead tasks, item errors and results stay."""
+    from curation.broker import prune_attempts
+
+    n = prune_attempts(_engine(), parse_age(older_than), batch=batch)
+    console.print(f"{n} attempt row(s) older than {older_than} deleted")
+
 
 if __name__ == "__main__":
     main()

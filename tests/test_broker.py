@@ -9,7 +9,7 @@ from collections import Counter
 
 from sqlalchemy import text
 
-from curation.broker import Broker, Completion, NextStage, enqueue
+from curation.broker import Broker, Completion, NextStage, enqueue, prune_attempts
 from curation.config import BrokerTiming
 
 TIMING = BrokerTiming(heartbeat_s=0.5, worker_timeout_s=4, sweep_s=1, backoff_base_s=10)
@@ -368,3 +368,29 @@ def test_many_batching_workers_with_reclaims_give_every_item_exactly_one_outcome
                                      "GROUP BY task_id) s")).scalar_one()
         assert per_task == 1
         assert outcomes[True] == sum(results.values())
+
+
+def test_prune_deletes_only_attempts_older_than_the_cutoff(engine, db_url):
+    import os
+    import subprocess
+    import sys
+
+    make_job(engine, 3, 1)
+    broker = Broker(engine, TIMING)
+    wid = broker.register_worker("probe", "w", 1)
+    leases = broker.claim(wid, "probe", 3)
+    assert broker.complete_many([Completion(l, insert_probe_rows(l.asset_ids)) for l in leases], wid) == [True] * 3
+    with engine.begin() as conn:  # two of the three are from 40 and 31 days ago
+        conn.execute(text("UPDATE task_attempts SET ended_at = now() - interval '40 days' WHERE task_id = :t"),
+                     {"t": leases[0].task_id})
+        conn.execute(text("UPDATE task_attempts SET ended_at = now() - interval '31 days' WHERE task_id = :t"),
+                     {"t": leases[1].task_id})
+    assert prune_attempts(engine, 35 * 86400, batch=1) == 1
+    env = dict(os.environ, CURATION_DATABASE_URL=db_url)
+    proc = subprocess.run([sys.executable, "-m", "curation.cli", "broker", "prune", "--older-than", "30d"], check=False,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 attempt row(s)" in proc.stdout
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT task_id FROM task_attempts")).scalars().all() == [leases[2].task_id]
+        assert conn.execute(text("SELECT count(*) FROM probe_results")).scalar_one() == 3  # results stay
