@@ -33,6 +33,9 @@ db_app = typer.Typer(no_args_is_help=True, help="Manage the database: schema mig
 app.add_typer(db_app, name="db")
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: list models and fetch their weights.")
 app.add_typer(models_app, name="models")
+pairs_app = typer.Typer(no_args_is_help=True, help="Editing pairs (report §4.3): mine an image job's slice, "
+                        "re-tune Table 1's thresholds. The pairs are in the curated_pairs view.")
+app.add_typer(pairs_app, name="pairs")
 console = Console()
 err = Console(stderr=True)
 
@@ -761,6 +764,71 @@ def estimate(ctx: typer.Context) -> None:
     from training.estimate import main as estimate_main
 
     estimate_main(ctx.args)
+
+
+# --- editing pairs -------------------------------------------------------------------------------
+
+
+@pairs_app.command("mine")
+def pairs_mine(
+    job: int = typer.Option(..., "--job", help="the image job whose slice is mined (needs clip and dino embeddings)"),
+    where: Optional[str] = typer.Option(None, "--where", help="SQL predicate over curated_images choosing the "
+                                        "slice (default: decoded)"),
+    k: int = typer.Option(16, "--k", min=1, max=1000, help="nearest neighbours per image, by CLIP and by DINOv2"),
+    matcher: Optional[str] = typer.Option(None, "--matcher", help="pair_verify's keypoint matcher: sift, "
+                                          "disk_lightglue or loftr (default: the stage's)"),
+    min_sim: Optional[float] = typer.Option(None, "--min-sim", help="candidate floor on CLIP and DINOv2 cosine "
+                                            "(default 0.8: below it no Table 1 rule admits a pair)"),
+    thr_quantile: float = typer.Option(0.5, "--thr-quantile", help="clip_thr = this quantile of a cluster's "
+                                       "members' top CLIP similarity"),
+    chunk_size: int = typer.Option(256, "--chunk-size", min=1, help="images per pair_candidates task"),
+    name: Optional[str] = typer.Option(None, "--name", help="job name (default: pairs-of-J)"),
+) -> None:
+    """Submit a pair-mining job over an image job's slice: pair_candidates (CLIP + DINOv2 kNN through the
+    pgvector HNSW indexes, the per-cluster adaptive CLIP threshold, face similarity) → pair_verify (keypoint
+    matches, RANSAC, aligned DINO, overlap). `curation worker` runs it; `curation status` shows it."""
+    from curation.pairs import PairsError, submit_mining
+
+    candidates = {"min_clip_sim": min_sim, "min_dino_sim": min_sim} if min_sim is not None else {}
+    try:
+        sub = submit_mining(_engine(), job, where=where, k=k, matcher=matcher, candidates=candidates,
+                            thr_quantile=thr_quantile, chunk_size=chunk_size, name=name)
+    except PairsError as exc:
+        _fail(str(exc), 1)
+    console.print(f"pair-mining job [bold]{sub.job_id}[/] over job {job}: {sub.n_images} images in {sub.n_tasks} tasks")
+    if sub.clustering_id is None:
+        err.print(f"[bold yellow]warning:[/] job {job} has no finished clustering (`curation cluster --job {job}`): "
+                  "no adaptive CLIP threshold, so the CLIP rule admits no pair")
+    else:
+        console.print(f"clustering {sub.clustering_id}: adaptive CLIP threshold for {sub.n_thresholds} cluster(s)")
+
+
+@pairs_app.command("rules")
+def pairs_rules(
+    job: int = typer.Option(..., "--job", help="the pair-mining job"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="NAME=VALUE, e.g. clip_min_sim=0.85 (repeatable)"),
+) -> None:
+    """Show or re-tune Table 1's thresholds of a mining job; curated_pairs applies them when read, so
+    nothing is recomputed."""
+    from curation.pairs import PairsError, rules, set_rules
+
+    try:
+        updates = {}
+        for item in set_ or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise PairsError(f"--set {item!r}: give NAME=VALUE")
+            try:
+                updates[key.strip()] = float(value)
+            except ValueError:
+                raise PairsError(f"--set {item!r}: {value!r} is not a number") from None
+        current = set_rules(_engine(), job, updates) if updates else rules(_engine(), job)
+    except PairsError as exc:
+        _fail(str(exc), 1)
+    table = Table("threshold", "value", title=f"Table 1 rules of pair-mining job {job}")
+    for key, value in current.items():
+        table.add_row(key, f"{value:g}")
+    console.print(table)
 
 
 # --- models -------------------------------------------------------------------------------------

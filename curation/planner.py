@@ -193,6 +193,8 @@ def _upsert_metadata(conn: Connection, ids: list[int], metas: list[SourceMetadat
 
 def submit(engine: Engine, spec: JobSpec, *, base: Path = Path(".")) -> Submission:
     """Validate what needs the outside world, then record and enqueue the job atomically."""
+    if spec.source is None:
+        raise SpecError("a pair-mining job is submitted with `curation pairs mine --job J`, not from a spec file")
     src_uri = _resolve_local(spec.source.uri, base)
     if spec.source.is_list:
         if not storage.exists(src_uri):

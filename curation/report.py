@@ -136,11 +136,38 @@ def video_funnel(conn: Connection, job_id: int) -> VideoFunnel:
                        _last_export(conn, job_id))
 
 
-def funnel(conn: Connection, job_id: int, spec: JobSpec) -> Funnel | VideoFunnel:
+@dataclass(frozen=True)
+class PairFunnel:
+    images: int  # the mined slice
+    pairs: int  # candidate pairs (image_pairs)
+    verified: int  # with a pair_verify result
+    admitted: int  # a Table 1 rule admits them
+    kept: int  # admitted and not excluded
+    sft: int  # kept, and the target passes the SFT Q-Align rule
+
+    def rows(self) -> list[tuple[str, int | None]]:
+        return [("images", self.images), ("candidate pairs", self.pairs), ("verified", self.verified),
+                ("admitted (Table 1)", self.admitted), ("kept", self.kept), ("SFT", self.sft)]
+
+
+def pair_funnel(conn: Connection, job_id: int) -> PairFunnel:
+    """A pair-mining job's funnel, from ``curated_pairs`` (Table 1 with the job's current thresholds)."""
+    images = conn.execute(text("SELECT count(*) FROM job_assets ja JOIN assets a USING (asset_id) "
+                               "WHERE ja.job_id = :j AND a.kind = 'image'"), {"j": job_id}).scalar_one()
+    row = conn.execute(text(
+        "SELECT count(*) AS pairs, count(pair_verify_version) AS verified, count(admitted_by) AS admitted, "
+        "count(*) FILTER (WHERE is_kept) AS kept, count(*) FILTER (WHERE is_sft) AS sft "
+        "FROM curated_pairs WHERE job_id = :j"), {"j": job_id}).one()
+    return PairFunnel(images, row.pairs, row.verified, row.admitted, row.kept, row.sft)
+
+
+def funnel(conn: Connection, job_id: int, spec: JobSpec) -> Funnel | VideoFunnel | PairFunnel:
     """The job's filter funnel; ``spec`` is its spec (``curation.jobs.load_job``), for the modality and
     the resolution stage's ``min_side``."""
     if spec.modality == "video":
         return video_funnel(conn, job_id)
+    if spec.modality == "pair":
+        return pair_funnel(conn, job_id)
     min_side = 256
     for i, stage in enumerate(spec.stages):
         if stage.name == "resolution":

@@ -108,14 +108,37 @@ class ExportSpec(BaseModel):
         return v
 
 
+class PairEmbedding(BaseModel):
+    """One kNN index a pair-mining job searches: a stage's stored embeddings (``clip_results``,
+    ``dino_results``) of the image job, the configurations it used, their model and width."""
+
+    model_config = ConfigDict(extra="forbid")
+    stage: Literal["clip", "dino"]
+    model: str = Field(pattern=r"^[a-z0-9-]+$")
+    dim: int = Field(ge=1, le=16_000)
+    configs: list[str] = Field(min_length=1)
+
+
+class PairsSpec(BaseModel):
+    """What a pair-mining job (modality ``pair``, ``curation pairs mine``) mines: the image job, the
+    predicate that chose its slice, the clustering whose clusters set the adaptive CLIP threshold (None:
+    the job had none) and the kNN indexes. Written by ``curation.pairs.submit_mining``."""
+
+    model_config = ConfigDict(extra="forbid")
+    image_job: int = Field(ge=1)
+    where: str | None = None
+    clustering_id: int | None = None
+    embeddings: list[PairEmbedding] = Field(min_length=1)
+
+
 MIN_SCENE_WINDOW_S = 120.0  # twice the longest scene: a window is never mistaken for a scene
 
 
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
-    modality: Literal["image", "video"]
-    source: SourceSpec
+    modality: Literal["image", "video", "pair"]
+    source: SourceSpec | None = None  # every image and video job has one; a pair job mines another job
     stages: list[StageSpec] = Field(min_length=1)
     chunk_size: int = Field(64, ge=1, le=100_000, description="files per task for the first stage")
     video_seconds_per_task: float = Field(
@@ -135,10 +158,17 @@ class JobSpec(BaseModel):
                           "as one pass per task on one read and one full decode of each file; false: a task per stage"
     )
     export: ExportSpec | None = None
+    pairs: PairsSpec | None = Field(None, description="pair: what the job mines (`curation pairs mine` writes it)")
 
     @model_validator(mode="after")
     def _stages_known_and_ordered(self) -> "JobSpec":
         errors = stage_errors(self.stages, self.modality)
+        if self.modality == "pair" and self.pairs is None:
+            errors.append("pairs: a pair-mining job needs its pairs section (submit it with `curation pairs mine`)")
+        if self.modality != "pair" and self.source is None:
+            errors.append("source: field required")
+        if self.modality != "pair" and self.pairs is not None:
+            errors.append("pairs: only a pair-mining job (modality pair) has a pairs section")
         if 0 < self.scene_window_s < MIN_SCENE_WINDOW_S:
             errors.append(f"scene_window_s: 0 (never) or at least {MIN_SCENE_WINDOW_S:.0f} s, not {self.scene_window_s}")
         longest = max((float(s.params.get("max_scene_s", 60.0)) for s in self.stages if s.name == "scenes"), default=60.0)
@@ -152,7 +182,7 @@ class JobSpec(BaseModel):
     @property
     def view(self) -> str:
         """The SQL view the export predicate is written against."""
-        return "curated_scenes" if self.modality == "video" else "curated_images"
+        return {"video": "curated_scenes", "pair": "curated_pairs"}.get(self.modality, "curated_images")
 
     def suffixes(self) -> tuple[str, ...]:
         if self.source.extensions:
@@ -203,7 +233,7 @@ def _stage_errors_of_invalid(data: dict) -> list[str]:
         stages = TypeAdapter(list[StageSpec]).validate_python(data.get("stages"))
     except ValidationError:
         return []  # the stage list's own shape errors are already reported
-    modality = data.get("modality") if data.get("modality") in ("image", "video") else None
+    modality = data.get("modality") if data.get("modality") in ("image", "video", "pair") else None
     return stage_errors(stages, modality)
 
 

@@ -100,7 +100,7 @@ def test_every_stage_table_matches_its_result_dataclass(db_url):
     with engine.connect() as conn:
         for name in builtin_stage_names():
             cls = get_stage(name)
-            table = result_table(cls.result_table, cls.result_type, cls.children_field)
+            table = result_table(cls.result_table, cls.result_type, cls.children_field or cls.pairs_field)
             assert [c for c in table.columns.keys() if c not in KEY_COLUMNS] == cls.result_columns()
             db = {r.attname: r for r in conn.execute(text(
                 "SELECT attname, format_type(atttypid, atttypmod) AS type, attnotnull FROM pg_attribute "

@@ -62,6 +62,7 @@ def tiny_params(name: str, yolo: str) -> dict:
         "thumbnail": {"output": THUMBNAILS},
         "video_thumbnail": {"output": THUMBNAILS, "frames": 2},
         "dino": {"model": "dinov2-tiny-random"},
+        "pair_verify": {"matcher": "sift", "dino_model": "dinov2-tiny-random", "max_side": 256},
     }.get(name, {})
 
 
@@ -100,6 +101,18 @@ def video_items(bikes) -> tuple[StageItem, StageItem]:
     video.prior["video_probe"] = probe
     scene = StageItem(2, str(bikes), path=str(bikes), span=SCENE, prior={"video_probe": probe})
     return video, scene
+
+
+def pair_items(cls: type[Stage], images: list[StageItem]) -> list[StageItem]:
+    """Items of a pair stage as the runtime hands them over: an image with its neighbourhood (the
+    candidates stage), or a pair asset with both images (``pair_input``)."""
+    from workers.stage import Neighbour, Neighbourhood, PairMembers
+
+    a, b = images[:2]
+    if cls.neighbour_input:
+        near = Neighbour(b.asset_id, 0.9, 0.85, "both", 0, 0.8)
+        return [dataclasses.replace(a, neighbours=Neighbourhood(0, 0.8, {}, (near,)))]
+    return [StageItem(100, f"pair:{a.asset_id}:{b.asset_id}", pair=PairMembers(a, b))]
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +174,8 @@ def test_every_builtin_stage_keeps_the_contract(name, request, yolo_onnx, table_
     if "video" in cls.modalities:
         video, scene = request.getfixturevalue("video_items")
         items = [video] if name in ("video_probe", "scenes") else [scene]
+    elif "pair" in cls.modalities:
+        items = pair_items(cls, request.getfixturevalue("image_items"))
     else:
         items = request.getfixturevalue("image_items")
 

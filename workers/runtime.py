@@ -53,7 +53,15 @@ from curation.result_tables import result_table
 from curation.schema import Base
 from curation.spec import JobSpec
 from curation.storage import StorageError
-from workers.stage import ItemFailure, Span, Stage, StageConfig, StageItem, get_stage, reduced_view
+from workers.stage import (
+    ItemFailure,
+    Span,
+    Stage,
+    StageConfig,
+    StageItem,
+    get_stage,
+    reduced_view,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +91,8 @@ class WorkerStats:
 
 
 def _result_table(stage_cls: type[Stage]):
-    return result_table(stage_cls.result_table, stage_cls.result_type, stage_cls.children_field)
+    return result_table(stage_cls.result_table, stage_cls.result_type,
+                        stage_cls.children_field or stage_cls.pairs_field)
 
 
 def load_results(conn: Connection, stage_cls: type[Stage], asset_ids: Sequence[int],
@@ -551,9 +560,10 @@ class StageWorker:
                 rows, priors = self._inputs(conn, stage, plan, lease.job_id, ids)
                 fresh = [a for a in ids if a not in done and a not in failed]
                 twins = self._content_twins(conn, stage, config, fresh)
-            return done, failed, rows, priors, twins
+                paired = self._pair_inputs(conn, stage, plan, lease.job_id, fresh)
+            return done, failed, rows, priors, twins, paired
 
-        done, failed, rows, priors, twins = with_reconnect(read_state, what="read task inputs")
+        done, failed, rows, priors, twins, paired = with_reconnect(read_state, what="read task inputs")
         todo = [a for a in ids if a not in done and a not in failed]
         # a byte-identical copy of an asset scored under this config: its stored result, no stage work
         results: dict[int, Any] = dict(twins)
@@ -569,8 +579,17 @@ class StageWorker:
             row = rows[asset_id]
             span = (Span(row.start_frame, row.end_frame, row.start_s, row.end_s)
                     if row.start_frame is not None and row.start_s is not None else None)
-            items.append(StageItem(asset_id=asset_id, uri=row.uri, span=span,
-                                   prior={name: got[asset_id] for name, got in priors.items()}))
+            item = StageItem(asset_id=asset_id, uri=row.uri, span=span,
+                             prior={name: got[asset_id] for name, got in priors.items()})
+            extra = paired.get(asset_id)
+            if isinstance(extra, ItemFailure):
+                results[asset_id] = extra
+                continue
+            if stage.pair_input:
+                item.pair = extra
+            elif stage.neighbour_input:
+                item.neighbours = extra
+            items.append(item)
         # media is fetched one batch at a time (bounded memory), the bytes of a batch concurrently
         # (I/O releases the GIL); decoding stays on this thread, where its time limit works
         batch_size = plan.spec.stages[index].batch_size or stage.batch_size
@@ -587,6 +606,9 @@ class StageWorker:
             for item in batch:  # free the pixels (and downloaded videos) before the next batch
                 item.data = None
                 item.image = None
+                if item.pair is not None:
+                    for member in (item.pair.source, item.pair.target):
+                        member.data = member.image = None
             self._drop_scratch()
 
         survivors = [a for a in ids if a in done and stage.keep(done[a])]
@@ -599,7 +621,10 @@ class StageWorker:
 
         write = self._writer(lease, stage, config, results)
         chunks = None
-        if stage.children_field is not None:
+        if stage.pairs_field is not None:
+            # the pairs go on, never the images; pairs of an asset done before were handed on then
+            write, chunks = self._pairs_writer(write, stage, config, results, lease.job_id)
+        elif stage.children_field is not None:
             kept = {a for a in survivors}
             reused = [a for a in survivors if a in done]  # split by an earlier job: its scenes join this one
             write, chunks = self._children_writer(write, stage, results, kept, reused, lease.job_id,
@@ -788,6 +813,96 @@ class StageWorker:
         stored = load_results(conn, type(stage), [p.donor for p in pairs], [config.config_id])
         return {p.asset_id: stored[p.donor] for p in pairs if p.donor in stored}
 
+    # --- pair mining (docs/pairs.md): neighbours of an image, the two images of a pair ---------------
+
+    def _pair_inputs(self, conn: Connection, stage: Stage, plan: _JobPlan, job_id: int,
+                     asset_ids: Sequence[int]) -> dict[int, Any]:
+        """For a ``neighbour_input`` stage each image's ``Neighbourhood`` (the kNN queries run here, on the
+        runtime's connection); for a ``pair_input`` stage each pair's ``PairMembers`` (pixels come with the
+        fetch). An ItemFailure for an asset that has neither."""
+        if not asset_ids or not (stage.pair_input or stage.neighbour_input):
+            return {}
+        from curation import pairs
+
+        mining = plan.spec.pairs
+        if mining is None:
+            raise RuntimeError(f"stage {stage.name} runs in pair-mining jobs only (`curation pairs mine`); "
+                               f"job {job_id} is a {plan.spec.modality} job")
+        if stage.pair_input:
+            return pairs.pair_members(conn, mining, asset_ids, stage.member_requires)
+        return pairs.neighbourhoods(conn, mining, job_id, stage.params, asset_ids, stage.member_requires)
+
+    def _fetch_pairs(self, stage: Stage, batch: list[StageItem]) -> list[ItemFailure | None]:
+        """Both images of each pair (``Stage.pair_input``), read once per batch and decoded once (upright,
+        pixel-capped; a JPEG at the stage's ``image_draft_size``) however many pairs share them, the bytes
+        too for a stage that ``needs_bytes``; a member that cannot be read or decoded fails its pair only."""
+        members = [m for item in batch for m in (item.pair.source, item.pair.target)]
+        uris = list(dict.fromkeys(m.uri for m in members))
+
+        def read(uri: str) -> bytes | ItemFailure:
+            try:
+                return storage.read_bytes(uri)
+            except StorageError as exc:
+                return ItemFailure(exc.error_class, str(exc))
+
+        data = dict(zip(uris, self._io_pool.map(read, uris)))
+        decoded: dict[str, Any] = {}
+        out: list[ItemFailure | None] = []
+        for item in batch:
+            failure = None
+            for role, member in (("source", item.pair.source), ("target", item.pair.target)):
+                got = data[member.uri]
+                if not isinstance(got, ItemFailure):  # a pair stage always gets both images decoded
+                    if member.uri not in decoded:
+                        probe = member.prior.get("probe")
+                        limit = probe.width * probe.height if probe is not None else DEFAULT_MAX_PIXELS
+                        try:
+                            decoded[member.uri] = decode_image(got, max_pixels=limit, draft_size=stage.image_draft_size,
+                                                               what=f"asset {member.asset_id} ({member.uri})")
+                        except MediaError as exc:
+                            decoded[member.uri] = ItemFailure(exc.error_class, str(exc))
+                    image = decoded[member.uri]
+                    if isinstance(image, ItemFailure):
+                        got = image
+                    else:
+                        member.image = image  # shared by the pairs of the batch: stages never change it in place
+                if isinstance(got, ItemFailure):
+                    failure = ItemFailure(got.error_class, f"pair {item.asset_id}: {role} asset {member.asset_id}: "
+                                                           f"{got.message}")
+                    break
+                if stage.needs_bytes:
+                    member.data = got
+            out.append(failure)
+        return out
+
+    @staticmethod
+    def _pairs_writer(write: Callable[[Connection], int], stage: Stage, config: StageConfig,
+                      results: dict[int, Any], job_id: int
+                      ) -> tuple[Callable[[Connection], int], Callable[[], list[list[int]]]]:
+        """Wrap ``write``: also store the pairs the stage found (``Stage.pairs_field``) as assets of kind
+        ``pair`` with their ``image_pairs`` rows, in the job (``curation.pairs.insert_pairs``), and hand the
+        next stage the pairs this transaction scored first, ``pairs_per_task`` to a task. A pair found
+        from both of its images (a→b and b→a) is one pair, handed on once."""
+        from curation.pairs import insert_pairs
+
+        per_task = int(getattr(stage.params, "pairs_per_task", 32))
+        found: dict[tuple[int, int], Any] = {}
+        for result in results.values():
+            if not isinstance(result, ItemFailure):
+                for pair in getattr(result, stage.pairs_field) or []:
+                    found.setdefault((pair.source, pair.target), pair)
+        ordered = [found[key] for key in sorted(found)]  # one lock order for concurrent tasks
+        created: list[int] = []
+
+        def write_all(conn: Connection) -> int:
+            created.clear()  # a retried transaction (lost connection) starts again
+            n = write(conn)
+            if ordered:
+                created.extend(insert_pairs(conn, job_id, config.config_id, ordered))
+            return n
+
+        return write_all, lambda: [created[i:i + per_task] for i in range(0, len(created), per_task)]
+
     def _drop_scratch(self) -> None:
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
@@ -816,6 +931,8 @@ class StageWorker:
     def _fetch_batch(self, stage: Stage, batch: list[StageItem]) -> list[ItemFailure | None]:
         """Fill ``data`` (and ``image``) of each item as the stage declares; an ItemFailure per item
         that cannot be read or decoded."""
+        if stage.pair_input:
+            return self._fetch_pairs(stage, batch)
         if stage.needs_path:
             return self._fetch_paths(batch)
         if not (stage.needs_bytes or stage.needs_image):

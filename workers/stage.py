@@ -64,6 +64,48 @@ class StageItem:
     """Set by a fused pass (``workers/runtime.py``): a stage that fully decodes ``data`` itself (the
     probe) leaves that decode in ``image``, and the stages after it in the pass share it — no stage may
     change ``image`` in place."""
+    pair: PairMembers | None = None
+    """For a stage with ``pair_input``: the pair asset's two images (see ``PairMembers``)."""
+    neighbours: Neighbourhood | None = None
+    """For a stage with ``neighbour_input`` (the pair candidates): the image's nearest neighbours."""
+
+
+@dataclass
+class PairMembers:
+    """The two images of a pair asset (kind ``pair``, ``docs/pairs.md``), filled by the runtime for a
+    stage with ``pair_input``: each member's asset id, URI, image decoded upright (EXIF orientation
+    applied, the job's pixel cap) and ``prior`` — that image's results of the stages the pair stage lists
+    in ``member_requires``, under the configurations of the image job the pairs were mined from."""
+
+    source: StageItem
+    target: StageItem
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One nearest neighbour of an image within the mining job's slice: cosine similarities by CLIP and
+    by DINOv2 (both computed for every neighbour, whichever index found it; None without that
+    embedding), which kNN found it (``clip``, ``dino`` or ``both``), its cluster and that cluster's
+    adaptive CLIP threshold, and its results of the stage's ``member_requires``."""
+
+    asset_id: int
+    clip_sim: float | None
+    dino_sim: float | None
+    found_by: str
+    cluster_id: int | None = None
+    clip_thr: float | None = None
+    prior: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Neighbourhood:
+    """What the runtime gathers for an image of a pair-mining job (``Stage.neighbour_input``): its own
+    cluster, adaptive threshold and ``member_requires`` results, and its neighbours, most similar first."""
+
+    cluster_id: int | None
+    clip_thr: float | None
+    prior: dict[str, Any]
+    neighbours: tuple[Neighbour, ...]
 
 
 @dataclass(frozen=True)
@@ -156,6 +198,20 @@ class Stage(ABC, Generic[P, R]):
     """A stage that cuts its input into new assets (the scene split) names the result field holding
     the ``Span`` list; the runtime stores them as assets of kind ``scene`` and the *scenes* go on to
     the next stage. That field is not a column."""
+    pair_input: ClassVar[bool] = False
+    """The stage scores pair assets (kind ``pair``): the runtime fills ``StageItem.pair`` with both
+    images (decoded upright) and their ``member_requires`` results; a member that cannot be read or
+    decoded is an item error of that pair only."""
+    member_requires: ClassVar[tuple[str, ...]] = ()
+    """Stages of the *image* job whose results each member of a pair (or each image and neighbour of
+    ``neighbour_input``) carries in its ``prior``, under that job's configurations."""
+    neighbour_input: ClassVar[bool] = False
+    """The stage gets each image's nearest neighbours (``StageItem.neighbours``): CLIP and DINOv2 kNN
+    through the pgvector HNSW indexes, within the mining job's slice (``curation.pairs``)."""
+    pairs_field: ClassVar[str | None] = None
+    """A stage that finds pairs (``pair_candidates``) names the result field holding its
+    ``CandidatePair`` list: the runtime stores each new pair as an asset of kind ``pair`` with its
+    ``image_pairs`` row, and the *pairs* go on to the next stage, in the same transaction. Not a column."""
     windowed: ClassVar[bool] = False
     """The runtime may hand this stage time windows of a long video (assets of kind ``window``, with a
     ``span``) instead of the whole video (the job's ``scene_window_s``); its children keep the video as
@@ -172,7 +228,8 @@ class Stage(ABC, Generic[P, R]):
 
     @classmethod
     def result_columns(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls.result_type) if f.name != cls.children_field]
+        return [f.name for f in dataclasses.fields(cls.result_type)
+                if f.name not in (cls.children_field, cls.pairs_field)]
 
     @classmethod
     def models_for(cls, params: BaseModel) -> tuple[str, ...]:
@@ -267,8 +324,11 @@ _BUILTIN = {
     "caption_variants": "workers.caption_variants:CaptionVariantsStage",
     "video_caption_variants": "workers.caption_variants:VideoCaptionVariantsStage",
     "clip_text_score": "workers.clip_text_score:ClipTextScoreStage",
+    "pair_candidates": "workers.pair_candidates:PairCandidatesStage",
     "pair_verify": "workers.pair_verify:PairVerifyStage",
     "thumbnail": "workers.thumbnail:ThumbnailStage", "video_thumbnail": "workers.thumbnail:VideoThumbnailStage",
+    "dino": "workers.dino:DinoStage",
+    "faces": "workers.faces:FacesStage",
 }
 
 
@@ -303,5 +363,3 @@ def get_stage(name: str) -> type[Stage]:
     if not (isinstance(cls, type) and issubclass(cls, Stage)):
         raise UnknownStage(f"{name!r} is not a Stage subclass")
     return cls
-    "dino": "workers.dino:DinoStage",
-    "faces": "workers.faces:FacesStage",
