@@ -1,8 +1,9 @@
-"""Near-duplicate detection on derived copies of real photos: our phash@2 rule (the full, mirrored and
-centre DCT hashes of the upright image; a pair when any comparison is within the distance) against
+"""Near-duplicate detection on derived copies of real photos: our phash@3 rule (the full, mirrored and
+centre DCT hashes of the upright image; a pair when any comparison — full, mirrored, centre, or one's
+centre against the other's full hash for crops — is within the distance) against
 `imagehash` pHash on the same files (the peer: one hash of the file as stored).
 
-Copies of each photo: resized to half, JPEG re-encoded at quality 40, cropped 5 % per side, mirrored,
+Copies of each photo: resized to half, JPEG re-encoded at quality 40, cropped 5 % and 10 % per side, mirrored,
 rotated 3°, greyscale, and stored sideways with an EXIF orientation tag (rotated pixels + tag 6).
 Recall: the share of copies found as a near duplicate of their original. Pairs across *different* source
 files are counted and listed: the registry photo sets hold real near duplicates of each other (one photo at
@@ -29,7 +30,7 @@ from curation.media import decode_image
 from curation.sample_media import mate_photos, opencv_photos, skimage_photos
 from workers.phash import phash_scores
 
-KINDS = ("resize", "jpeg40", "crop5", "mirror", "rotate3", "grey", "exif_rotated")
+KINDS = ("resize", "jpeg40", "crop5", "crop10", "mirror", "rotate3", "grey", "exif_rotated")
 
 
 def _bytes(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
@@ -46,6 +47,7 @@ def derived(img: Image.Image) -> dict[str, bytes]:
         "resize": _bytes(img.resize((max(1, w // 2), max(1, h // 2))), quality=90),
         "jpeg40": _bytes(img, quality=40),
         "crop5": _bytes(img.crop((round(w * .05), round(h * .05), round(w * .95), round(h * .95))), quality=90),
+        "crop10": _bytes(img.crop((round(w * .1), round(h * .1), round(w * .9), round(h * .9))), quality=90),
         "mirror": _bytes(ImageOps.mirror(img), quality=90),
         "rotate3": _bytes(img.rotate(3, resample=Image.Resampling.BICUBIC), quality=90),
         "grey": _bytes(ImageOps.grayscale(img), quality=90),
@@ -59,7 +61,8 @@ def hamming(a: str, b: str) -> int:
 
 def ours_distance(a, b) -> int:
     return min(hamming(a.phash, b.phash), hamming(a.phash_mirror, b.phash), hamming(a.phash, b.phash_mirror),
-               hamming(a.phash_center, b.phash_center))
+               hamming(a.phash_center, b.phash_center),
+               hamming(a.phash_center, b.phash), hamming(a.phash, b.phash_center))  # phash@3's crop comparison
 
 
 def main() -> None:

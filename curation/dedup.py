@@ -22,7 +22,9 @@ and pairs and recomputes nothing."""
 # the comparisons of each hash table: (kind, the new row's column, the stored rows' column)
 _COMPARISONS = {
     ("phash_results", "phash"): (("full", "phash", "phash"), ("mirror", "phash_mirror", "phash"),
-                                 ("center", "phash_center", "phash_center")),
+                                 ("center", "phash_center", "phash_center"),
+                                 # one's centre against the other's whole image: a copy cropped ~10 % per side
+                                 ("crop", "phash_center", "phash"), ("crop", "phash", "phash_center")),
     ("video_hash_results", "vhash"): (("full", "vhash", "vhash"),),
 }
 _LOCK_KEYS = {"phash_results": 4242002, "video_hash_results": 4242004}  # one commit of a table at a time
@@ -59,8 +61,9 @@ def record_near_duplicates(conn: Connection, table: str, column: str, config_id:
                            asset_ids: Sequence[int]) -> None:
     """Record the pairs within ``PAIR_SEARCH_BITS`` bits of ``table.column`` among the hashes of the same
     configuration, for the rows just written (``asset_ids``), in the caller's transaction. For images the
-    pair is found by any of three comparisons (``kind``): full hashes, one's mirrored hash against the
-    other's (a flipped copy), or the centre hashes (small rotations, borders); the smallest distance is
+    pair is found by any of four comparisons (``kind``): full hashes, one's mirrored hash against the
+    other's (a flipped copy), the centre hashes (small rotations, borders), or one's centre hash against
+    the other's full hash (``crop``: a copy cropped by about 10 % per side); the smallest distance is
     kept (ties: the full comparison). Commits of one table are serialised by an advisory lock, so two
     concurrent commits see each other's rows."""
     comparisons = _COMPARISONS.get((table, column))

@@ -184,3 +184,55 @@ def test_flipped_rotated_and_greyscale_copies_are_near_duplicates_and_the_colour
     assert kinds["coffee-flipped.jpg"] == "mirror" and kinds["coffee-grey.png"] == "full"
     assert kinds["coffee-rotated.jpg"] in ("center", "full")
     assert unique[(old_rule, "coffee-grey.png")] and not unique[(old_rule, "coffee.jpg")]  # the old rule's pick
+
+
+def test_the_keep_rule_keeps_the_colour_uncropped_unrotated_better_copy(engine, db_url, tmp_path, skimage_dir):
+    """phash@3's keep_rule (colour, framing, quality, pixels, bytes): of a real photo's group — the colour
+    original, a greyscale PNG (more bytes), a 3° rotation and a 10 % crop scaled back to full size (both
+    re-encoded at a higher JPEG quality: more bytes) — the original is kept; of a second photo and its
+    blurred copy (same pixels, more bytes), the BRISQUE score keeps the sharp one. The order is the job's:
+    without framing and quality the bigger transformed copies win, as they did under phash@2."""
+    from PIL import ImageFilter, ImageOps
+
+    from models.registry import pull
+
+    pull("brisque-live")  # BRISQUE's LIVE model files, from Debian's opencv-doc
+    folder = tmp_path / "groups"
+    folder.mkdir()
+    coffee = Image.open(skimage_dir / "coffee.png").convert("RGB")
+    w, h = coffee.size
+    coffee.save(folder / "coffee.jpg", quality=90)
+    ImageOps.grayscale(coffee).convert("RGB").save(folder / "coffee-grey.png")
+    coffee.rotate(3, resample=Image.Resampling.BICUBIC).save(folder / "coffee-rotated.jpg", quality=97)
+    coffee.crop((w // 10, h // 10, w - w // 10, h - h // 10)).resize((w, h), Image.Resampling.BICUBIC).save(
+        folder / "coffee-cropped.jpg", quality=97)
+    chelsea = Image.open(skimage_dir / "chelsea.png").convert("RGB")
+    chelsea.save(folder / "chelsea.jpg", quality=85)
+    chelsea.filter(ImageFilter.GaussianBlur(2)).save(folder / "chelsea-blurred.jpg", quality=100)
+    shutil.copyfile(skimage_dir / "astronaut.png", folder / "astronaut.png")
+    sizes = {p.name: p.stat().st_size for p in folder.iterdir()}
+    assert min(sizes["coffee-grey.png"], sizes["coffee-rotated.jpg"], sizes["coffee-cropped.jpg"]) > sizes["coffee.jpg"]
+    assert sizes["chelsea-blurred.jpg"] > sizes["chelsea.jpg"]
+
+    rules = {"default": None, "phash@2": "colour_pixels_bytes", "no framing": "colour,quality,pixels,bytes",
+             "no quality": "colour,framing,pixels,bytes", "pixels first": "pixels,bytes"}
+    jobs = {}
+    for name, rule in rules.items():
+        phash = {"name": "phash", **({"params": {"keep_rule": rule}} if rule else {})}
+        jobs[name] = job(engine, folder, name, [{"name": "probe"}, phash, {"name": "quality"}])
+    drain(db_url, "probe", "phash", "quality")
+    with engine.connect() as conn:  # one configuration each: the keep rule is applied when the slice is read
+        assert conn.execute(text("SELECT count(*), count(DISTINCT config_id) FROM phash_results")).one() == (7, 1)
+        rows = conn.execute(text(
+            "SELECT c.job_id, regexp_replace(c.uri, '^.*/', '') AS name, c.is_unique, c.border_fill, c.brisque "
+            "FROM curated_images c WHERE c.job_id = ANY(:j)"), {"j": list(jobs.values())}).all()
+    kept = {name: sorted(r.name for r in rows if r.job_id == j and r.is_unique) for name, j in jobs.items()}
+    score = {r.name: (r.border_fill, r.brisque) for r in rows if r.job_id == jobs["default"]}
+    assert score["coffee-rotated.jpg"][0] > score["coffee.jpg"][0] + 0.02  # the rotation's black corners
+    assert score["chelsea-blurred.jpg"][1] > score["chelsea.jpg"][1] + 2  # BRISQUE: lower is better
+    assert kept["default"] == ["astronaut.png", "chelsea.jpg", "coffee.jpg"]
+    # without framing, the bigger of the rotated and cropped copies wins; without quality, the blurred copy
+    assert "coffee.jpg" not in kept["no framing"] and "chelsea.jpg" in kept["no framing"]
+    assert "chelsea-blurred.jpg" in kept["no quality"] and "coffee.jpg" in kept["no quality"]
+    assert "coffee.jpg" not in kept["phash@2"] and "coffee-grey.png" not in kept["phash@2"]
+    assert "coffee-grey.png" in kept["pixels first"]  # the biggest file of the group

@@ -71,6 +71,8 @@ class ScenesResult:
     n_split_long: int
     frames: int
     analysis_ms: float
+    gradual_starts: list[int] | None = None  # fades and dissolves [start, end) in frames; NULL before scenes@2
+    gradual_ends: list[int] | None = None
     scenes: list[Span] = field(default_factory=list)  # not a column: stored as assets of kind 'scene'
 
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from workers.columns import ViewColumns
-from workers.phash import GREYSCALE_BELOW
+from workers.phash import CROP_BITS, CROP_NEAR_BITS, FILL_MARGIN, GREYSCALE_BELOW, QUALITY_TIES
 from workers.stage import builtin_stage_names, get_stage
 
 VIEWS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations" / "views"
@@ -57,30 +57,69 @@ _SKELETON = {
             "WHEN r.short_side >= 256 THEN 256 END AS bucket",
             *_TEXT_HALF_HEAD,
         ),
-        "needs": ("p", "r", "h", "th"),
+        "needs": ("p", "r", "h", "th", "q", "tq", "qa"),
         "duplicates": """\
 -- exact duplicate: the same bytes were seen first under a lower asset id (any job, any config)
 LEFT JOIN LATERAL (SELECT min(o.asset_id) AS duplicate_of FROM probe_results o
                    WHERE o.sha256 = p.sha256 AND o.asset_id < a.asset_id) ex ON true
 -- near duplicate: a neighbour within the job's phash max_distance (by the full, mirrored or centre hash)
--- ranks higher under the job's keep_rule: colour over greyscale (colourfulness >= GREY; not with keep_rule
--- pixels_bytes), then more pixels, then more bytes, then the lower asset id; the best-ranked asset of a
--- group is kept
+-- ranks higher under the job's keep_rule (workers/phash.py): its criteria in order, each the sign of
+-- "the neighbour is better" (colour over greyscale; framing: not a crop of the other by the centre/full
+-- hash asymmetry, else less black border fill; quality: Q-Align, else TOPIQ technical, else BRISQUE, when
+-- both have it; more pixels; more bytes), then the lower asset id; the best-ranked asset of a group is kept
+-- (near_duplicate_of: of the neighbours that rank higher, a full-hash match first, then the nearest)
 LEFT JOIN LATERAL (SELECT n.other_id AS duplicate_of, n.distance FROM near_duplicates n
                    JOIN LATERAL (SELECT * FROM probe_results y WHERE y.asset_id = n.other_id
                                  ORDER BY y.created_at DESC LIMIT 1) op ON true
                    LEFT JOIN phash_results oh ON oh.asset_id = n.other_id AND oh.config_id = n.config_id
+                   LEFT JOIN LATERAL (SELECT
+                       (SELECT x.qalign_quality FROM qalign_results x WHERE x.asset_id = n.other_id AND x.config_id IN
+                        (SELECT jc.config_id FROM job_configs jc WHERE jc.job_id = ja.job_id)
+                        ORDER BY x.created_at DESC LIMIT 1) AS qalign_quality,
+                       (SELECT x.topiq_technical FROM topiq_results x WHERE x.asset_id = n.other_id AND x.config_id IN
+                        (SELECT jc.config_id FROM job_configs jc WHERE jc.job_id = ja.job_id)
+                        ORDER BY x.created_at DESC LIMIT 1) AS topiq_technical,
+                       (SELECT x.brisque FROM quality_results x WHERE x.asset_id = n.other_id AND x.config_id IN
+                        (SELECT jc.config_id FROM job_configs jc WHERE jc.job_id = ja.job_id)
+                        ORDER BY x.created_at DESC LIMIT 1) AS brisque) oq ON true
+                   CROSS JOIN LATERAL (SELECT
+                       CASE WHEN oh.border_fill IS NULL OR h.border_fill IS NULL THEN 0
+                            WHEN oh.border_fill + FILL_MARGIN < h.border_fill THEN 1
+                            WHEN h.border_fill + FILL_MARGIN < oh.border_fill THEN -1 ELSE 0 END AS fill,
+                       bit_count(oh.phash_center # h.phash) AS inner_me, bit_count(oh.phash # h.phash_center) AS inner_other,
+                       bit_count(h.phash_center # oh.phash) AS me_inner, bit_count(h.phash # oh.phash_center) AS other_inner
+                       ) fr
+                   CROSS JOIN LATERAL (SELECT ARRAY(
+                       SELECT CASE k.c
+                           WHEN 'colour' THEN (coalesce(oh.colourfulness, 255) >= GREY)::int
+                                              - (coalesce(h.colourfulness, 255) >= GREY)::int
+                           WHEN 'framing' THEN CASE
+                               WHEN oh.phash_center IS NULL OR h.phash_center IS NULL THEN fr.fill
+                               WHEN least(fr.inner_me, fr.inner_other) > CROP_NEAR_BITS THEN fr.fill
+                               WHEN fr.inner_me + CROP_BITS <= fr.inner_other THEN 1  -- this one is a crop of the other
+                               WHEN fr.me_inner + CROP_BITS <= fr.other_inner THEN -1
+                               ELSE fr.fill END
+                           WHEN 'quality' THEN CASE
+                               WHEN qa.qalign_quality IS NOT NULL AND oq.qalign_quality IS NOT NULL THEN
+                                   CASE WHEN abs(oq.qalign_quality - qa.qalign_quality) < QALIGN_TIE THEN 0
+                                        ELSE sign(oq.qalign_quality - qa.qalign_quality)::int END
+                               WHEN tq.topiq_technical IS NOT NULL AND oq.topiq_technical IS NOT NULL THEN
+                                   CASE WHEN abs(oq.topiq_technical - tq.topiq_technical) < TOPIQ_TIE THEN 0
+                                        ELSE sign(oq.topiq_technical - tq.topiq_technical)::int END
+                               WHEN q.brisque IS NOT NULL AND oq.brisque IS NOT NULL THEN
+                                   CASE WHEN abs(oq.brisque - q.brisque) < BRISQUE_TIE THEN 0
+                                        ELSE sign(q.brisque - oq.brisque)::int END
+                               ELSE 0 END
+                           WHEN 'pixels' THEN sign((op.width::bigint * op.height - p.width::bigint * p.height)::numeric)::int
+                           WHEN 'bytes' THEN sign((op.bytes - p.bytes)::numeric)::int
+                           ELSE 0 END
+                       FROM unnest(regexp_split_to_array(coalesce(th.params->>'keep_rule', 'colour,pixels,bytes'),
+                                                         '[,_ ]+')) WITH ORDINALITY k(c, i) ORDER BY k.i)
+                       || sign((a.asset_id - op.asset_id)::numeric)::int AS better) cmp
                    WHERE n.asset_id = a.asset_id AND n.config_id = h.config_id
                      AND n.distance <= (th.params->>'max_distance')::int
-                     AND (CASE WHEN th.params->>'keep_rule' = 'pixels_bytes' THEN 0
-                               ELSE (coalesce(oh.colourfulness, 255) >= GREY)::int END,
-                          op.width::bigint * op.height, op.bytes, -op.asset_id)
-                       > (CASE WHEN th.params->>'keep_rule' = 'pixels_bytes' THEN 0
-                               ELSE (coalesce(h.colourfulness, 255) >= GREY)::int END,
-                          p.width::bigint * p.height, p.bytes, -a.asset_id)
-                   ORDER BY CASE WHEN th.params->>'keep_rule' = 'pixels_bytes' THEN 0
-                                 ELSE (coalesce(oh.colourfulness, 255) >= GREY)::int END DESC,
-                            op.width::bigint * op.height DESC, op.bytes DESC, op.asset_id
+                     AND cmp.better > array_fill(0, ARRAY[cardinality(cmp.better)])
+                   ORDER BY n.kind <> 'full', n.distance, cmp.better DESC, op.asset_id
                    LIMIT 1) nd ON true
 -- semantic duplicate: a pair of the job's newest clustering ranks higher by the same rule
 LEFT JOIN LATERAL (SELECT dup.other_id AS duplicate_of FROM semantic_duplicates dup
@@ -179,7 +218,11 @@ def render_view(view: str, revision: str) -> str:
     if missing:
         raise ViewError(f"{view}: the skeleton needs the aliases {missing}, which no stage declares")
     select = list(skeleton["head"])
-    duplicates = skeleton["duplicates"].replace("GREY", repr(GREYSCALE_BELOW))
+    duplicates = skeleton["duplicates"]
+    for token, value in (("GREY", GREYSCALE_BELOW), ("CROP_NEAR_BITS", CROP_NEAR_BITS), ("CROP_BITS", CROP_BITS),
+                         ("FILL_MARGIN", FILL_MARGIN), ("QALIGN_TIE", QUALITY_TIES["qalign_quality"]),
+                         ("TOPIQ_TIE", QUALITY_TIES["topiq_technical"]), ("BRISQUE_TIE", QUALITY_TIES["brisque"])):
+        duplicates = duplicates.replace(token, repr(value))
     for name, _, decl in decls:
         select += list(decl.columns) + [f"{decl.alias}.stage_version AS {name}_version"]
     joins = []
