@@ -2,10 +2,13 @@
 process of its own, so one node can be lost (SIGKILL of its raylet and every process it started) while
 the others go on. What ``tests/test_multinode.py`` runs a job across.
 
-Every process of a node carries ``RAY_NODES_TEST_MARK=<base>:<node>`` in its environment (the raylet
-passes its environment to the workers it forks, and those call ``setsid``, so neither the process group
-nor the parent chain finds them once the raylet is gone): killing a node, and the final clean-up, find
-its processes by that mark. ``ray stop`` cannot be used: it stops every Ray on the machine."""
+A node's processes are found three ways at once (``node_pids``), because none is enough alone: the
+``RAY_NODES_TEST_MARK=<base>:<node>`` every one of them inherits in its environment (a process that
+rewrote its title may have lost that block), the log files each holds open under the node's own temp
+dir, and descent from the node's ``ray start`` (workers call ``setsid``, so the process group misses
+them, and orphans lose their parent). Killing a node freezes them all, then SIGKILLs them, until none is
+left; the final clean-up does the same for every node. ``ray stop`` cannot be used: it stops every Ray
+on the machine."""
 
 from __future__ import annotations
 
@@ -31,42 +34,68 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def marked_pids(mark: str) -> list[int]:
-    """Processes whose environment holds ``MARK=mark`` exactly (or ``mark:…`` for a prefix ending in ':')."""
+def _ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def node_pids(mark: str, roots: tuple[int, ...] = ()) -> list[int]:
+    """Processes of a node: those whose environment holds ``MARK=mark`` (a prefix when ``mark`` ends
+    in ':'), those holding a file under the folder ``mark`` names (every Ray process logs into its
+    node's temp dir; a process that rewrote its title with setproctitle may have lost its environment
+    block), and every descendant of ``roots``."""
     want = f"{MARK}={mark}".encode()
-    pids = []
+    folder = mark.split(":", 1)[0] + ("/" + mark.split(":", 1)[1] if not mark.endswith(":") else "")
+    found, parents = set(), {}
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
+        pid = int(entry.name)
+        parents[pid] = _ppid(pid)
         try:
             env = Path(entry.path, "environ").read_bytes().split(b"\0")
-        except OSError:  # gone, or a kernel thread
+            if any(v == want or (want.endswith(b":") and v.startswith(want)) for v in env):
+                found.add(pid)
+                continue
+            for fd in os.scandir(f"{entry.path}/fd"):
+                if os.readlink(fd.path).startswith(folder + "/"):
+                    found.add(pid)
+                    break
+        except OSError:  # gone, a kernel thread, or not ours to read
             continue
-        if any(v == want or (want.endswith(b":") and v.startswith(want)) for v in env):
-            pids.append(int(entry.name))
-    return pids
+    frontier = set(roots)
+    while frontier:
+        children = {p for p, pp in parents.items() if pp in frontier and p not in found}
+        found |= children
+        frontier = children
+    found |= {r for r in roots if r in parents}
+    return sorted(found)
 
 
-def kill_marked(mark: str, *, within_s: float = 20.0) -> int:
-    """SIGKILL every process carrying ``mark`` until none is left (a raylet may fork while we look);
+def kill_node_processes(mark: str, roots: tuple[int, ...] = (), *, within_s: float = 20.0) -> int:
+    """Freeze (SIGSTOP: no more forks) then SIGKILL every process of ``mark`` until none is left;
     returns how many were killed."""
     killed: set[int] = set()
     deadline = time.monotonic() + within_s
     while True:
-        pids = [p for p in marked_pids(mark) if p != os.getpid()]
-        alive = []
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed.add(pid)
-                alive.append(pid)
-            except ProcessLookupError:
-                pass
+        pids = node_pids(mark, roots)
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        killed |= set(pids)
+        time.sleep(0.2)
+        alive = [p for p in node_pids(mark, roots) if Path(f"/proc/{p}/stat").exists()
+                 and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
         if not alive:
             return len(killed)
         if time.monotonic() > deadline:
             raise RuntimeError(f"processes {alive} of {mark} survive SIGKILL")
-        time.sleep(0.2)
 
 
 @dataclass
@@ -156,7 +185,9 @@ class RayNodes:
 
     def kill_node(self, name: str) -> int:
         """Lose node ``name`` as a machine is lost: SIGKILL its raylet, agents and workers together."""
-        n = kill_marked(f"{self.base}:{name}")
+        proc = self.procs[name]
+        # a root only while it is unreaped: a reaped pid may already be someone else's
+        n = kill_node_processes(f"{self.base}:{name}", (proc.pid,) if proc.poll() is None else ())
         self.procs[name].wait(timeout=30)
         return n
 
@@ -168,7 +199,7 @@ class RayNodes:
 
     def shutdown(self) -> None:
         """Kill every process of every node (whatever state the test left them in) and remove the temp dir."""
-        kill_marked(f"{self.base}:")
+        kill_node_processes(f"{self.base}:", tuple(p.pid for p in self.procs.values() if p.poll() is None))
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.kill()
