@@ -457,8 +457,8 @@ def main() -> None:
                     help="the server's synchronous_commit (on: every commit waits for its WAL flush)")
     ap.add_argument("--workers", type=int, default=4, help="worker processes per system")
     ap.add_argument("--runs", type=int, default=3, help="measurements per case; the median is reported")
-    ap.add_argument("--batch", type=int, default=64,
-                    help="ours at 1 asset/task: tasks per claim, and per complete_many flush")
+    ap.add_argument("--batch", default="64,256",
+                    help="ours at 1 asset/task: tasks per claim and per complete_many flush (comma-separated)")
     ap.add_argument("--batch-64", type=int, default=4,
                     help="ours at 64 assets/task: tasks per claim and per complete_many flush")
     ap.add_argument("--claim-n", type=int, default=16,
@@ -509,9 +509,10 @@ def main() -> None:
                     cases.append(Case("ours", f"ours, per-task commit{sfx}", 1, slow, f"claim {args.claim_n}, 1/tx",
                                       ours_setup(slow, 1), _ours_worker,
                                       lambda u, write=write: (u, args.claim_n, write, False), _ours_span))
-                    cases.append(Case("ours", f"ours, complete_many{sfx}", 1, n,
-                                      f"claim {args.batch}, {args.batch}/tx", ours_setup(n, 1), _ours_worker,
-                                      lambda u, write=write: (u, args.batch, write, True), _ours_span))
+                    for b in _ints(args.batch):
+                        cases.append(Case("ours", f"ours, complete_many{sfx}", 1, n, f"claim {b}, {b}/tx",
+                                          ours_setup(n, 1), _ours_worker,
+                                          lambda u, write=write, b=b: (u, b, write, True), _ours_span))
                     cases.append(Case("ours", f"ours, per-task commit{sfx}", 64, n64, "claim 1, 1/tx",
                                       ours_setup(n64, 64), _ours_worker,
                                       lambda u, write=write: (u, 1, write, False), _ours_span))
@@ -577,15 +578,14 @@ def main() -> None:
         got = [c for c in cases if c.system == system and c.per_task == per_task]
         return max(got, key=lambda c: med[id(c)]) if got else None
 
-    print("\nratios (ledger span; wall clock in brackets):")
+    print("\nratios (ledger span; wall clock in brackets); each peer at its best measured setting:")
     for per_task, peers in ((1, ("PgQueuer", "graphile-worker", "procrastinate", "bare SQL")), (64, ("bare SQL",))):
-        for label in ("ours, per-task commit", "ours, complete_many"):
-            ours = next((c for c in cases if c.label == label and c.per_task == per_task), None)
+        for ours in (c for c in cases if c.system == "ours" and c.per_task == per_task):
             for system in peers:
                 peer = best(system, per_task)
-                if ours is None or peer is None:
+                if peer is None:
                     continue
-                print(f"  {per_task:>2} asset(s)/task  {label:<24} / {peer.label:<26} "
+                print(f"  {per_task:>2} asset(s)/task  {ours.label + ' (' + ours.batch + ')':<42} / {peer.label:<24} "
                       f"{med[id(ours)] / med[id(peer)]:>6.2f}x  ({wmed[id(ours)] / wmed[id(peer)]:.2f}x)")
 
 

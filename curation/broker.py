@@ -2,7 +2,8 @@
 
 - The queue holds *chunks*: a task is many asset ids for one ``(job, stage, stage_version)``.
 - Claims are batched: ``FOR UPDATE SKIP LOCKED`` inside a ``MATERIALIZED`` CTE (no over-claiming
-  through a re-executed LIMIT subquery).
+  through a re-executed LIMIT subquery). A claim commits without waiting for its WAL flush: losing one
+  in a crash only fences out its completion.
 - Every state change of a leased task is fenced by its ``lease_id``: a worker whose lease was
   reclaimed cannot complete, fail or release the task any more.
 - Liveness: per-worker heartbeats plus a per-task deadline; ``sweep()`` reclaims tasks of dead
@@ -290,7 +291,14 @@ class Broker:
     # --- the task life cycle -------------------------------------------------------------------
 
     def claim(self, worker_id: int, stage: str, n: int = 1) -> list[Lease]:
+        """Lease up to ``n`` ready tasks of ``stage``.
+
+        The claim's commit does not wait for its WAL flush (``synchronous_commit = off`` for this
+        transaction only): a claim lost in a server crash is harmless, since the task is then ready
+        again, and the lease the worker holds no longer matches, so its completion is fenced out and
+        the task reruns. Completions stay synchronous (they carry the results)."""
         with self.engine.begin() as conn:
+            conn.execute(text("SET LOCAL synchronous_commit = off"))
             rows = conn.execute(_CLAIM, {"stage": stage, "n": n, "worker": worker_id}).all()
         return [
             Lease(
