@@ -19,8 +19,9 @@ by ``workers.pair_geometry``:
 - ``is_simple_crop``: one image covers ≥ ``crop_containment`` (0.95) of the other while the other is
   covered < ``crop_overlap`` (0.9) — a crop, not an edit. Both are threshold params: the stored overlaps
   stay raw and a slice may apply others. Defaults from ``tests/test_pair_geometry.py``: edits of the whole
-  picture (colour change, inserted object, rotation by a few degrees) measure ≥ 0.97 both ways; crops
-  that cut 5 % per side measure ≤ 0.82 on the cropped-from side.
+  picture measure ≥ 0.96 both ways (colour change, inserted object ≈ 1.0; a 4° rotation, which cuts its
+  corners, 0.965); crops that cut 5 % per side measure ≤ 0.82 on the cropped-from side and ≥ 0.99 on the
+  crop's.
 
 The transform columns, the overlaps and ``dino_aligned_sim`` are NULL when no inlier group is valid.
 ``keep()`` (the gate in front of ``pair_instruction``): a valid group, not a simple crop, and
