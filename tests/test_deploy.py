@@ -12,7 +12,6 @@ import json
 import re
 import shlex
 from collections.abc import Iterator
-from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
@@ -165,7 +164,7 @@ def _check_click(cmd, argv: list[str], where: str) -> None:
     (Duck-typed: typer and ray each bring their own click.)"""
     path = [cmd.name or "?"]
     args = list(argv)
-    is_group = lambda c: hasattr(c, "list_commands")  # noqa: E731
+    is_group = lambda c: hasattr(c, "list_commands")
     while is_group(cmd) and args and not args[0].startswith("-"):
         sub = cmd.get_command(cmd.make_context(path[-1], [], resilient_parsing=True), args[0])
         assert sub is not None, f"{where}: `{' '.join(path)} {args[0]}` is not a command"
@@ -321,10 +320,10 @@ def test_pgbouncer_runs_transaction_pooling_and_refuses_startup_options():
 SESSION_STATE = {
     "a session-level advisory lock": re.compile(r"pg_(try_)?advisory_lock(_shared)?\s*\("),
     "LISTEN / NOTIFY": re.compile(r"[\"']\s*(LISTEN|NOTIFY|UNLISTEN)\b|pg_notify\s*\("),
-    "a session SET (use SET LOCAL)": re.compile(r"text\(\s*f?[\"']\s*SET\s+(?!LOCAL\b|TRANSACTION\b)", re.I),
-    "a cursor WITH HOLD": re.compile(r"WITH\s+HOLD", re.I),
-    "a temporary table": re.compile(r"CREATE\s+(TEMP|TEMPORARY)\s+TABLE", re.I),
-    "a server-side prepared statement": re.compile(r"[\"']\s*PREPARE\s+\w+", re.I),
+    "a session SET (use SET LOCAL)": re.compile(r"text\(\s*f?[\"']\s*SET\s+(?!LOCAL\b|TRANSACTION\b)", re.IGNORECASE),
+    "a cursor WITH HOLD": re.compile(r"WITH\s+HOLD", re.IGNORECASE),
+    "a temporary table": re.compile(r"CREATE\s+(TEMP|TEMPORARY)\s+TABLE", re.IGNORECASE),
+    "a server-side prepared statement": re.compile(r"[\"']\s*PREPARE\s+\w+", re.IGNORECASE),
 }
 
 
@@ -342,3 +341,19 @@ def test_the_code_keeps_no_session_state_pgbouncer_would_lose():
     # user_sql names these only to refuse them in user SQL
     found = [f for f in found if not f.startswith("curation/user_sql.py")]
     assert not found, found
+
+
+def test_the_rayjob_spec_is_a_valid_job():
+    """The job spec the RayJob runs (ConfigMap curation-jobs, mounted where its entrypoint reads it)."""
+    from curation.spec import parse_spec
+
+    jobs = next(d for _, d in kube_docs() if d["metadata"]["name"] == "curation-jobs")
+    rayjob = next(d for _, d in kube_docs() if d["kind"] == "RayJob")
+    cluster = next(d for _, d in kube_docs() if d["kind"] == "RayCluster")
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    mount = next(m["mountPath"] for m in head["containers"][0]["volumeMounts"]
+                 if any(v["name"] == m["name"] and v.get("configMap", {}).get("name") == "curation-jobs"
+                        for v in head["volumes"]))
+    for text in jobs["data"].values():
+        parse_spec(yaml.safe_load(text))
+    assert f"{mount}/photos.yaml" in rayjob["spec"]["entrypoint"]
