@@ -394,3 +394,22 @@ def test_prune_deletes_only_attempts_older_than_the_cutoff(engine, db_url):
     with engine.connect() as conn:
         assert conn.execute(text("SELECT task_id FROM task_attempts")).scalars().all() == [leases[2].task_id]
         assert conn.execute(text("SELECT count(*) FROM probe_results")).scalar_one() == 3  # results stay
+
+
+def test_a_claim_lost_in_a_crash_only_fences_out_its_completion(engine):
+    """Claims commit without waiting for their WAL flush. After a crash that loses one, the task's row
+    is as before the claim: the worker's completion is fenced out, and the task is claimed and completed
+    again."""
+    make_job(engine, 2, 2)
+    broker = Broker(engine, TIMING)
+    wid = broker.register_worker("probe", "w", 1)
+    (lost,) = broker.claim(wid, "probe")
+    with engine.begin() as conn:  # the row as it was before the claim
+        conn.execute(text("UPDATE tasks SET state = 'ready', attempt = 0, lease_id = NULL, lease_owner = NULL, "
+                          "claimed_at = NULL, deadline_at = NULL"))
+    assert broker.complete(lost, wid, insert_probe_rows(lost.asset_ids)) is False
+    (again,) = broker.claim(wid, "probe")
+    assert again.attempt == 1 and again.lease_id != lost.lease_id
+    assert broker.complete(again, wid, insert_probe_rows(again.asset_ids)) is True
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM probe_results")).scalar_one() == 2
