@@ -4,15 +4,18 @@
 # pip command as everything else (otherwise a torchvision-dependent package swaps torch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Headless Chromium for the browser tests (report screenshot): Debian's packages, installed once, as root
-# (CI runs on a fresh machine); elsewhere the tests say what is missing.
-if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+# Debian packages the tests use, installed once, as root (CI runs on a fresh machine); elsewhere the tests say
+# what is missing: headless Chromium + ChromeDriver (report screenshot, console), PgBouncer (transaction pooling).
+missing=()
+{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || missing+=(chromium chromium-driver)
+{ command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; } || missing+=(pgbouncer)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "bootstrap: installing chromium and chromium-driver (apt) ..." >&2
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
-      || echo "bootstrap: could not install chromium; the browser tests will say so" >&2
+    echo "bootstrap: installing ${missing[*]} (apt) ..." >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } \
+      || echo "bootstrap: could not install ${missing[*]}; the tests that need them will say so" >&2
   else
-    echo "bootstrap: chromium is missing (apt-get install chromium chromium-driver, as root)" >&2
+    echo "bootstrap: missing ${missing[*]} (apt-get install ${missing[*]}, as root)" >&2
   fi
 fi
 PY=${PYTHON:-python3.11}
