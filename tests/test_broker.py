@@ -413,3 +413,23 @@ def test_a_claim_lost_in_a_crash_only_fences_out_its_completion(engine):
     assert broker.complete(again, wid, insert_probe_rows(again.asset_ids)) is True
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM probe_results")).scalar_one() == 2
+
+
+def test_the_worker_flushes_the_completions_of_small_tasks_together(engine, db_url, photo_dir):
+    """The runtime's loop: 1-asset tasks, claimed 4 at a time, completions flushed 8 per transaction
+    (``flush_max_tasks``). Every asset gets one result, the job completes, and the attempts share far
+    fewer commit timestamps (``ended_at`` is the transaction's start) than there are tasks."""
+    from tests.helpers import submit_spec
+    from workers.runtime import StageWorker
+
+    n = len(list(photo_dir.iterdir()))
+    job = submit_spec(engine, {"name": "flush", "modality": "image", "source": {"uri": str(photo_dir)},
+                               "stages": [{"name": "probe"}], "chunk_size": 1})
+    timing = BrokerTiming(heartbeat_s=0.5, worker_timeout_s=30, sweep_s=1, flush_max_tasks=8, flush_max_s=30)
+    stats = StageWorker(db_url, "probe", timing=timing, claim_batch=4).run(idle_exit_s=0.5)
+    assert stats["tasks"] == n and stats["fenced_out"] == 0 and stats["items_ok"] + stats["item_errors"] == n
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM task_attempts WHERE outcome = 'ok'")).scalar_one() == n
+        assert conn.execute(text("SELECT count(DISTINCT ended_at) FROM task_attempts")).scalar_one() <= -(-n // 8) + 1
+        assert conn.execute(text("SELECT count(*) FROM probe_results")).scalar_one() == stats["items_ok"]
+        assert conn.execute(text("SELECT status FROM jobs WHERE job_id = :j"), {"j": job}).scalar_one() == "completed"
