@@ -276,15 +276,15 @@ def set_rules(engine: Engine, job_id: int, updates: dict[str, float]) -> dict[st
 # --- what the runtime runs for the pair stages ----------------------------------------------------------
 
 
-def _knn(conn: Connection, emb: PairEmbedding, job_id: int, ids: Sequence[int], k: int) -> dict[int, list[int]]:
-    """Each image's ``k`` nearest neighbours in the job's slice by ``emb``: an HNSW index scan (the same
-    expression and partial-index predicate as ``curation.embeddings``), filtered, with iterative scans
-    so that the filter still yields ``k``."""
+def knn_query(emb: PairEmbedding):
+    """The kNN statement of one index for a batch of images (``:ids``) in a job's slice (``:job``): an HNSW
+    index scan per image (the same expression and partial-index predicate as ``curation.embeddings``),
+    filtered to the slice; run under ``hnsw.iterative_scan`` so that the filter still yields ``:k``."""
     from workers.stage import get_stage
 
     table = get_stage(emb.stage).result_table
-    dim = int(emb.dim)  # DDL-like text: the model matched ^[a-z0-9-]+$ (PairEmbedding), dim is an int
-    rows = conn.execute(text(
+    dim = int(emb.dim)  # literal text like DDL: the model matched ^[a-z0-9-]+$ (PairEmbedding), dim is an int
+    return text(
         f"""
         SELECT q.asset_id AS query, n.asset_id AS neighbour
         FROM (SELECT DISTINCT ON (r.asset_id) r.asset_id, r.embedding FROM {table} r
@@ -295,7 +295,13 @@ def _knn(conn: Connection, emb: PairEmbedding, job_id: int, ids: Sequence[int], 
               AND EXISTS (SELECT 1 FROM job_assets ja WHERE ja.job_id = :job AND ja.asset_id = r.asset_id)
             ORDER BY r.embedding::vector({dim}) <=> q.embedding::vector({dim})
             LIMIT :k) n
-        """), {"ids": [int(a) for a in ids], "c": emb.configs, "job": job_id, "k": k}).all()
+        """)
+
+
+def _knn(conn: Connection, emb: PairEmbedding, job_id: int, ids: Sequence[int], k: int) -> dict[int, list[int]]:
+    """Each image's ``k`` nearest neighbours in the job's slice by ``emb`` (``knn_query``)."""
+    rows = conn.execute(knn_query(emb), {"ids": [int(a) for a in ids], "c": emb.configs, "job": job_id,
+                                         "k": k}).all()
     out: dict[int, list[int]] = {}
     for query, neighbour in rows:
         got = out.setdefault(int(query), [])

@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from curation.pairs import PairsError, rules, set_rules, submit_mining
 from tests.helpers import run_until_done, submit_spec
-from tests.test_cli import drain
+from tests.test_cli import cli, drain
 from workers.stage import get_stage
 
 TINY_CLIP = {"model": "clip-tiny-random"}
@@ -72,7 +72,8 @@ def test_mining_finds_the_derived_pairs_with_every_score(engine, db_url, image_j
     (folder / "astronaut_bright.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png any more")
     sub = submit_mining(engine, job, k=16, matcher="sift", candidates=ALL, verify=VERIFY, chunk_size=4)
     assert sub.n_images == len(ids) and sub.n_tasks == 3 and sub.clustering_id is not None
-    run_until_done(engine, db_url, sub.job_id, {"pair_candidates": 1, "pair_verify": 1}, timeout_s=600)
+    # two candidate workers: a pair found from both of its images by concurrent tasks is still one pair
+    run_until_done(engine, db_url, sub.job_id, {"pair_candidates": 2, "pair_verify": 1}, timeout_s=600)
 
     pairs = _pairs(engine, sub.job_id)
     n = len(ids)
@@ -114,6 +115,20 @@ def test_mining_finds_the_derived_pairs_with_every_score(engine, db_url, image_j
                for e in media)
     # every other pair has its verification (or, where the geometry itself failed on it, its own error)
     assert verified + len(errors) == len(pairs) and len(errors) - len(media) <= 2 and status == "completed"
+
+    # the kNN statement the runtime runs is an HNSW index scan per image (a handful of rows: the planner
+    # is shown that the index is usable)
+    from curation.embeddings import index_name
+    from curation.jobs import load_job
+    from curation.pairs import knn_query
+
+    for emb in load_job(engine, sub.job_id).spec.pairs.embeddings:
+        with engine.begin() as conn:
+            conn.execute(text("SET LOCAL enable_seqscan = off"))
+            conn.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+            plan = "\n".join(conn.execute(text("EXPLAIN " + knn_query(emb).text),
+                                          {"ids": [a], "c": emb.configs, "job": sub.job_id, "k": 4}).scalars())
+        assert index_name(emb.model, emb.dim, get_stage(emb.stage).result_table) in plan, plan
 
     # the same pairs are the same assets in another mining job: verifications are reused, not redone
     again = submit_mining(engine, job, k=16, matcher="sift", candidates=ALL, verify=VERIFY,
@@ -171,13 +186,22 @@ def test_table1_rules_apply_in_sql_and_retune_without_recompute(engine, db_url, 
     assert [got[row["pair_id"]] for row in pairs[:4]] == ["dino", "dino", "clip", None]
     with pytest.raises(PairsError, match="not a Table 1 threshold"):
         set_rules(engine, sub.job_id, {"k": 3})
+    # the same through the command line, and the job's funnel by the view
+    out = cli(db_url, "pairs", "rules", "--job", str(sub.job_id), "--set", "dino_min_inliers=400").stdout
+    assert "dino_min_inliers" in out and "400" in out
+    got = {r["pair_id"]: r["admitted_by"] for r in _pairs(engine, sub.job_id).values()}
+    assert [got[row["pair_id"]] for row in pairs[:3]] == [None, None, "clip"]
+    status = cli(db_url, "status", str(sub.job_id)).stdout
+    assert "candidate pairs" in status and "admitted (Table 1)" in status
+    refused = cli(db_url, "pairs", "rules", "--job", str(sub.job_id), "--set", "adaptive_t=2", check=False)
+    assert refused.returncode == 1 and "adaptive_t" in refused.stderr
 
 
 HOSTILE = [
     ("decoded; DROP TABLE assets", "no ';'"),
     ("decoded -- comment", "comments"),
     ("set_config('statement_timeout', '0', false) IS NOT NULL", "set_config"),
-    ("asset_id IN (SELECT asset_id FROM clip_results)", "not a valid predicate"),  # the reader may not read it
+    ("asset_id IN (SELECT unnest(asset_ids) FROM tasks)", "not a valid predicate"),  # the reader may not read it
     ("no_such_column > 1", "not a valid predicate"),
 ]
 
