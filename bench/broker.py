@@ -1,41 +1,50 @@
-"""Broker claim + complete throughput: ours against procrastinate and PgQueuer.
+"""Broker claim + complete throughput: ours against PgQueuer, graphile-worker, procrastinate and a bare
+SQL loop, at 1 and 64 assets per task.
 
 Method
 ------
 - One fresh embedded PostgreSQL 18 (``curation.embedded.EmbeddedPostgres`` in a temporary folder, the
-  project's default server settings) serves all three systems; each system gets its own database on it
-  (``CREATE DATABASE``): ours migrated with ``curation.db.upgrade``, procrastinate's schema applied with
-  ``App(PsycopgConnector).schema_manager.apply_schema()``, PgQueuer's with ``Queries(driver).install()``.
-  procrastinate's and PgQueuer's databases are re-created for every run; ours is truncated.
+  project's default server settings, ``synchronous_commit`` on unless ``--synchronous-commit off``)
+  serves every system; each gets its own database on it (``CREATE DATABASE``): ours migrated with
+  ``curation.db.upgrade``, procrastinate's schema applied with ``schema_manager.apply_schema()``,
+  PgQueuer's with ``Queries(driver).install()``, graphile-worker's with its CLI ``--schema-only``. The
+  peers' databases are re-created for every run; ours is truncated.
 - The whole backlog is enqueued (and ``ANALYZE``d) before any worker starts: setup is not timed.
-- ``--workers`` worker *processes* (multiprocessing, spawn) per system, because all three clients are
-  Python and threads would serialise on the GIL of one interpreter. Every process imports its client,
-  connects and reports ready; then all are released at once. The work is a no-op.
+- ``--workers`` worker *processes* per system (Python: multiprocessing, spawn; graphile-worker: Node
+  processes). Every process connects and reports ready; then all are released at once. No-op work.
 
-    ours           ``curation.broker.Broker``: ``claim(worker, stage, n)`` then one fenced
-                   ``complete(lease, worker, write_results)`` transaction per task, exactly as
-                   ``workers/runtime.py`` does, with ``write_results = lambda conn: 0``. Measured at
-                   1 asset per task (claim ``--claim-n``, default 16 tasks per round trip) and at 64
-                   assets per task (claim ``--claim-n-64``, default 1, the runtime's default).
-                   ``--write-rows`` adds both cases again with one result row per asset written in the
-                   completion transaction (a scratch table, the runtime's multi-row INSERT).
+    ours           ``curation.broker.Broker``, as ``workers/runtime.py`` uses it, ``write_results`` a no-op:
+                   "per-task commit": ``claim(n)`` then one ``complete()`` transaction per task (claim
+                   ``--claim-n`` at 1 asset/task, 1 at 64); "complete_many": ``claim(b)`` then one
+                   ``complete_many()`` transaction for the b tasks (``--batch`` list at 1 asset/task,
+                   ``--batch-64`` at 64). ``--write-rows`` adds the cases again with one result row per
+                   asset written in the completion transaction.
+    bare SQL loop  the reference: the same design with nothing around it (psycopg 3, one connection,
+                   prepared statements): one transaction claims 1 task with the broker's claim SQL, one
+                   completes it (fenced delete + attempt row), at 1 and 64 assets per task.
+    PgQueuer       ``QueueManager.run(batch_size=b, mode=drain)`` per process for each b of ``--pgq-batch``;
+                   one job per item; completions buffered and flushed in batches (its design).
+    graphile-worker 0.17.3 (npm, installed under the git-ignored ``bench/.node`` when missing; 0.18 needs
+                   Node >= 22.18): ``bench/graphile_worker_peer.cjs`` per process with the settings of its
+                   performance page: ``concurrentJobs`` 24, ``maxPoolSize`` 25, ``localQueue.size`` 500,
+                   ``completeJobBatchDelay`` 0, ``failJobBatchDelay`` 0 (``--gw-concurrency``,
+                   ``--gw-local-queue``); one job per item.
     procrastinate  ``App.run_worker(concurrency=--procr-concurrency (1), wait=False, listen_notify=False)``
-                   per process; one job per item. Jobs are kept on success (its default).
-    PgQueuer       ``QueueManager.run(batch_size=--pgq-batch (default = --workers), mode=drain)`` over
-                   psycopg per process; one job per item. Completions are buffered and flushed in batches
-                   (its design).
+                   per process; one job per item.
 
-- Clock: from the first claim to the last completion, both read from the database's own ledger and
-  clock, the same way for the three systems: ours ``min(task_attempts.claimed_at)`` ..
-  ``max(task_attempts.ended_at)``; procrastinate ``procrastinate_events`` 'started' .. 'succeeded';
-  PgQueuer ``pgqueuer_log`` 'picked' .. 'successful'. (These are transaction start times, so each end
-  is early by the last commit, ~1 ms.) The harness's own wall clock, from releasing the workers to the
-  last worker exiting (client start-up and shutdown included), is printed alongside.
-- items/s = items completed / that span, where an item is one asset for ours and one job for the
-  peers. Every run checks that all items were completed. Each case is measured ``--runs`` times
-  (cases interleaved, to spread the noise of a shared machine); the table shows the median.
+- Clock: from the first claim to the last completion on each system's own ledger: ours and the bare
+  loop ``min(task_attempts.claimed_at)`` .. ``max(task_attempts.ended_at)``; procrastinate
+  ``procrastinate_events`` 'started' .. 'succeeded'; PgQueuer ``pgqueuer_log`` 'picked' ..
+  'successful'. graphile-worker keeps no ledger (a completed job is deleted): from its first job's start
+  to the first process seeing the queue empty (polled every 10 ms). The harness's wall clock, from
+  releasing the workers to the last one exiting (client start-up and shutdown included), is printed
+  alongside.
+- items/s = items completed / that span (an item is one asset for ours and the bare loop, one job for
+  the peers). Every run checks that all items were completed. Cases are interleaved, ``--runs`` times;
+  the table shows medians, and the ratios compare each of our cases with each peer at its best measured
+  setting. Cases that commit once per item run ``--slow-items`` items.
 
-    python bench/broker.py [--items 4000] [--workers 4] [--runs 3] [--write-rows]
+    python bench/broker.py [--items 10000] [--slow-items 2000] [--runs 3] [--batch 64,256,1024]
 """
 
 from __future__ import annotations
@@ -560,8 +569,8 @@ def main() -> None:
     print()
     print(f"{w} worker processes per system, embedded PostgreSQL 18 (synchronous_commit={args.synchronous_commit}), "
           f"no-op work; items/s = items completed / "
-          f"(first claim .. last completion, each system's ledger; graphile-worker: first .. last job run, "
-          f"its handlers' clock); median of {args.runs} runs; total {time.perf_counter() - started:.0f} s")
+          f"(first claim .. last completion, each system's ledger; graphile-worker, which keeps none: first job "
+          f"run .. queue seen empty); median of {args.runs} runs; total {time.perf_counter() - started:.0f} s")
     head = (f"{'system':<38}{'assets/task':>12}  {'fetch / complete':<22}{'items':>8}{'items/s':>10}"
             f"{'wall items/s':>14}")
     print(head)
