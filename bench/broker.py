@@ -466,14 +466,14 @@ def main() -> None:
                     help="the server's synchronous_commit (on: every commit waits for its WAL flush)")
     ap.add_argument("--workers", type=int, default=4, help="worker processes per system")
     ap.add_argument("--runs", type=int, default=3, help="measurements per case; the median is reported")
-    ap.add_argument("--batch", default="64,256",
+    ap.add_argument("--batch", default="64,256,1024",
                     help="ours at 1 asset/task: tasks per claim and per complete_many flush (comma-separated)")
     ap.add_argument("--batch-64", type=int, default=4,
                     help="ours at 64 assets/task: tasks per claim and per complete_many flush")
     ap.add_argument("--claim-n", type=int, default=16,
                     help="ours, one completion transaction per task, at 1 asset/task: tasks per claim")
     ap.add_argument("--procr-concurrency", type=int, default=1, help="procrastinate: concurrency per process")
-    ap.add_argument("--pgq-batch", default="4,16,64",
+    ap.add_argument("--pgq-batch", default="4,16,64,256",
                     help="PgQueuer batch sizes to measure (comma-separated); ratios use its best")
     ap.add_argument("--gw-concurrency", type=int, default=24, help="graphile-worker: concurrentJobs per process")
     ap.add_argument("--gw-local-queue", type=int, default=500, help="graphile-worker: localQueue.size")
