@@ -198,9 +198,12 @@ def submit_mining(engine: Engine, image_job: int, *, where: str | None = None, k
         thresholds = (cluster_thresholds(conn, clustering_id, picked, clip, quantile=thr_quantile, sample=thr_sample,
                                          seed=seed) if clustering_id is not None and clip is not None else [])
         job_id = int(conn.execute(text("SELECT nextval(pg_get_serial_sequence('jobs', 'job_id'))")).scalar_one())
+    dino = next((e for e in embeddings if e.stage == "dino"), None)
+    verify_params = {**({"matcher": matcher} if matcher else {}), **(verify or {})}
+    if dino is not None:  # the aligned crops are embedded by the model that embedded the images
+        verify_params.setdefault("dino_model", dino.model)
     stage_params: dict[str, dict[str, Any]] = {"pair_candidates": {**cand_params, "mining_job": job_id},
-                                               "pair_verify": {**({"matcher": matcher} if matcher else {}),
-                                                               **(verify or {})}}
+                                               "pair_verify": verify_params}
     try:
         spec = parse_spec({
             "name": name or f"pairs-of-{image_job}", "modality": "pair", "chunk_size": chunk_size,
@@ -333,6 +336,7 @@ def neighbourhoods(conn: Connection, mining: PairsSpec, job_id: int, params: Any
     embeddings = [e for e in mining.embeddings if e.stage in params.embeddings]
     conn.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
     conn.execute(text(f"SET LOCAL hnsw.ef_search = {max(int(params.ef_search), int(params.k))}"))
+    conn.execute(text(f"SET LOCAL hnsw.max_scan_tuples = {int(params.max_scan_tuples)}"))
     found = {e.stage: _knn(conn, e, job_id, ids, int(params.k)) for e in embeddings}
     everyone = sorted({int(a) for a in ids} | {n for by in found.values() for ns in by.values() for n in ns})
     vectors = {e.stage: read_vectors(conn, get_table(e.stage), everyone, e.configs, e.dim) for e in embeddings}

@@ -229,6 +229,16 @@ def test_hostile_or_wrong_where_is_refused_at_submission(engine, db_url, tmp_pat
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 1  # nothing recorded
     with pytest.raises(PairsError, match="matches --where"):
         submit_mining(engine, job, where="decoded AND width > 100000", matcher="sift", verify=VERIFY)
+    # the command line: refused with the reason, then submitted (pair_verify embeds the aligned crops with
+    # the image job's DINOv2)
+    refused = cli(db_url, "pairs", "mine", "--job", str(job), "--where", "decoded; DELETE FROM assets", check=False)
+    assert refused.returncode == 1 and "no ';'" in refused.stderr
+    out = cli(db_url, "pairs", "mine", "--job", str(job), "--matcher", "sift", "--k", "4")
+    assert "pair-mining job" in out.stdout and "2 images" in out.stdout and "no finished clustering" in out.stderr
+    with engine.connect() as conn:
+        spec = conn.execute(text("SELECT spec FROM jobs WHERE modality = 'pair'")).scalar_one()
+    assert [s["name"] for s in spec["stages"]] == ["pair_candidates", "pair_verify"]
+    assert spec["stages"][1]["params"] == {"matcher": "sift", "dino_model": TINY_DINO["model"]}
 
 
 def test_a_job_without_dino_embeddings_is_refused(engine, db_url, tmp_path, skimage_dir):

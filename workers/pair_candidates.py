@@ -50,6 +50,9 @@ class PairCandidatesParams(BaseModel):
                                    "candidates are a function of its slice, so they are keyed by it")
     k: int = Field(16, ge=1, le=1000, description="nearest neighbours per image, by CLIP and by DINOv2 each")
     ef_search: int = Field(100, ge=1, le=1000, description="hnsw.ef_search of the kNN queries (at least k)")
+    max_scan_tuples: int = Field(20_000, ge=1_000, le=100_000_000, description="hnsw.max_scan_tuples: how far an "
+                                 "iterative scan walks to find k neighbours in the slice (raise it for a slice "
+                                 "that is a small part of the image job)")
     embeddings: list[str] = Field(["clip", "dino"], min_length=1, description="the kNN indexes: clip, dino")
     min_clip_sim: float = Field(0.8, ge=-1.0, le=1.0, description="candidate floor on CLIP cosine")
     min_dino_sim: float = Field(0.8, ge=-1.0, le=1.0, description="candidate floor on DINOv2 cosine")
@@ -125,7 +128,7 @@ class PairCandidatesStage(Stage[PairCandidatesParams, PairCandidatesResult]):
     pairs_field = "pairs"
     reuse_by_content = False  # a byte-identical copy has other neighbours
     threshold_params = frozenset(TABLE1)
-    run_params = frozenset({"timeout_s", "pairs_per_task", "ef_search"})
+    run_params = frozenset({"timeout_s", "pairs_per_task", "ef_search", "max_scan_tuples"})
 
     def process(self, items: Sequence[StageItem]) -> list[PairCandidatesResult | ItemFailure]:
         return [self._one(item) for item in items]
