@@ -28,7 +28,7 @@ Method
                    Node >= 22.18): ``bench/graphile_worker_peer.cjs`` per process with the settings of its
                    performance page: ``concurrentJobs`` 24, ``maxPoolSize`` 25, ``localQueue.size`` 500,
                    ``completeJobBatchDelay`` 0, ``failJobBatchDelay`` 0 (``--gw-concurrency``,
-                   ``--gw-local-queue``); one job per item.
+                   ``--gw-local-queue``, a list); one job per item.
     procrastinate  ``App.run_worker(concurrency=--procr-concurrency (1), wait=False, listen_notify=False)``
                    per process; one job per item.
 
@@ -476,7 +476,8 @@ def main() -> None:
     ap.add_argument("--pgq-batch", default="4,16,64,256",
                     help="PgQueuer batch sizes to measure (comma-separated); ratios use its best")
     ap.add_argument("--gw-concurrency", type=int, default=24, help="graphile-worker: concurrentJobs per process")
-    ap.add_argument("--gw-local-queue", type=int, default=500, help="graphile-worker: localQueue.size")
+    ap.add_argument("--gw-local-queue", default="500",
+                    help="graphile-worker: localQueue.size values to measure (comma-separated)")
     ap.add_argument("--write-rows", action="store_true",
                     help="also measure ours writing one result row per asset in the completion transaction")
     ap.add_argument("--systems", default="ours,bare,pgqueuer,graphile,procrastinate",
@@ -539,11 +540,11 @@ def main() -> None:
                                       fresh("bench_pgq", _pgq_setup, n), _pgq_worker,
                                       lambda u, b=b: (u, b), _pgq_span))
             if "graphile" in systems:
-                cases.append(Case("graphile-worker", f"graphile-worker {GRAPHILE_VERSION}", 1, n,
-                                  f"conc {args.gw_concurrency}, lq {args.gw_local_queue}",
-                                  fresh("bench_gw", _graphile_setup, n), None, lambda u: (), _graphile_span,
-                                  spawn=lambda u, w: _graphile_spawn(u, w, args.gw_concurrency,
-                                                                     args.gw_local_queue)))
+                for lq in _ints(args.gw_local_queue):
+                    cases.append(Case("graphile-worker", f"graphile-worker (lq {lq})", 1, n,
+                                      f"conc {args.gw_concurrency}, lq {lq}",
+                                      fresh("bench_gw", _graphile_setup, n), None, lambda u: (), _graphile_span,
+                                      spawn=lambda u, w, lq=lq: _graphile_spawn(u, w, args.gw_concurrency, lq)))
             if "procrastinate" in systems:
                 cases.append(Case("procrastinate", "procrastinate", 1, slow,
                                   f"concurrency {args.procr_concurrency}",
