@@ -46,16 +46,17 @@ def check_balance(conn: Connection, view: str, balance: Balance) -> None:
 
 
 def balanced_sql(sql: str, balance: Balance | None, order_by: str = "asset_id") -> str:
-    """Wrap a query whose rows carry ``asset_id`` and the balance column: keep ``per_group`` rows per
-    value (binds ``:balance_n`` and ``:balance_seed``; see ``balance_params``). Without a balance, the
-    query ordered by ``order_by``."""
+    """Wrap a query whose rows carry the id column ``order_by`` (``asset_id``; a pair's ``pair_id``) and the
+    balance column: keep ``per_group`` rows per value, drawn by a seeded hash of the id (binds
+    ``:balance_n`` and ``:balance_seed``; see ``balance_params``). Without a balance, the query ordered by
+    ``order_by``."""
     if balance is None:
         return f"SELECT * FROM ({sql}) q ORDER BY q.{order_by}"
     col = balance.view_column
     if not _IDENT.match(col):
         raise BalanceError(f"--balance {balance.column!r}: not a column name")
     return (f"SELECT * FROM (SELECT q.*, row_number() OVER (PARTITION BY q.{col} ORDER BY "
-            f"md5(q.asset_id::text || '/' || CAST(:balance_seed AS text)), q.asset_id) AS balance_rank "
+            f"md5(q.{order_by}::text || '/' || CAST(:balance_seed AS text)), q.{order_by}) AS balance_rank "
             f"FROM ({sql}) q) b WHERE b.balance_rank <= :balance_n ORDER BY b.{order_by}")
 
 

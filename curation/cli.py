@@ -370,7 +370,7 @@ def export(
     output: Optional[str] = typer.Option(None, "--output", help="folder or s3:// prefix"),
     rows_per_file: Optional[int] = typer.Option(None, "--rows-per-file", help="(default: the job spec's, else 100000)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace Parquet files already under --output"),
-    view: Optional[str] = typer.Option(None, "--view", help="curated_images or curated_scenes "
+    view: Optional[str] = typer.Option(None, "--view", help="curated_images, curated_scenes or curated_pairs "
                                        "(default: from the job's modality, else curated_images)"),
     balance: Optional[str] = BalanceOpt,
     per_cluster: int = PerClusterOpt,
@@ -586,8 +586,10 @@ def encode(
     output: str = typer.Option(..., "--output", help="folder or s3:// prefix for the tar shards"),
     vae: str = typer.Option(..., "--vae", help="local FLUX.1 (images) or HunyuanVideo (scenes) folder with vae/, "
                                                "or 'tiny' for a smoke run"),
-    where: str = typer.Option("is_unique AND bucket IS NOT NULL", "--where", help="predicate over the view"),
-    view: str = typer.Option("curated_images", "--view", help="curated_images or curated_scenes"),
+    where: Optional[str] = typer.Option(None, "--where", help="predicate over the view (default: is_unique AND "
+                                        "bucket IS NOT NULL; curated_pairs: is_kept)"),
+    view: str = typer.Option("curated_images", "--view", help="curated_images, curated_scenes or curated_pairs "
+                             "(instruct-editing samples: target latent, source as reference, instruction as caption)"),
     job: Optional[int] = typer.Option(None, "--job", help="only this job's assets"),
     tier: str = typer.Option("low", "--tier", help="resolution tier: low, medium or high (report Table 4)"),
     seconds: float = typer.Option(5.0, "--seconds", help="scenes: encode at most this many seconds at 24 fps"),
@@ -602,12 +604,15 @@ def encode(
     """Pre-encode a slice: nearest resolution bucket → VAE latents → tar shards of the report's sizes
     (images 1024 / 256 / 64 and scenes 16 / 4 / 1 per tar for low / medium / high); shards and latents are
     recorded. Scenes are sampled at 24 fps for 4k + 1 frames (5 s → 121 frames → 31 latent frames). Each
-    sample's JSON carries its captions (the caption stages', else the source list's)."""
+    sample's JSON carries its captions (the caption stages', else the source list's). Pairs (--view
+    curated_pairs): the target's latent with the source's as reference and the edit instruction as caption
+    (report §6.3), bucketed by the target."""
     from curation.balance import BalanceError
-    from curation.latents import VIEWS, UncaptionedSamples, encode_slice
+    from curation.latents import DEFAULT_WHERE, VIEWS, UncaptionedSamples, encode_slice
 
     if view not in VIEWS:
         _fail(f"--view must be one of {', '.join(VIEWS)}", 2)
+    where = where if where is not None else DEFAULT_WHERE[view]
     from curation.user_sql import UnsafeSQL, check_predicate
 
     try:
@@ -783,16 +788,28 @@ def pairs_mine(
                                        "members' top CLIP similarity"),
     chunk_size: int = typer.Option(256, "--chunk-size", min=1, help="images per pair_candidates task"),
     name: Optional[str] = typer.Option(None, "--name", help="job name (default: pairs-of-J)"),
+    instructions: Optional[str] = typer.Option(None, "--instructions", help="captioner model (registry name or "
+                                               "local folder; the served name with --instructions-url) that writes "
+                                               "each kept pair's edit instruction (pair_instruction stage)"),
+    instructions_url: Optional[str] = typer.Option(None, "--instructions-url", help="an OpenAI-compatible server "
+                                                   "(e.g. vLLM) serving --instructions: backend openai"),
 ) -> None:
     """Submit a pair-mining job over an image job's slice: pair_candidates (CLIP + DINOv2 kNN through the
     pgvector HNSW indexes, the per-cluster adaptive CLIP threshold, face similarity) → pair_verify (keypoint
-    matches, RANSAC, aligned DINO, overlap). `curation worker` runs it; `curation status` shows it."""
+    matches, RANSAC, aligned DINO, overlap) → with --instructions, pair_instruction (a VLM writes the edit
+    instruction of each pair verification keeps). `curation worker` runs it; `curation status` shows it."""
     from curation.pairs import PairsError, submit_mining
 
     candidates = {"min_clip_sim": min_sim, "min_dino_sim": min_sim} if min_sim is not None else {}
+    instruction = None
+    if instructions is not None:
+        instruction = ({"backend": "openai", "model": instructions, "base_url": instructions_url}
+                       if instructions_url else {"model": instructions})
+    elif instructions_url is not None:
+        _fail("--instructions-url needs --instructions (the served model's name)")
     try:
         sub = submit_mining(_engine(), job, where=where, k=k, matcher=matcher, candidates=candidates,
-                            thr_quantile=thr_quantile, chunk_size=chunk_size, name=name)
+                            thr_quantile=thr_quantile, chunk_size=chunk_size, name=name, instruction=instruction)
     except PairsError as exc:
         _fail(str(exc), 1)
     console.print(f"pair-mining job [bold]{sub.job_id}[/] over job {job}: {sub.n_images} images in {sub.n_tasks} tasks")

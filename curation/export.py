@@ -2,7 +2,8 @@
 report stores it (§4.2, §4.4):
 ``<output>/<bucket>/<source>/part-<export>-<n>.parquet`` where ``bucket`` is the shortest-side bucket
 (256 / 512 / 1024; ``below_256`` if the predicate lets smaller images through) and ``source`` the
-source name. Every score and hash is a column. The export is recorded in the ``exports`` table."""
+source name. Editing pairs (``curated_pairs``, §4.3) go to ``<output>/pairs/job-<mining job>/``: both
+images' ids and URIs, every score, the rule that admitted the pair and its instruction. Every score and hash is a column. The export is recorded in the ``exports`` table."""
 
 from __future__ import annotations
 
@@ -36,7 +37,16 @@ def bucket_dir(bucket: int | None) -> str:
     return str(bucket) if bucket is not None else "below_256"
 
 
-EXPORT_VIEWS = ("curated_images", "curated_scenes")
+EXPORT_VIEWS = ("curated_images", "curated_scenes", "curated_pairs")
+ROW_ID = {"curated_images": "asset_id", "curated_scenes": "asset_id", "curated_pairs": "pair_id"}
+
+
+def group_key(view: str, record: dict) -> tuple[str, str]:
+    """The (folder, subfolder) a row is written under: (bucket, source) of an image or scene; ``pairs`` and
+    the mining job of a pair (``pairs/job-<id>``)."""
+    if view == "curated_pairs":
+        return "pairs", f"job-{record['job_id']}"
+    return bucket_dir(record["bucket"]), record["source"]
 
 
 def export_slice(
@@ -70,14 +80,15 @@ def export_slice(
         export_id = conn.execute(text("SELECT nextval(pg_get_serial_sequence('exports', 'export_id'))")).scalar_one()
     # a view row is one (job, asset): the job's configurations and thresholds; without a job, one row per
     # asset (its most recent job)
+    row_id = ROW_ID[view]
     if job_id is not None:
-        sql = f"SELECT c.* FROM {view} c WHERE ({predicate}) AND c.job_id = :job ORDER BY c.asset_id"
+        sql = f"SELECT c.* FROM {view} c WHERE ({predicate}) AND c.job_id = :job ORDER BY c.{row_id}"
     else:
-        sql = (f"SELECT DISTINCT ON (c.asset_id) c.* FROM {view} c WHERE ({predicate}) "
-               "ORDER BY c.asset_id, c.job_id DESC")
+        sql = (f"SELECT DISTINCT ON (c.{row_id}) c.* FROM {view} c WHERE ({predicate}) "
+               f"ORDER BY c.{row_id}, c.job_id DESC")
     params = {"job": job_id} if job_id is not None else {}
     if balance is not None:
-        sql = balanced_sql(sql, balance)
+        sql = balanced_sql(sql, balance, order_by=row_id)
         params.update(balance_params(balance))
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     counters: dict[tuple[str, str], int] = defaultdict(int)
@@ -112,7 +123,7 @@ def export_slice(
                 for name, value in record.items():  # jsonb objects (metadata) as JSON text: one Parquet type
                     if isinstance(value, dict):
                         record[name] = json.dumps(value, sort_keys=True)
-                key = (bucket_dir(record["bucket"]), record["source"])
+                key = group_key(view, record)
                 groups[key].append(record)
                 result.n_rows += 1
                 if len(groups[key]) >= rows_per_file:

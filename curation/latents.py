@@ -1,5 +1,5 @@
-"""The platform's encode step: a slice of ``curated_images`` (FLUX.1 VAE) or ``curated_scenes``
-(HunyuanVideo VAE) → VAE latents in tar shards (via ``training.encode``) → every shard and latent
+"""The platform's encode step: a slice of ``curated_images`` (FLUX.1 VAE), ``curated_scenes``
+(HunyuanVideo VAE) or ``curated_pairs`` (instruct-editing samples, FLUX.1 VAE) → VAE latents in tar shards (via ``training.encode``) → every shard and latent
 recorded in the database (``shards``, ``latents``). Each sample's JSON carries its captions: the caption
 stages' columns of the view and the source list's ``source_caption`` (``sample_meta``)."""
 
@@ -12,7 +12,7 @@ from sqlalchemy import Engine, text
 from curation.balance import Balance, balance_params, balanced_sql, check_balance
 from curation.user_sql import check_predicate, reader_engine
 
-from training.encode import ImageRecord, SceneRecord, encode_images, encode_scenes
+from training.encode import EditPair, ImageRecord, SceneRecord, encode_edit_pairs, encode_images, encode_scenes
 from training.shards import ShardInfo, VaeInfo
 
 
@@ -30,7 +30,12 @@ VIEWS = {
     # one row per asset even where several jobs hold it (a view row is one (job, asset)): the newest job's
     "curated_images": "SELECT DISTINCT ON (c.asset_id) c.* FROM curated_images c WHERE ({predicate}) AND c.decoded",
     "curated_scenes": "SELECT DISTINCT ON (c.asset_id) c.* FROM curated_scenes c WHERE ({predicate})",
+    # editing pairs (report §4.3 → §6.3): one row per pair, the newest mining job's
+    "curated_pairs": "SELECT DISTINCT ON (c.pair_id) c.* FROM curated_pairs c WHERE ({predicate})",
 }
+ROW_ID = {"curated_images": "asset_id", "curated_scenes": "asset_id", "curated_pairs": "pair_id"}
+DEFAULT_WHERE = {"curated_images": "is_unique AND bucket IS NOT NULL",
+                 "curated_scenes": "is_unique AND bucket IS NOT NULL", "curated_pairs": "is_kept"}
 # view columns that describe a caption rather than hold one
 _NOT_CAPTION_TEXT = ("_version", "_raw", "_model", "_prompt_version", "_tokens", "_language", "_lang", "_flag")
 
@@ -85,8 +90,9 @@ def encode_slice(engine: Engine, *, predicate: str, output: str, tier: str, vae,
     if view not in VIEWS:
         raise ValueError(f"view must be one of {list(VIEWS)}, not {view!r}")
     scope = " AND c.job_id = :job" if job_id is not None else ""
-    sql = balanced_sql(VIEWS[view].format(predicate=predicate) + scope + " ORDER BY c.asset_id, c.job_id DESC",
-                       balance) + (" LIMIT :limit" if limit else "")
+    row_id = ROW_ID[view]
+    sql = balanced_sql(VIEWS[view].format(predicate=predicate) + scope + f" ORDER BY c.{row_id}, c.job_id DESC",
+                       balance, order_by=row_id) + (" LIMIT :limit" if limit else "")
     reader = reader_engine(engine, timeout_s=3600.0)
     try:
         with reader.connect() as conn:
@@ -96,6 +102,10 @@ def encode_slice(engine: Engine, *, predicate: str, output: str, tier: str, vae,
                                                               **balance_params(balance)}).mappings()]
     finally:
         reader.dispose()
+    if view == "curated_pairs":
+        return _record(engine, encode_pairs(rows, vae, vae_info, tier=tier, output=output,
+                                            samples_per_tar=samples_per_tar, allow_uncaptioned=allow_uncaptioned),
+                       vae_info)
     metas = [sample_meta(r) for r in rows]
     bare = [m["asset_id"] for m in metas if not m["caption"]]
     if bare and not allow_uncaptioned:
@@ -110,6 +120,31 @@ def encode_slice(engine: Engine, *, predicate: str, output: str, tier: str, vae,
     else:
         records = [ImageRecord(f"a{r['asset_id']}", r["uri"], m) for r, m in zip(rows, metas)]
         shards = encode_images(records, vae, vae_info, tier=tier, output=output, samples_per_tar=samples_per_tar)
+    return _record(engine, shards, vae_info)
+
+
+def encode_pairs(rows: list[dict], vae, vae_info: VaeInfo, *, tier: str, output: str,
+                 samples_per_tar: dict[str, int] | None = None, allow_uncaptioned: bool = False) -> list[ShardInfo]:
+    """``curated_pairs`` rows → instruct-editing samples (``training.encode.encode_edit_pairs``: the target's
+    latent, the source's as ``reference``, the instruction as the caption), keyed ``p<pair_id>``. A pair
+    with no instruction (the mining job ran no ``pair_instruction``) is refused before anything is encoded,
+    unless ``allow_uncaptioned``."""
+    bare = [r["pair_id"] for r in rows if not (r.get("instruction") or "").strip()]
+    if bare and not allow_uncaptioned:
+        raise UncaptionedSamples(
+            f"{len(bare)} of {len(rows)} pairs have no instruction (pairs {', '.join(map(str, bare[:10]))}"
+            f"{', …' if len(bare) > 10 else ''}): mine with `curation pairs mine --instructions MODEL`, narrow "
+            "--where to `instruction IS NOT NULL`, or pass --allow-uncaptioned")
+    pairs = [EditPair(f"p{r['pair_id']}", r["source_uri"], r["target_uri"], (r.get("instruction") or "").strip(),
+                      {"pair_id": r["pair_id"], "job_id": r["job_id"], "source_asset_id": r["source_asset_id"],
+                       "target_asset_id": r["target_asset_id"], "admitted_by": r.get("admitted_by"),
+                       "instruction_model": r.get("instruction_model")})
+             for r in rows]
+    return encode_edit_pairs(pairs, vae, vae_info, tier=tier, output=output, samples_per_tar=samples_per_tar)
+
+
+def _record(engine: Engine, shards: list[ShardInfo], vae_info: VaeInfo) -> EncodeResult:
+    """Record the shards and each latent (``latents.asset_id``: the image, scene or pair asset)."""
     with engine.begin() as conn:
         for s in shards:
             shard_id = conn.execute(

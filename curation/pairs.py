@@ -35,6 +35,9 @@ from curation.spec import PairEmbedding, PairsSpec, SpecError, parse_spec
 # The stages of a pair-mining job, in order: the one place that lists them. A stage is added here and
 # registered in ``workers/stage.py`` (e.g. the instruction captions after verification).
 PAIR_STAGES: tuple[str, ...] = ("pair_candidates", "pair_verify")
+# the VLM step (report §4.3, last of Figure 5), added when an instruction captioner is given: its default model is
+# a 32B VLM that must be pulled first, so a mining job without one still runs
+INSTRUCTION_STAGE = "pair_instruction"
 EMBEDDING_STAGES = ("clip", "dino")
 DEFAULT_WHERE = "decoded"
 THR_QUANTILE = 0.5
@@ -161,10 +164,13 @@ def cluster_thresholds(conn: Connection, clustering_id: int, slice_ids: Sequence
 def submit_mining(engine: Engine, image_job: int, *, where: str | None = None, k: int = 16,
                   matcher: str | None = None, candidates: dict[str, Any] | None = None,
                   verify: dict[str, Any] | None = None, stages: Sequence[str] | None = None,
+                  instruction: dict[str, Any] | None = None,
                   thr_quantile: float = THR_QUANTILE, thr_sample: int = THR_SAMPLE, seed: int = 0,
                   chunk_size: int = 256, max_attempts: int = 5, name: str | None = None) -> MiningSubmission:
     """Record and enqueue a pair-mining job over ``image_job``'s slice (see the module docstring).
-    ``candidates`` / ``verify``: more params of ``pair_candidates`` / ``pair_verify``. Raises ``PairsError``."""
+    ``candidates`` / ``verify``: more params of ``pair_candidates`` / ``pair_verify``; ``instruction``: the
+    ``pair_instruction`` stage's params (captioner backend, model, prompt) — given, the job ends with it.
+    Raises ``PairsError``."""
     from curation.jobs import UnknownJob, load_job
     from curation.planner import check_weights
 
@@ -178,6 +184,8 @@ def submit_mining(engine: Engine, image_job: int, *, where: str | None = None, k
         raise PairsError("--thr-quantile must be in [0, 1] and --thr-sample at least 2")
     where = where or DEFAULT_WHERE
     stage_names = list(stages) if stages is not None else pair_stages()
+    if instruction is not None and INSTRUCTION_STAGE not in stage_names:
+        stage_names.append(INSTRUCTION_STAGE)
     cand_params = {"k": k, **(candidates or {})}
     wanted = cand_params.get("embeddings", list(EMBEDDING_STAGES))
     with engine.connect() as conn:
@@ -203,7 +211,7 @@ def submit_mining(engine: Engine, image_job: int, *, where: str | None = None, k
     if dino is not None:  # the aligned crops are embedded by the model that embedded the images
         verify_params.setdefault("dino_model", dino.model)
     stage_params: dict[str, dict[str, Any]] = {"pair_candidates": {**cand_params, "mining_job": job_id},
-                                               "pair_verify": verify_params}
+                                               "pair_verify": verify_params, INSTRUCTION_STAGE: instruction or {}}
     try:
         spec = parse_spec({
             "name": name or f"pairs-of-{image_job}", "modality": "pair", "chunk_size": chunk_size,

@@ -63,6 +63,7 @@ def tiny_params(name: str, yolo: str) -> dict:
         "video_thumbnail": {"output": THUMBNAILS, "frames": 2},
         "dino": {"model": "dinov2-tiny-random"},
         "pair_verify": {"matcher": "sift", "dino_model": "dinov2-tiny-random", "max_side": 256},
+        "pair_instruction": CAPTIONER,
     }.get(name, {})
 
 

@@ -326,6 +326,7 @@ _BUILTIN = {
     "clip_text_score": "workers.clip_text_score:ClipTextScoreStage",
     "pair_candidates": "workers.pair_candidates:PairCandidatesStage",
     "pair_verify": "workers.pair_verify:PairVerifyStage",
+    "pair_instruction": "workers.pair_instruction:PairInstructionStage",
     "thumbnail": "workers.thumbnail:ThumbnailStage", "video_thumbnail": "workers.thumbnail:VideoThumbnailStage",
     "dino": "workers.dino:DinoStage",
     "faces": "workers.faces:FacesStage",
