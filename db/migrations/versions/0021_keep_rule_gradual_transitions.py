@@ -5,7 +5,8 @@
   job's ``keep_rule`` criteria in order (colour, framing, quality, pixels, bytes by default:
   ``workers/phash.py``; ``db/migrations/views/*.0021.sql``, rendered by ``python -m workers.views 0021``).
 - ``scene_split_results.gradual_starts`` / ``gradual_ends`` (scenes@2): the frames ``[start, end)`` of
-  each fade or dissolve found, which no scene covers.
+  each fade or dissolve found, which no scene covers; ``model`` / ``weights_sha256``: TransNetV2's
+  provenance where it ran (the ``transnetv2`` and ``fused`` detectors).
 
 Revision ID: 0021
 Revises: 0019
@@ -31,7 +32,8 @@ PREVIOUS_VIEWS = "0018"  # the newest view snapshots before this revision
 def upgrade() -> None:
     op.execute("ALTER TABLE phash_results ADD COLUMN IF NOT EXISTS border_fill double precision")
     op.execute("ALTER TABLE scene_split_results ADD COLUMN IF NOT EXISTS gradual_starts integer[], "
-               "ADD COLUMN IF NOT EXISTS gradual_ends integer[]")
+               "ADD COLUMN IF NOT EXISTS gradual_ends integer[], ADD COLUMN IF NOT EXISTS model text, "
+               "ADD COLUMN IF NOT EXISTS weights_sha256 text")
     apply_views(op, "0021")
 
 
@@ -39,6 +41,7 @@ def downgrade() -> None:
     # the views select each result row's every column: drop them, then the columns, then the older views
     for view in ("curated_images", "curated_scenes"):
         op.execute(f"DROP VIEW IF EXISTS {view}")
-    op.execute("ALTER TABLE scene_split_results DROP COLUMN IF EXISTS gradual_starts, DROP COLUMN IF EXISTS gradual_ends")
+    op.execute("ALTER TABLE scene_split_results DROP COLUMN IF EXISTS gradual_starts, DROP COLUMN IF EXISTS gradual_ends, "
+               "DROP COLUMN IF EXISTS model, DROP COLUMN IF EXISTS weights_sha256")
     op.execute("ALTER TABLE phash_results DROP COLUMN IF EXISTS border_fill")
     apply_views(op, PREVIOUS_VIEWS)
