@@ -788,6 +788,7 @@ def pairs_mine(
                                        "members' top CLIP similarity"),
     chunk_size: int = typer.Option(256, "--chunk-size", min=1, help="images per pair_candidates task"),
     name: Optional[str] = typer.Option(None, "--name", help="job name (default: pairs-of-J)"),
+    address: Optional[str] = AddressOpt,
     instructions: Optional[str] = typer.Option(None, "--instructions", help="captioner model (registry name or "
                                                "local folder; the served name with --instructions-url) that writes "
                                                "each kept pair's edit instruction (pair_instruction stage)"),
@@ -809,7 +810,8 @@ def pairs_mine(
         _fail("--instructions-url needs --instructions (the served model's name)")
     try:
         sub = submit_mining(_engine(), job, where=where, k=k, matcher=matcher, candidates=candidates,
-                            thr_quantile=thr_quantile, chunk_size=chunk_size, name=name, instruction=instruction)
+                            thr_quantile=thr_quantile, chunk_size=chunk_size, name=name, instruction=instruction,
+                            address=address or os.environ.get("CURATION_RAY_ADDRESS"))
     except PairsError as exc:
         _fail(str(exc), 1)
     console.print(f"pair-mining job [bold]{sub.job_id}[/] over job {job}: {sub.n_images} images in {sub.n_tasks} tasks")

@@ -15,7 +15,8 @@ The adaptive threshold (``clip_thr``, stored per cluster in ``pair_cluster_thres
 ``image_pairs``): for each cluster of the clustering, up to ``thr_sample`` of its members in the slice
 (seeded) are compared pairwise by CLIP; each member's *top similarity* is its highest cosine to another
 sampled member, and ``clip_thr`` is the ``thr_quantile`` quantile (default 0.5, the median) of those. A
-cluster with fewer than two members in the slice has no threshold. The rule ``clip_sim > (1 − T)·clip_thr
+cluster with fewer than two members in the slice has no threshold. The clusters are read in groups of
+about 20,000 sampled embeddings, one Ray task per group (10,000 clusters × 1,000: about 500 tasks). The rule ``clip_sim > (1 − T)·clip_thr
 + T`` (T = 0.15) is applied by ``curated_pairs`` from the job's params, so T can be re-tuned.
 """
 
@@ -126,11 +127,43 @@ def read_vectors(conn: Connection, table: str, ids: Sequence[int], configs: Sequ
     return out
 
 
+def _thresholds(conn: Connection, picked: dict[int, list[int]], n_members: dict[int, int], configs: Sequence[str],
+                dim: int, quantile: float) -> list[tuple[int, float, int, int]]:
+    """The statistic (module docstring) of each cluster of ``picked`` (cluster -> sampled members)."""
+    vectors = read_vectors(conn, "clip_results", [a for ids in picked.values() for a in ids], configs, dim)
+    out = []
+    for c, ids in sorted(picked.items()):
+        got = [vectors[a] for a in ids if a in vectors]
+        if len(got) < 2:
+            continue
+        x = np.stack(got)
+        sims = x @ x.T
+        np.fill_diagonal(sims, -np.inf)
+        out.append((c, round(float(np.quantile(sims.max(axis=1), quantile)), 6), n_members[c], len(x)))
+    return out
+
+
+def _thresholds_task(database_url: str, picked: dict[int, list[int]], n_members: dict[int, int],
+                     configs: list[str], dim: int, quantile: float) -> list[tuple[int, float, int, int]]:
+    """One Ray task: the thresholds of a group of clusters, read on a connection of its own."""
+    from curation.db import make_engine
+
+    engine = make_engine(database_url, pool_size=1, application_name="curation-pairs")
+    try:
+        with engine.connect() as conn:
+            return _thresholds(conn, picked, n_members, configs, dim, quantile)
+    finally:
+        engine.dispose()
+
+
 def cluster_thresholds(conn: Connection, clustering_id: int, slice_ids: Sequence[int], clip: PairEmbedding,
-                       *, quantile: float = THR_QUANTILE, sample: int = THR_SAMPLE, seed: int = 0
+                       *, quantile: float = THR_QUANTILE, sample: int = THR_SAMPLE, seed: int = 0,
+                       block: int = THR_BLOCK, database_url: str | None = None, address: str | None = None
                        ) -> list[tuple[int, float, int, int]]:
     """(cluster, clip_thr, members in the slice, members sampled) of every cluster with at least two
-    members in the slice (see the module docstring for the statistic)."""
+    members in the slice (see the module docstring for the statistic). The clusters are read in groups of
+    about ``block`` sampled embeddings; with ``database_url`` and more than one group, one Ray task per
+    group (Ray joined at ``address`` or started locally), else here."""
     members = conn.execute(text("SELECT cluster_id, asset_id FROM asset_clusters WHERE clustering_id = :k "
                                 "AND asset_id = ANY(:ids) ORDER BY cluster_id, asset_id"),
                            {"k": clustering_id, "ids": list(slice_ids)}).all()
@@ -139,34 +172,34 @@ def cluster_thresholds(conn: Connection, clustering_id: int, slice_ids: Sequence
         by_cluster.setdefault(int(cluster), []).append(int(asset))
     rng = np.random.default_rng(seed)
     picked = {c: (sorted(rng.choice(ids, size=sample, replace=False).tolist()) if len(ids) > sample else ids)
-              for c, ids in by_cluster.items() if len(ids) >= 2}
-    out: list[tuple[int, float, int, int]] = []
-    group: list[int] = []
-    size = 0
-    clusters = sorted(picked)
-    for i, cluster in enumerate(clusters):
-        group.append(cluster)
-        size += len(picked[cluster])
-        if size < THR_BLOCK and i + 1 < len(clusters):
-            continue
-        vectors = read_vectors(conn, "clip_results", [a for c in group for a in picked[c]], clip.configs, clip.dim)
-        for c in group:
-            x = np.stack([vectors[a] for a in picked[c] if a in vectors]) if picked[c] else np.zeros((0, clip.dim))
-            if len(x) < 2:
-                continue
-            sims = x @ x.T
-            np.fill_diagonal(sims, -np.inf)
-            out.append((c, round(float(np.quantile(sims.max(axis=1), quantile)), 6), len(by_cluster[c]), len(x)))
-        group, size = [], 0
-    return out
+              for c, ids in sorted(by_cluster.items()) if len(ids) >= 2}
+    n_members = {c: len(ids) for c, ids in by_cluster.items()}
+    groups: list[dict[int, list[int]]] = [{}]
+    for c, ids in picked.items():
+        if groups[-1] and sum(map(len, groups[-1].values())) + len(ids) > block:
+            groups.append({})
+        groups[-1][c] = ids
+    groups = [g for g in groups if g]
+    if len(groups) <= 1 or database_url is None:
+        return [t for g in groups for t in _thresholds(conn, g, n_members, clip.configs, clip.dim, quantile)]
+    import ray
+
+    from workers.supervisor import ray_init
+
+    ray_init(address)
+    task = ray.remote(num_cpus=1)(_thresholds_task)
+    refs = [task.remote(database_url, g, {c: n_members[c] for c in g}, list(clip.configs), clip.dim, quantile)
+            for g in groups]
+    return sorted(t for got in ray.get(refs) for t in got)
 
 
 def submit_mining(engine: Engine, image_job: int, *, where: str | None = None, k: int = 16,
                   matcher: str | None = None, candidates: dict[str, Any] | None = None,
                   verify: dict[str, Any] | None = None, stages: Sequence[str] | None = None,
                   instruction: dict[str, Any] | None = None,
-                  thr_quantile: float = THR_QUANTILE, thr_sample: int = THR_SAMPLE, seed: int = 0,
-                  chunk_size: int = 256, max_attempts: int = 5, name: str | None = None) -> MiningSubmission:
+                  thr_quantile: float = THR_QUANTILE, thr_sample: int = THR_SAMPLE, thr_block: int = THR_BLOCK,
+                  seed: int = 0, chunk_size: int = 256, max_attempts: int = 5, name: str | None = None,
+                  address: str | None = None) -> MiningSubmission:
     """Record and enqueue a pair-mining job over ``image_job``'s slice (see the module docstring).
     ``candidates`` / ``verify``: more params of ``pair_candidates`` / ``pair_verify``; ``instruction``: the
     ``pair_instruction`` stage's params (captioner backend, model, prompt) — given, the job ends with it.
@@ -204,7 +237,9 @@ def submit_mining(engine: Engine, image_job: int, *, where: str | None = None, k
         if not picked:
             raise PairsError(f"no image of job {image_job} matches --where {where!r} and has a CLIP embedding")
         thresholds = (cluster_thresholds(conn, clustering_id, picked, clip, quantile=thr_quantile, sample=thr_sample,
-                                         seed=seed) if clustering_id is not None and clip is not None else [])
+                                         seed=seed, block=thr_block, address=address,
+                                         database_url=engine.url.render_as_string(hide_password=False))
+                      if clustering_id is not None and clip is not None else [])
         job_id = int(conn.execute(text("SELECT nextval(pg_get_serial_sequence('jobs', 'job_id'))")).scalar_one())
     dino = next((e for e in embeddings if e.stage == "dino"), None)
     verify_params = {**({"matcher": matcher} if matcher else {}), **(verify or {})}

@@ -12,7 +12,14 @@ import pytest
 from PIL import Image, ImageEnhance
 from sqlalchemy import text
 
-from curation.pairs import PairsError, rules, set_rules, submit_mining
+from curation.jobs import load_job
+from curation.pairs import (
+    PairsError,
+    cluster_thresholds,
+    rules,
+    set_rules,
+    submit_mining,
+)
 from tests.helpers import run_until_done, submit_spec
 from tests.test_cli import cli, drain
 from workers.stage import get_stage
@@ -70,8 +77,17 @@ def test_mining_finds_the_derived_pairs_with_every_score(engine, db_url, image_j
     job, ids, folder = image_job
     # a member corrupted after the image job scored it: its pairs fail at verification, alone
     (folder / "astronaut_bright.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png any more")
-    sub = submit_mining(engine, job, k=16, matcher="sift", candidates=ALL, verify=VERIFY, chunk_size=4)
-    assert sub.n_images == len(ids) and sub.n_tasks == 3 and sub.clustering_id is not None
+    # thr_block 4: the clusters' thresholds are computed by several Ray tasks; they equal the in-process ones
+    sub = submit_mining(engine, job, k=16, matcher="sift", candidates=ALL, verify=VERIFY, chunk_size=4, thr_block=4)
+    assert sub.n_images == len(ids) and sub.n_tasks == 3 and sub.clustering_id is not None and sub.n_thresholds
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT cluster_id, clip_thr, n_members, n_sampled FROM pair_cluster_thresholds "
+                                   "WHERE job_id = :j ORDER BY cluster_id"), {"j": sub.job_id}).all()
+        clip = next(e for e in load_job(engine, sub.job_id).spec.pairs.embeddings if e.stage == "clip")
+        here = cluster_thresholds(conn, sub.clustering_id, sorted(ids.values()), clip)
+    assert [(c, n, m) for c, _, n, m in stored] == [(c, n, m) for c, _, n, m in here]
+    assert [t for _, t, _, _ in stored] == pytest.approx([t for _, t, _, _ in here], abs=1e-6)
+    assert stored and sum(n for _, _, n, _ in stored) <= len(ids)  # a one-member cluster has no threshold
     # two candidate workers: a pair found from both of its images by concurrent tasks is still one pair
     run_until_done(engine, db_url, sub.job_id, {"pair_candidates": 2, "pair_verify": 1}, timeout_s=600)
 
@@ -119,7 +135,6 @@ def test_mining_finds_the_derived_pairs_with_every_score(engine, db_url, image_j
     # the kNN statement the runtime runs is an HNSW index scan per image (a handful of rows: the planner
     # is shown that the index is usable)
     from curation.embeddings import index_name
-    from curation.jobs import load_job
     from curation.pairs import knn_query
 
     for emb in load_job(engine, sub.job_id).spec.pairs.embeddings:
