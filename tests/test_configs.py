@@ -236,3 +236,16 @@ def test_the_keep_rule_keeps_the_colour_uncropped_unrotated_better_copy(engine, 
     assert "chelsea-blurred.jpg" in kept["no quality"] and "coffee.jpg" in kept["no quality"]
     assert "coffee.jpg" not in kept["phash@2"] and "coffee-grey.png" not in kept["phash@2"]
     assert "coffee-grey.png" in kept["pixels first"]  # the biggest file of the group
+
+
+def test_a_keep_rule_names_known_criteria_once():
+    from pydantic import ValidationError
+
+    from workers.phash import PhashParams
+
+    assert PhashParams().keep_rule == "colour,framing,quality,pixels,bytes"
+    assert PhashParams(keep_rule="colour_pixels_bytes").keep_rule == "colour,pixels,bytes"  # phash@2's spelling
+    assert PhashParams(keep_rule=" Pixels, quality ").keep_rule == "pixels,quality"
+    for bad in ("colour,sharpness", "pixels,pixels", ""):
+        with pytest.raises(ValidationError, match="keep_rule"):
+            PhashParams(keep_rule=bad)
