@@ -8,7 +8,9 @@
   reclaimed cannot complete, fail or release the task any more.
 - Liveness: per-worker heartbeats plus a per-task deadline; ``sweep()`` reclaims tasks of dead
   workers and tasks past their deadline, retries them with exponential back-off and jitter, bisects a
-  chunk that keeps crashing its worker and dead-letters what is left after ``max_attempts``.
+  chunk that keeps crashing its worker and dead-letters what is left after ``max_attempts``. Only a dead
+  worker's last claim is charged with its crash: its older leases were finished and held for a batched
+  flush, and go back to ready with the attempt refunded.
 - ``complete()`` deletes the task, writes the stage's result rows, enqueues the survivors for the next
   stage and logs the attempt in **one** transaction: at-least-once execution, exactly-once effect.
   ``complete_many()`` does the same for several leases in one transaction (one commit for a run of
@@ -518,9 +520,34 @@ class Broker:
                 ),
                 {"timeout": self.timing.worker_timeout_s},
             ).all()
+            # A worker claims again only once it has finished every lease of its previous claim, so of a
+            # dead worker's leases only those of its last claim can hold what it was running. The older
+            # ones were finished and held for a batched flush (workers/runtime.py): they go back to ready
+            # with the attempt refunded, and no crash is charged to them (an innocent chunk must not be
+            # bisected or dead-lettered for its neighbour's crash).
+            last_claim: dict[int, object] = {}
+            for v in victims:
+                if v.why == "reclaimed_dead_worker" and v.claimed_at is not None:
+                    seen = last_claim.get(v.lease_owner)
+                    last_claim[v.lease_owner] = v.claimed_at if seen is None else max(seen, v.claimed_at)
             for v in victims:
                 lease = Lease(v.task_id, v.job_id, v.stage, v.stage_version, v.attempt, v.lease_id,
                               tuple(v.asset_ids), v.dedupe_key, v.max_attempts)
+                if (v.why == "reclaimed_dead_worker" and v.claimed_at is not None
+                        and v.claimed_at < last_claim[v.lease_owner]):
+                    conn.execute(_LOG_ATTEMPT, self._attempt_row(
+                        lease, v.lease_owner, v.claimed_at, v.why,
+                        "held for a batched flush when its worker died: attempt refunded", len(v.asset_ids), None))
+                    conn.execute(
+                        text(
+                            "UPDATE tasks SET state = 'ready', attempt = greatest(attempt - 1, 0), lease_id = NULL, "
+                            "lease_owner = NULL, claimed_at = NULL, deadline_at = NULL, run_after = now() "
+                            "WHERE task_id = :t"
+                        ),
+                        {"t": v.task_id},
+                    )
+                    report.reclaimed += 1
+                    continue
                 crashes = v.crashes + 1
                 conn.execute(_LOG_ATTEMPT, self._attempt_row(lease, v.lease_owner, v.claimed_at, v.why, v.why,
                                                             len(v.asset_ids), None))

@@ -433,3 +433,21 @@ def test_the_worker_flushes_the_completions_of_small_tasks_together(engine, db_u
         assert conn.execute(text("SELECT count(DISTINCT ended_at) FROM task_attempts")).scalar_one() <= -(-n // 8) + 1
         assert conn.execute(text("SELECT count(*) FROM probe_results")).scalar_one() == stats["items_ok"]
         assert conn.execute(text("SELECT status FROM jobs WHERE job_id = :j"), {"j": job}).scalar_one() == "completed"
+
+
+def test_only_a_dead_workers_last_claim_is_charged_with_its_crash(engine):
+    """With batched completions a worker dies holding tasks it had finished (their completions not yet
+    flushed) besides the one it was running, which it claimed last. The finished ones go back to ready
+    with the attempt refunded and no crash counted; the last claim is charged as before."""
+    make_job(engine, 3, 1)
+    broker = Broker(engine, TIMING)
+    wid = broker.register_worker("probe", "w", 1)
+    (held,) = broker.claim(wid, "probe")  # finished, completion held for the flush
+    (running,) = broker.claim(wid, "probe")  # the crash happens in this one
+    broker.mark_worker_dead(wid)
+    assert broker.sweep().reclaimed == 2
+    with engine.connect() as conn:
+        state = {r.task_id: r for r in conn.execute(text("SELECT task_id, state, attempt, crashes FROM tasks"))}
+    assert (state[held.task_id].state, state[held.task_id].attempt, state[held.task_id].crashes) == ("ready", 0, 0)
+    assert (state[running.task_id].state, state[running.task_id].attempt, state[running.task_id].crashes) == (
+        "scheduled", 1, 1)
