@@ -376,7 +376,10 @@ class StageWorker:
         are claimed before it. A completion waits about ``timing.flush_max_s`` at most: the held ones
         are flushed before a task that would take them past that bound (judged by the last task's
         time), when the queue is empty and when the worker stops. If the worker dies first, the held
-        tasks are reclaimed and rerun (at-least-once execution; exactly-once effect, as ever)."""
+        tasks are reclaimed and rerun (at-least-once execution; exactly-once effect, as ever). A crash
+        charges an attempt to every task the worker held, so a retried task (attempt > 1) runs alone:
+        the held completions are flushed and the other claimed tasks given back first — an innocent
+        task is charged at most once by a neighbour's crash, and a poison task is charged on its own."""
         idle_since = time.monotonic()
         delay = 0.05
         leases: list[Lease] = []
@@ -395,6 +398,12 @@ class StageWorker:
                     continue
                 delay = 0.05
                 lease = leases.pop(0)
+                if lease.attempt > 1 and (self._pending or leases):
+                    # a retried task may be the one that killed a worker: it runs alone (held completions
+                    # committed, claimed tasks given back), so that a crash charges its attempt only
+                    self._flush()
+                    self._release(leases)
+                    leases = []
                 if self._pending and (time.monotonic() - self._pending[0].finished + self._last_task_s
                                       >= self.timing.flush_max_s):
                     self._flush()
@@ -406,9 +415,7 @@ class StageWorker:
             self._stop.set()
             try:
                 self._flush()  # finished work first
-                for rest in leases:
-                    if self.broker.release(rest, self.worker_id):
-                        self.stats.released += 1
+                self._release(leases, reconnect=False)
             except Exception:  # noqa: BLE001 - the sweep reclaims what is left
                 log.warning("worker %s: could not flush or release its tasks on stop", self.worker_id)
             try:
@@ -418,6 +425,14 @@ class StageWorker:
             while self._stages:
                 self._teardown(self._stages.popitem()[1][0])
         return dataclasses.asdict(self.stats)
+
+    def _release(self, leases: list[Lease], *, reconnect: bool = True) -> None:
+        """Give claimed, unstarted tasks back (their attempts refunded); ``reconnect`` False on the way
+        out: what cannot be released then is left to the reclaim sweep."""
+        for rest in leases:
+            give_back = lambda rest=rest: self.broker.release(rest, self.worker_id)  # noqa: E731
+            if with_reconnect(give_back, what="release") if reconnect else give_back():
+                self.stats.released += 1
 
     def _complete(self, lease: Lease, write: Callable[[Connection], int], after: Callable[[], None],
                   **kw: Any) -> None:
