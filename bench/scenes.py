@@ -52,7 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from curation.sample_media import ClipPart, build_demo_videos, sample_clips, write_clip  # noqa: E402
 from curation.transition_clips import ClipTruth, build_transition_clips  # noqa: E402
 from curation.video import VIDEO_SUFFIXES, frames_at, iter_frames, probe_video  # noqa: E402
-from workers.scenes import ScenesParams, ScenesStage, transitions_from_probabilities  # noqa: E402
+from workers.scenes import (ScenesParams, ScenesStage, min_gap_frames, spaced,  # noqa: E402
+                            transitions_from_probabilities)
 from workers.stage import StageItem  # noqa: E402
 
 
@@ -162,6 +163,7 @@ def pipeline(clips: list[Path]) -> dict[str, tuple[float, float]]:
 
 
 TOLERANCE = 2  # frames
+SAMPLE_CUTS = {"bikes": [30, 76, 137, 187, 242], "Megamind": [99, 155, 201]}  # the others are one shot each
 
 
 def cli_cuts(path: Path) -> list[int]:
@@ -208,17 +210,21 @@ def table(title: str, clips: list[str], built, results, seconds) -> None:
         else:
             rate = f"{'(in fused)' if timed else '':>10}{'':>8}"
         spans = f"{agg['gradual_spans_right']}/{agg['gradual_spans']}"
-        print(f"{name:<18}{prec:>7.3f}{rec:>7.3f}{f1:>8.3f}{agg['gradual_found'] / agg['true_gradual']:>11.2f}"
-              f"{agg['touched'] / agg['true_gradual']:>14.2f}{spans:>13}{rate}")
+        grec = f"{agg['gradual_found'] / agg['true_gradual']:>11.2f}" if agg["true_gradual"] else f"{'-':>11}"
+        touched = f"{agg['touched'] / agg['true_gradual']:>14.2f}" if agg["true_gradual"] else f"{'-':>14}"
+        print(f"{name:<18}{prec:>7.3f}{rec:>7.3f}{f1:>8.3f}{grec}{touched}{spans:>13}{rate}")
 
 
 def transitions(folder: Path) -> None:
     from workers.video_probe import VideoProbeStage
 
     built = build_transition_clips(folder / "transitions", sample_clips())
+    for name, path in sample_clips().items():  # the real clips as they are: their own cuts, or none
+        built[f"sample_{name}"] = (path, ClipTruth(fps=round(probe_video(path).fps), frames=probe_video(path).frames,
+                                                   cuts=SAMPLE_CUTS.get(name, [])))
     clips = sorted(built)
     total = sum(built[c][1].frames for c in clips)
-    print(f"{len(clips)} transition clips (10 and 50 fps), {total:,} frames: "
+    print(f"{len(clips)} clips (built at 10 and 50 fps, and the six sample clips), {total:,} frames: "
           f"{sum(len(built[c][1].cuts) for c in clips)} hard cuts, "
           f"{sum(len(built[c][1].gradual) for c in clips)} gradual transitions "
           f"({sum(k == 'dissolve' for c in clips for k in built[c][1].gradual_kinds)} cross-fades, "
@@ -246,7 +252,8 @@ def transitions(folder: Path) -> None:
             results[detector][c] = (r.cut_frames, list(zip(r.gradual_starts or [], r.gradual_ends or [])))
             if probabilities:
                 pr = probabilities["last"]
-                learned[c] = transitions_from_probabilities(pr.single, pr.many, probes[c].fps, stage.params)
+                cuts, gradual = transitions_from_probabilities(pr.single, pr.many, probes[c].fps, stage.params)
+                learned[c] = (spaced(cuts, min_gap_frames(stage.params.min_cut_gap_s, probes[c].fps)), gradual)
         seconds[detector] = time.perf_counter() - started
         if learned:
             results["transnetv2"] = learned
@@ -256,8 +263,10 @@ def transitions(folder: Path) -> None:
     seconds["scenedetect CLI"] = time.perf_counter() - started
     print(f"  scenedetect CLI: {seconds['scenedetect CLI']:.1f} s", flush=True)
 
-    for title, subset in (("all clips", clips), ("tuned on (a-c)", [c for c in clips if not c.startswith("heldout")]),
-                          ("held out (d)", [c for c in clips if c.startswith("heldout")])):
+    for title, subset in (("all clips", clips),
+                          ("built, tuned on (a-c)", [c for c in clips if c.startswith("transitions")]),
+                          ("built, held out (d)", [c for c in clips if c.startswith("heldout")]),
+                          ("the six sample clips as they are", [c for c in clips if c.startswith("sample")])):
         if subset:
             table(title, subset, built, results, seconds)
     for c in clips:

@@ -624,7 +624,7 @@ def test_the_learned_detector_alone_finds_the_gradual_transitions_and_no_false_c
 
 
 def test_probabilities_become_cuts_and_gradual_spans():
-    from workers.scenes import fuse, segments_between, transitions_from_probabilities
+    from workers.scenes import fuse, segments_between, spaced, transitions_from_probabilities
 
     p = ScenesParams()
     single = np.zeros(100, np.float32)
@@ -640,6 +640,7 @@ def test_probabilities_become_cuts_and_gradual_spans():
     # content cuts: inside the dissolve, next to TransNetV2's and one it does not see (a flash) are dropped
     assert fuse([21, 60, 70, 84], cuts, gradual, single, 10.0, p) == [20, 60]
     assert fuse([21, 60, 70, 84], cuts, gradual, single, 10.0, p.model_copy(update={"confirm_threshold": 0})) == [20, 60, 70]
+    assert spaced([3, 20, 24, 60], 6) == [20, 60]  # 0.6 s at 10 fps from the start and between cuts
     assert segments_between([20, 60], gradual, 100) == [(0, 20), (20, 40), (56, 60), (60, 78), (91, 100)]
     # gradual spans are no scene: scenes end where a transition starts and begin where it ends
     times = [i / 10 for i in range(100)]

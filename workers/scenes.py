@@ -182,6 +182,18 @@ def fuse(content_cuts: Sequence[int], learned_cuts: Sequence[int], gradual: Sequ
     return sorted(set(out))
 
 
+def spaced(cuts: Sequence[int], gap: int) -> list[int]:
+    """``cuts`` at least ``gap`` frames from the start and from the cut kept before (ContentDetector's
+    ``min_scene_len``, applied to the learned detector's cuts too: Megamind.avi's frame 1 is no cut)."""
+    out: list[int] = []
+    last = 0
+    for c in sorted(cuts):
+        if c - last >= gap:
+            out.append(c)
+            last = c
+    return out
+
+
 def min_gap_frames(seconds: float, fps: float) -> int:
     """``min_cut_gap_s`` in frames of a video at ``fps`` (at least one)."""
     return max(1, round(seconds * fps))
@@ -339,6 +351,7 @@ class ScenesStage(Stage[ScenesParams, ScenesResult]):
             learned_cuts, gradual = transitions_from_probabilities(probs.single, probs.many, probe.fps, p)
             cuts = (learned_cuts if p.detector == "transnetv2"
                     else fuse(content, learned_cuts, gradual, probs.single, probe.fps, p))
+            cuts = spaced(cuts, min_gap_frames(p.min_cut_gap_s, probe.fps))
         frame_s = probe.duration_s / max(probe.frames, 1)
         end_time = times[-1] + frame_s
         spans, dropped, split = constrain_segments(segments_between(cuts, gradual, n), times, end_time,
