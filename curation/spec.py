@@ -166,7 +166,7 @@ class JobSpec(BaseModel):
         if self.modality == "pair" and self.pairs is None:
             errors.append("pairs: a pair-mining job needs its pairs section (submit it with `curation pairs mine`)")
         if self.modality != "pair" and self.source is None:
-            errors.append("source: field required")
+            errors.append("source: Field required")
         if self.modality != "pair" and self.pairs is not None:
             errors.append("pairs: only a pair-mining job (modality pair) has a pairs section")
         if 0 < self.scene_window_s < MIN_SCENE_WINDOW_S:
