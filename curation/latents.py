@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, text
 
 from curation.balance import Balance, balance_params, balanced_sql, check_balance
+from curation.export import ROW_ID
 from curation.user_sql import check_predicate, reader_engine
 
 from training.encode import EditPair, ImageRecord, SceneRecord, encode_edit_pairs, encode_images, encode_scenes
@@ -33,7 +34,6 @@ VIEWS = {
     # editing pairs (report §4.3 → §6.3): one row per pair, the newest mining job's
     "curated_pairs": "SELECT DISTINCT ON (c.pair_id) c.* FROM curated_pairs c WHERE ({predicate})",
 }
-ROW_ID = {"curated_images": "asset_id", "curated_scenes": "asset_id", "curated_pairs": "pair_id"}
 DEFAULT_WHERE = {"curated_images": "is_unique AND bucket IS NOT NULL",
                  "curated_scenes": "is_unique AND bucket IS NOT NULL", "curated_pairs": "is_kept"}
 # view columns that describe a caption rather than hold one

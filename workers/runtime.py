@@ -238,6 +238,21 @@ class _Step:
     results: dict[int, Any] = dataclasses.field(default_factory=dict)  # what the completion writes
 
 
+def read_media(uri: str) -> bytes | ItemFailure:
+    """The file's bytes, or the storage error as an ItemFailure."""
+    try:
+        return storage.read_bytes(uri)
+    except StorageError as exc:
+        return ItemFailure(exc.error_class, str(exc))
+
+
+def decode_upright(data: bytes, probe: Any, draft: int | None, asset_id: int, uri: str) -> Any:
+    """The image decoded upright under the probe's pixel count (the job's limit, already applied by the
+    probe), else the default limit; raises ``MediaError``."""
+    limit = probe.width * probe.height if probe is not None else DEFAULT_MAX_PIXELS
+    return decode_image(data, max_pixels=limit, draft_size=draft, what=f"asset {asset_id} ({uri})")
+
+
 class _Media:
     """One file of a fused pass: read once, decoded fully once — by the probe (``StageItem.keep_image``),
     or here by the first stage that needs the image — and a stage that asks for less than full size
@@ -252,10 +267,7 @@ class _Media:
 
     def read(self) -> bytes | ItemFailure:
         if self.data is None:
-            try:
-                self.data = storage.read_bytes(self.uri)
-            except StorageError as exc:
-                self.data = ItemFailure(exc.error_class, str(exc))
+            self.data = read_media(self.uri)
         return self.data
 
     def fill(self, item: StageItem, stage: Stage, probe: Any) -> ItemFailure | None:
@@ -274,21 +286,16 @@ class _Media:
         draft = stage.image_draft_size
         try:
             if not stage.takes_reduced_view():  # a JPEG draft decode of its own (not in a fused pass today)
-                item.image = self._decode(data, probe, draft, item)
+                item.image = decode_upright(data, probe, draft, item.asset_id, item.uri)
                 return None
             if self.full is None:
-                self.full = self._decode(data, probe, None, item)
+                self.full = decode_upright(data, probe, None, item.asset_id, item.uri)
             if draft not in self.views:
                 self.views[draft] = reduced_view(self.full, draft)
             item.image = self.views[draft]
         except MediaError as exc:
             return ItemFailure(exc.error_class, str(exc))
         return None
-
-    @staticmethod
-    def _decode(data: bytes, probe: Any, draft: int | None, item: StageItem) -> Any:
-        limit = probe.width * probe.height if probe is not None else DEFAULT_MAX_PIXELS
-        return decode_image(data, max_pixels=limit, draft_size=draft, what=f"asset {item.asset_id} ({item.uri})")
 
 
 class StageWorker:
@@ -510,21 +517,19 @@ class StageWorker:
             plan = with_reconnect(lambda: self._plan(lease.job_id), what="load job")
             group = fused_refs(plan.spec, plan.stage_refs.index(lease.stage))
             if len(group) > 1:
-                outcome = self._run_fused(lease, plan, group)
+                self._run_fused(lease, plan, group)
             else:
                 stage, config, index = self._stage_instance(plan, lease.stage)
                 config = with_reconnect(lambda: self._with_inputs(config, stage, plan, lease.job_id),
                                         what="read inputs")
-                outcome = self._run_stage(lease, plan, stage, config, index)
+                self._run_stage(lease, plan, stage, config, index)
         except Exception as exc:  # noqa: BLE001 - a task-level failure: retried with back-off
             log.exception("task %s (%s) failed", lease.task_id, lease.stage)
             self.stats.task_failures += 1
             error = f"{exc.__class__.__name__}: {exc}"
             with_reconnect(lambda: self.broker.fail(lease, self.worker_id, error), what="fail")
             return
-        self.stats.tasks += 1
-        if outcome is False:
-            self.stats.fenced_out += 1
+        self.stats.tasks += 1  # its completion is held for the next flush, which counts a fenced-out one
 
     def _with_inputs(self, config: StageConfig, stage: Stage, plan: _JobPlan, job_id: int,
                      in_pass: dict[str, str] | None = None) -> StageConfig:
@@ -728,8 +733,8 @@ class StageWorker:
         writers = [self._writer(lease, s.stage, s.config, s.results, s.ref) for s in steps]
 
         def write(conn: Connection) -> int:
-            # the attempt ledger's n_ok counts the task's own items: those the group's first stage scored
-            return [w(conn) for w in writers][0]
+            counts = [w(conn) for w in writers]  # every stage's rows are written
+            return counts[0]  # the attempt ledger's n_ok: the task's own items, those the first stage scored
 
         def after() -> None:
             for s in steps:
@@ -853,14 +858,7 @@ class StageWorker:
         too for a stage that ``needs_bytes``; a member that cannot be read or decoded fails its pair only."""
         members = [m for item in batch for m in (item.pair.source, item.pair.target)]
         uris = list(dict.fromkeys(m.uri for m in members))
-
-        def read(uri: str) -> bytes | ItemFailure:
-            try:
-                return storage.read_bytes(uri)
-            except StorageError as exc:
-                return ItemFailure(exc.error_class, str(exc))
-
-        data = dict(zip(uris, self._io_pool.map(read, uris)))
+        data = dict(zip(uris, self._io_pool.map(read_media, uris)))
         decoded: dict[str, Any] = {}
         out: list[ItemFailure | None] = []
         for item in batch:
@@ -869,11 +867,9 @@ class StageWorker:
                 got = data[member.uri]
                 if not isinstance(got, ItemFailure):  # a pair stage always gets both images decoded
                     if member.uri not in decoded:
-                        probe = member.prior.get("probe")
-                        limit = probe.width * probe.height if probe is not None else DEFAULT_MAX_PIXELS
                         try:
-                            decoded[member.uri] = decode_image(got, max_pixels=limit, draft_size=stage.image_draft_size,
-                                                               what=f"asset {member.asset_id} ({member.uri})")
+                            decoded[member.uri] = decode_upright(got, member.prior.get("probe"), stage.image_draft_size,
+                                                                 member.asset_id, member.uri)
                         except MediaError as exc:
                             decoded[member.uri] = ItemFailure(exc.error_class, str(exc))
                     image = decoded[member.uri]
@@ -953,25 +949,17 @@ class StageWorker:
         if not (stage.needs_bytes or stage.needs_image):
             return [None] * len(batch)
 
-        def read(item: StageItem) -> bytes | ItemFailure:
-            try:
-                return storage.read_bytes(item.uri)
-            except StorageError as exc:
-                return ItemFailure(exc.error_class, str(exc))
-
         out: list[ItemFailure | None] = []
-        for item, data in zip(batch, self._io_pool.map(read, batch)):
+        for item, data in zip(batch, self._io_pool.map(read_media, [item.uri for item in batch])):
             if isinstance(data, ItemFailure):
                 out.append(data)
                 continue
             item.data = data
             if stage.needs_image:
-                probe = item.prior.get("probe")  # the probe already applied the job's pixel limit
-                limit = probe.width * probe.height if probe is not None else DEFAULT_MAX_PIXELS
                 view = stage.takes_reduced_view()
                 try:
-                    item.image = decode_image(data, max_pixels=limit, draft_size=None if view else stage.image_draft_size,
-                                              what=f"asset {item.asset_id} ({item.uri})")
+                    item.image = decode_upright(data, item.prior.get("probe"),
+                                                None if view else stage.image_draft_size, item.asset_id, item.uri)
                     if view:
                         item.image = reduced_view(item.image, stage.image_draft_size)
                 except MediaError as exc:
