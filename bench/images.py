@@ -6,7 +6,7 @@ process, one core's worth of work:
   pipeline     probe → resolution → phash → edges a task per stage, as the workers ran them before fused
                passes: the probe's full decode and sha256; resolution from the probe; phash and edges each
                read the file again and decode it in JPEG draft mode at the size they need
-  fused        the same stages as one fused pass runs them (``workers.runtime._Media``): one read, the
+  fused        the same stages as one fused pass runs them (``workers.media_fetch.Media``): one read, the
                probe's full decode, reduced views of it for phash and edges (docs/fused-stages.md)
 and prints images/s, the ratios to decode-only, and the share of time spent reading+decoding vs in stage
 compute; then the same three in ``--processes`` processes (default 2), each on its share of the files.
@@ -84,14 +84,14 @@ def pipeline(uris: list[str], stages, clock: dict) -> int:
 
 
 def fused(uris: list[str], stages, clock: dict) -> int:
-    """The same four stages as a fused pass runs them (``workers.runtime._Media``): one read, the probe's
+    """The same four stages as a fused pass runs them (``workers.media_fetch.Media``): one read, the probe's
     full decode, and a reduced view of it (``workers.stage.reduced_view``) for phash and edges."""
-    from workers.runtime import _Media
+    from workers.media_fetch import Media
 
     probe, resolution, phash, edges = stages
     n = 0
     for i, uri in enumerate(uris):
-        media = _Media(uri)
+        media = Media(uri)
         item = StageItem(i, uri)
         t0 = time.perf_counter()
         media.fill(item, probe, None)

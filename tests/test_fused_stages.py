@@ -88,12 +88,12 @@ def test_fused_job_writes_exactly_what_the_unfused_job_writes(engine, db_url, me
 def test_each_file_is_read_once_and_fully_decoded_once(engine, db_url, media_dir, monkeypatch):
     import curation.storage
     import workers.probe
-    import workers.runtime
+    import workers.media_fetch
 
     reads: Counter = Counter()
     full: Counter = Counter()
     reduced: Counter = Counter()
-    real_read, real_decode = curation.storage.read_bytes, workers.runtime.decode_image
+    real_read, real_decode = curation.storage.read_bytes, workers.media_fetch.decode_image
 
     def read_bytes(uri, *args, **kwargs):
         reads[uri] += 1
@@ -108,7 +108,7 @@ def test_each_file_is_read_once_and_fully_decoded_once(engine, db_url, media_dir
 
     monkeypatch.setattr(curation.storage, "read_bytes", read_bytes)
     monkeypatch.setattr(workers.probe, "decode_image", decode_image)
-    monkeypatch.setattr(workers.runtime, "decode_image", decode_image)
+    monkeypatch.setattr(workers.media_fetch, "decode_image", decode_image)
     job = submit(engine, media_dir, fuse=True)
     drain(db_url, ["probe"])
     assert job_state(engine, job) == "completed"

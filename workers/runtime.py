@@ -47,12 +47,13 @@ from curation.db import make_engine, with_reconnect
 from curation.dedup import record_near_duplicates
 from curation.embeddings import ensure_hnsw_index
 from curation.jobs import load_job
-from curation.media import DEFAULT_MAX_PIXELS, MediaError, decode_image
+from curation.media import MediaError
 from curation.planner import NextTasks, TaskSizing, chunk_by_seconds, plan_next_tasks, window_spans
 from curation.result_tables import result_table
 from curation.schema import Base
 from curation.spec import JobSpec
 from curation.storage import StorageError
+from workers.media_fetch import Media, decode_upright, read_media
 from workers.stage import (
     ItemFailure,
     Span,
@@ -236,66 +237,6 @@ class _Step:
     twins: dict[int, Any] = dataclasses.field(default_factory=dict)
     outside: dict[str, dict[int, Any]] = dataclasses.field(default_factory=dict)
     results: dict[int, Any] = dataclasses.field(default_factory=dict)  # what the completion writes
-
-
-def read_media(uri: str) -> bytes | ItemFailure:
-    """The file's bytes, or the storage error as an ItemFailure."""
-    try:
-        return storage.read_bytes(uri)
-    except StorageError as exc:
-        return ItemFailure(exc.error_class, str(exc))
-
-
-def decode_upright(data: bytes, probe: Any, draft: int | None, asset_id: int, uri: str) -> Any:
-    """The image decoded upright under the probe's pixel count (the job's limit, already applied by the
-    probe), else the default limit; raises ``MediaError``."""
-    limit = probe.width * probe.height if probe is not None else DEFAULT_MAX_PIXELS
-    return decode_image(data, max_pixels=limit, draft_size=draft, what=f"asset {asset_id} ({uri})")
-
-
-class _Media:
-    """One file of a fused pass: read once, decoded fully once — by the probe (``StageItem.keep_image``),
-    or here by the first stage that needs the image — and a stage that asks for less than full size
-    (``Stage.image_draft_size``) gets ``reduced_view`` of that decode: the very image a task of its own
-    gives it (``StageWorker._fetch_batch``), so fused and unfused results are equal."""
-
-    def __init__(self, uri: str):
-        self.uri = uri
-        self.data: bytes | ItemFailure | None = None
-        self.full: Any = None
-        self.views: dict[int | None, Any] = {}
-
-    def read(self) -> bytes | ItemFailure:
-        if self.data is None:
-            self.data = read_media(self.uri)
-        return self.data
-
-    def fill(self, item: StageItem, stage: Stage, probe: Any) -> ItemFailure | None:
-        """Give ``item`` what ``stage`` declares (as ``StageWorker._fetch_batch`` does); an ItemFailure
-        when the file cannot be read or decoded."""
-        if not (stage.needs_bytes or stage.needs_image):
-            return None
-        data = self.read()
-        if isinstance(data, ItemFailure):
-            return data
-        item.data = data
-        if stage.needs_bytes and self.full is None:
-            item.keep_image = True  # the probe: its full decode is kept for the stages after it
-        if not stage.needs_image:
-            return None
-        draft = stage.image_draft_size
-        try:
-            if not stage.takes_reduced_view():  # a JPEG draft decode of its own (not in a fused pass today)
-                item.image = decode_upright(data, probe, draft, item.asset_id, item.uri)
-                return None
-            if self.full is None:
-                self.full = decode_upright(data, probe, None, item.asset_id, item.uri)
-            if draft not in self.views:
-                self.views[draft] = reduced_view(self.full, draft)
-            item.image = self.views[draft]
-        except MediaError as exc:
-            return ItemFailure(exc.error_class, str(exc))
-        return None
 
 
 class StageWorker:
@@ -671,7 +612,7 @@ class StageWorker:
 
     def _run_fused(self, lease: Lease, plan: _JobPlan, refs: list[str]) -> None:
         """Run the consecutive CPU stages ``refs`` of the job on the task's assets in one pass: each file
-        is read once and fully decoded once (by the probe when it is in the pass; see ``_Media``), and
+        is read once and fully decoded once (by the probe when it is in the pass; see ``Media``), and
         each stage sees exactly the items, priors, reuse and image it would see in a task of its own.
         Every stage's results, item errors and configuration are written, and the last stage's survivors
         enqueued for the stage after the pass, in the one completion transaction of the task."""
@@ -709,7 +650,7 @@ class StageWorker:
         last: list[int] = []
         for start in range(0, len(ids), batch_size):
             reaching = ids[start : start + batch_size]
-            media = {a: _Media(rows[a].uri) for a in reaching if a in rows}
+            media = {a: Media(rows[a].uri) for a in reaching if a in rows}
             for step in steps:
                 reaching = self._fused_step(step, reaching, media, outputs)
             last.extend(reaching)
@@ -743,7 +684,7 @@ class StageWorker:
 
         self._complete(lease, write, after, survivors=last, next_stage=next_stage, survivor_chunks=chunks)
 
-    def _fused_step(self, step: "_Step", reaching: list[int], media: dict[int, "_Media"],
+    def _fused_step(self, step: "_Step", reaching: list[int], media: dict[int, "Media"],
                     outputs: dict[str, dict[int, Any]]) -> list[int]:
         """One stage of a fused pass on the assets that reached it: as ``_run_stage`` does it (stored
         results kept, earlier failures skipped, content twins reused, missing priors are errors, stage
