@@ -155,7 +155,9 @@ class JobSpec(BaseModel):
     max_attempts: int = Field(5, ge=1, le=100)
     fuse_cpu_stages: bool = Field(
         True, description="image: consecutive model-free CPU stages (e.g. probe → resolution → phash → edges) run "
-                          "as one pass per task on one read and one full decode of each file; false: a task per stage"
+                          "as one pass per task on one read and one full decode of each file; video: consecutive "
+                          "frame-sampled CPU stages (e.g. video_hash → dynamics → video_text) run as one pass per "
+                          "task on one decode of each scene's frames; false: a task per stage"
     )
     export: ExportSpec | None = None
     pairs: PairsSpec | None = Field(None, description="pair: what the job mines (`curation pairs mine` writes it)")

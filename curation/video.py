@@ -297,30 +297,162 @@ def times_at_fps(start_s: float, end_s: float, fps: float) -> list[float]:
     return [start_s + i * step for i in range(n)]
 
 
-def frames_at(path: str | Path, times: Sequence[float], *, end_s: float | None = None, **kwargs) -> list[DecodedFrame]:
+@dataclass(frozen=True)
+class FrameRequest:
+    """The frames one stage asks of a range: the frame shown at each of ``times``, decoded as ``iter_frames``
+    would (``short_side`` or ``size``, ``gray``, ``bgr``). Hashable, so a shared decode keys each stage's
+    frames by what it asked (``frames_for``)."""
+
+    times: tuple[float, ...]
+    short_side: int | None = None
+    size: tuple[int, int] | None = None
+    gray: bool = False
+    bgr: bool = False
+
+    @classmethod
+    def of(cls, times: Sequence[float], *, short_side: int | None = None, size: Sequence[int] | None = None,
+           gray: bool = False, bgr: bool = False) -> FrameRequest:
+        return cls(tuple(float(t) for t in times), short_side, tuple(size) if size is not None else None,  # type: ignore[arg-type]
+                   bool(gray), bool(bgr))
+
+    @property
+    def start_s(self) -> float:
+        """Where a decode of this request alone starts: early enough that the frame shown at the first
+        time (which starts before it) is decoded."""
+        return max(0.0, min(self.times) - 0.5)
+
+
+class _Picture:
+    """One decoded picture of a shared decode, converted once per size / grey / channel order asked of it."""
+
+    __slots__ = ("frame", "time_s", "rotation", "arrays")
+
+    def __init__(self, frame, time_s: float):
+        self.frame, self.time_s, self.rotation, self.arrays = frame, time_s, _rotation(frame), {}
+
+    def array(self, target: tuple[int, int], gray: bool, bgr: bool) -> np.ndarray:
+        key = (target, gray, bgr)
+        if key not in self.arrays:
+            self.arrays[key] = _to_array(self.frame, target, self.rotation, gray, bgr)
+        return self.arrays[key]
+
+
+class _Picker:
+    """What ``frames_at`` does for one request, fed the pictures of a shared decode in order: the request
+    sees only the pictures from its own start on (numbered from there), and takes for each time the last
+    picture starting at or before it (the first it saw if none did)."""
+
+    def __init__(self, request: FrameRequest, width: int, height: int):
+        self.request = request
+        self.wanted = sorted(request.times)
+        self.start_s = request.start_s
+        self.target = request.size or scaled_size(width, height, request.short_side)
+        self.out: list[DecodedFrame | None] = [None] * len(self.wanted)
+        self.previous: DecodedFrame | None = None
+        self.seen = 0
+        self.k = 0
+
+    @property
+    def done(self) -> bool:
+        return self.k >= len(self.wanted)
+
+    def _frame(self, picture: _Picture, index: int) -> DecodedFrame:
+        r = self.request
+        return DecodedFrame(index, picture.time_s, picture.array(self.target, r.gray, r.bgr))
+
+    def offer(self, picture: _Picture) -> None:
+        if self.done or picture.time_s < self.start_s - 1e-6:
+            return
+        current: DecodedFrame | None = None
+        while self.k < len(self.wanted) and picture.time_s > self.wanted[self.k] + 1e-6:
+            if self.previous is None and current is None:
+                current = self._frame(picture, self.seen)
+            self.out[self.k] = self.previous or current
+            self.k += 1
+        if not self.done:
+            self.previous = current or self._frame(picture, self.seen)
+            self.seen += 1
+
+    def result(self, end_s: float | None, what: str) -> list[DecodedFrame] | MediaError:
+        while self.k < len(self.wanted):
+            self.out[self.k] = self.previous
+            self.k += 1
+        if any(f is None for f in self.out):
+            return MediaError(f"{what}: no frame decoded in [{self.wanted[0]:.3f}, {end_s}) s")
+        times = self.request.times
+        order = sorted(range(len(times)), key=lambda i: times[i])
+        result: list[DecodedFrame] = [None] * len(times)  # type: ignore[list-item]
+        for rank, i in enumerate(order):
+            result[i] = self.out[rank]  # type: ignore[assignment]
+        return result
+
+
+def frames_for(
+    path: str | Path,
+    requests: Sequence[FrameRequest],
+    *,
+    end_s: float | None = None,
+    threads: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    timeout_s: float = DEFAULT_VIDEO_TIMEOUT_S,
+    what: str = "video",
+) -> list[list[DecodedFrame] | MediaError]:
+    """The frames of every request in ONE sequential decode of the range they span together (from the
+    earliest request's start to the last time any of them wants, or ``end_s``): each request gets exactly
+    the frames ``frames_at`` gives it alone — the same pictures, numbered from its own start, at its own
+    size, grey or not — converted from the one decoded picture (once per distinct size). Pictures no
+    request takes are never converted. A request that gets no frame gets its ``MediaError`` in its place;
+    a failure of the decode itself (open, time limit, codec) raises for all."""
+    out: list[list[DecodedFrame] | MediaError] = [[] for _ in requests]
+    live = [i for i, r in enumerate(requests) if r.times]
+    if not live:
+        return out
+    start_s = min(requests[i].start_s for i in live)
+    with time_limit(timeout_s, what):
+        container = _open(path, what)
+        try:
+            stream = _video_stream(container, what)
+            cc = stream.codec_context
+            if cc.width * cc.height > max_pixels:
+                raise OversizedVideo(f"{what}: frames are {cc.width}x{cc.height}, above the limit of {max_pixels:,}")
+            if threads:
+                stream.thread_type = "AUTO"
+            pickers = {i: _Picker(requests[i], cc.width, cc.height) for i in live}
+            tb = float(stream.time_base)
+            if start_s > 0:
+                container.seek(int(start_s / tb), stream=stream, backward=True, any_frame=False)
+            eps = 1e-6
+            for frame in container.decode(stream):
+                t = frame.time if frame.time is not None else (frame.pts or 0) * tb
+                if t < start_s - eps:
+                    continue
+                if end_s is not None and t >= end_s - eps:
+                    break
+                picture = _Picture(frame, t)
+                for picker in pickers.values():
+                    picker.offer(picture)
+                if all(p.done for p in pickers.values()):
+                    break
+            for i, picker in pickers.items():
+                out[i] = picker.result(end_s, what)
+        except MediaError:
+            raise
+        except (av.error.FFmpegError, OSError, ValueError, EOFError) as exc:
+            raise MediaError(f"{what}: cannot decode video: {exc}") from exc
+        finally:
+            container.close()
+    return out
+
+
+def frames_at(path: str | Path, times: Sequence[float], *, end_s: float | None = None, short_side: int | None = None,
+              size: tuple[int, int] | None = None, gray: bool = False, bgr: bool = False, **kwargs) -> list[DecodedFrame]:
     """The frame shown at each of ``times`` (the last frame starting at or before it), in one
-    sequential decode of the range. Times past the last frame get the last frame."""
+    sequential decode of the range. Times past the last frame get the last frame. (``frames_for`` with
+    one request: what a stage decodes in a task of its own.)"""
     if not times:
         return []
-    wanted = sorted(times)
-    out: list[DecodedFrame | None] = [None] * len(wanted)
-    previous: DecodedFrame | None = None
-    k = 0
-    # start early enough that the frame shown at the first time (which starts before it) is decoded
-    for frame in iter_frames(path, start_s=max(0.0, wanted[0] - 0.5), end_s=end_s, **kwargs):
-        while k < len(wanted) and frame.time_s > wanted[k] + 1e-6:
-            out[k] = previous or frame
-            k += 1
-        if k >= len(wanted):
-            break
-        previous = frame
-    while k < len(wanted):
-        out[k] = previous
-        k += 1
-    if any(f is None for f in out):
-        raise MediaError(f"{kwargs.get('what', 'video')}: no frame decoded in [{wanted[0]:.3f}, {end_s}) s")
-    order = sorted(range(len(times)), key=lambda i: times[i])
-    result: list[DecodedFrame] = [None] * len(times)  # type: ignore[list-item]
-    for rank, i in enumerate(order):
-        result[i] = out[rank]  # type: ignore[assignment]
-    return result
+    request = FrameRequest.of(times, short_side=short_side, size=size, gray=gray, bgr=bgr)
+    got = frames_for(path, [request], end_s=end_s, **kwargs)[0]
+    if isinstance(got, MediaError):
+        raise got
+    return got

@@ -6,7 +6,9 @@ actors by ``workers/supervisor.py``, one pool per stage).
   stop. Tasks carry asset ids only; the worker fetches the media from storage itself.
 - Consecutive light CPU stages of an image job (probe → resolution → phash → edges) run as one fused
   pass per task of the group's first stage: one read and one full decode per file, each stage's rows
-  written in the one completion (``fused_refs``, ``_run_fused``; docs/fused-stages.md).
+  written in the one completion (``fused_refs``, ``_run_fused``; docs/fused-stages.md). Consecutive
+  frame-sampled CPU stages of a video job (video_hash → dynamics → video_text) run the same way on one
+  decode of each scene's frames (docs/video.md, "One decode per scene").
 - Per-item failures (missing object, corrupt file, an exception from the stage on one item) become
   ``item_errors`` rows; the rest of the chunk completes.
 - A lost database connection is retried with back-off (``with_reconnect``), so a restarted PostgreSQL
@@ -54,6 +56,7 @@ from curation.schema import Base
 from curation.spec import JobSpec
 from curation.storage import StorageError
 from workers.media_fetch import Media, decode_upright, read_media
+from workers.scene_frames import FrameSampledStage, SceneDecode, shared_decodes
 from workers.stage import (
     ItemFailure,
     Span,
@@ -156,30 +159,50 @@ def limit_model_threads(cpus: float) -> int:
 
 
 def fusable(spec: JobSpec, index: int) -> bool:
-    """Whether the job's stage ``index`` may run inside a fused pass: an image stage on the CPU that loads
-    no model (``Stage.model_free``), takes at most the bytes, the decoded image and earlier results, and
-    creates no assets (video stages, scene splits and model stages keep their own pools and tasks)."""
+    """Whether the job's stage ``index`` may run inside a fused pass, on the CPU (no GPU in its class or the
+    job's spec) and creating no assets:
+
+    - in an image job, an image stage that loads no model (``Stage.model_free``) and takes at most the
+      bytes, the decoded image and earlier results;
+    - in a video job, a frame-sampled scene stage (``FrameSampledStage``), model stages included: what
+      they share is the decode of each scene's frames, which costs more than most of their scoring.
+
+    Scene splits, windows, GPU stages and the other stages keep their own pools and tasks."""
     cls = get_stage(spec.stages[index].name)
-    if spec.modality != "image" or "image" not in cls.modalities:
+    if cls.resources.gpus > 0 or (spec.stages[index].gpus or 0) > 0:
         return False
-    if cls.resources.gpus > 0 or (spec.stages[index].gpus or 0) > 0 or cls.needs_path:
+    if cls.children_field is not None or cls.windowed or cls.pairs_field is not None:
         return False
-    if cls.children_field is not None or cls.windowed or cls.embedding_model_param is not None:
+    if spec.modality == "video":
+        return "video" in cls.modalities and issubclass(cls, FrameSampledStage)
+    if spec.modality != "image" or "image" not in cls.modalities or cls.needs_path:
         return False
-    return cls.model_free(spec.stage_params(index))
+    return cls.embedding_model_param is None and cls.model_free(spec.stage_params(index))
 
 
 def fused_refs(spec: JobSpec, index: int) -> list[str]:
     """The stages a task of the job's stage ``index`` runs: that stage and the fusable stages right
-    after it that need no more CPUs than it (they run on its actors) when the job fuses
-    (``fuse_cpu_stages``) and the stage itself is fusable; else the stage alone."""
+    after it when the job fuses (``fuse_cpu_stages``) and the stage itself is fusable; else the stage
+    alone. An image group takes no stage that needs more CPUs than its first (they run on its actors);
+    a video group's actors get the most CPUs any of its stages declares (``workers/supervisor.py``)."""
     refs = [s.name for s in spec.stages]
     end = index + 1
     if spec.fuse_cpu_stages and fusable(spec, index):
-        cpus = get_stage(refs[index]).resources.cpus  # the group runs on the first stage's actors
-        while end < len(refs) and fusable(spec, end) and get_stage(refs[end]).resources.cpus <= cpus:
+        cpus = get_stage(refs[index]).resources.cpus  # an image group runs on the first stage's actors
+        while end < len(refs) and fusable(spec, end) and (
+                spec.modality == "video" or get_stage(refs[end]).resources.cpus <= cpus):
             end += 1
     return refs[index:end]
+
+
+def next_stage_of(spec: JobSpec, index: int) -> NextStage | None:
+    """The stage the survivors of the job's stage ``index - 1`` are enqueued for, with the run time its
+    tasks get: that of every stage its task runs (``fused_refs``)."""
+    if index >= len(spec.stages):
+        return None
+    ref = spec.stages[index].name
+    return NextStage(ref, get_stage(ref).stage_version(),
+                     sum(get_stage(r).max_runtime_s for r in fused_refs(spec, index)))
 
 
 _CONTENT_TWINS = (  # {table}: the stage's result table (a name from the stage class, not user input)
@@ -575,10 +598,7 @@ class StageWorker:
         survivors = [a for a in ids if a in done and stage.keep(done[a])]
         survivors += [a for a in todo if not isinstance(results[a], ItemFailure) and stage.keep(results[a])]
         survivors.sort(key=ids.index)
-        next_stage = None
-        if index + 1 < len(plan.stage_refs):
-            nxt = get_stage(plan.stage_refs[index + 1])
-            next_stage = NextStage(plan.stage_refs[index + 1], nxt.stage_version(), nxt.max_runtime_s)
+        next_stage = next_stage_of(plan.spec, index + 1)
 
         write = self._writer(lease, stage, config, results)
         chunks = None
@@ -617,6 +637,7 @@ class StageWorker:
         Every stage's results, item errors and configuration are written, and the last stage's survivors
         enqueued for the stage after the pass, in the one completion transaction of the task."""
         ids = list(lease.asset_ids)
+        video = plan.spec.modality == "video"
         steps: list[_Step] = []
         in_pass: dict[str, str] = {}
         for ref in refs:
@@ -629,18 +650,22 @@ class StageWorker:
         def read_state():
             with self.engine.connect() as conn:
                 rows = {r.asset_id: r for r in conn.execute(
-                    text("SELECT asset_id, uri FROM assets WHERE asset_id = ANY(:ids)"), {"ids": ids})}
+                    text("SELECT asset_id, uri, parent_id, start_frame, end_frame, start_s, end_s FROM assets "
+                         "WHERE asset_id = ANY(:ids)"), {"ids": ids})}
+                parents = {a: r.parent_id for a, r in rows.items() if r.parent_id is not None}
+                lookup = ids + sorted(set(parents.values()))
                 for step in steps:
                     step.done = load_results(conn, type(step.stage), ids, [step.config.config_id])
                     step.failed = failed_items(conn, ids, step.ref, step.stage.stage_version())
                     step.twins = self._content_twins(conn, step.stage, step.config,
                                                      [a for a in ids if a not in step.done and a not in step.failed])
                     step.outside = {}  # inputs from stages before the pass, under the job's configurations
-                    for required in step.stage.requires:
+                    for required in step.stage.requires:  # a scene's: its own, else its video's (as _inputs)
                         if required not in in_pass:
                             ref = self._required_ref(plan, required)
-                            step.outside[required] = load_results(conn, get_stage(ref), ids,
-                                                                  job_config_ids(conn, lease.job_id, ref))
+                            got = load_results(conn, get_stage(ref), lookup, job_config_ids(conn, lease.job_id, ref))
+                            step.outside[required] = {a: got.get(a, got.get(parents.get(a, -1))) for a in ids
+                                                      if a in got or parents.get(a) in got}
             return rows
 
         rows = with_reconnect(read_state, what="read task inputs")
@@ -650,19 +675,26 @@ class StageWorker:
         last: list[int] = []
         for start in range(0, len(ids), batch_size):
             reaching = ids[start : start + batch_size]
-            media = {a: Media(rows[a].uri) for a in reaching if a in rows}
-            for step in steps:
-                reaching = self._fused_step(step, reaching, media, outputs)
+            if video:
+                scenes = self._scene_decodes(reaching, rows, steps, outputs)
+                with shared_decodes(scenes):
+                    for step in steps:
+                        reaching = self._fused_step(step, reaching, scenes, outputs)
+                scenes.clear()  # free the frames (and downloaded videos) before the next batch
+                self._drop_scratch()
+            else:
+                media = {a: Media(rows[a].uri) for a in reaching if a in rows}
+                for step in steps:
+                    reaching = self._fused_step(step, reaching, media, outputs)
+                media.clear()  # free the pixels before the next batch
             last.extend(reaching)
-            media.clear()  # free the pixels before the next batch
 
         tail = steps[-1]
         end = plan.stage_refs.index(refs[-1]) + 1
-        next_stage = None
+        next_stage = next_stage_of(plan.spec, end)
         chunks = None
-        if end < len(plan.stage_refs):
-            nxt = get_stage(plan.stage_refs[end])
-            next_stage = NextStage(plan.stage_refs[end], nxt.stage_version(), nxt.max_runtime_s)
+        if next_stage is not None:
+            nxt = get_stage(next_stage.stage)
             if last:
                 out = outputs[tail.stage.name]
                 planned = plan_next_tasks(last, [tail.stage.task_seconds(out[a]) for a in last],
@@ -679,12 +711,46 @@ class StageWorker:
 
         def after() -> None:
             for s in steps:
+                if s.stage.embedding_model_param is not None and s.results:
+                    self._ensure_embedding_index(s.stage.result_table,
+                                                 str(getattr(s.stage.params, s.stage.embedding_model_param)))
                 self.stats.items_ok += sum(1 for r in s.results.values() if not isinstance(r, ItemFailure))
                 self.stats.item_errors += sum(1 for r in s.results.values() if isinstance(r, ItemFailure))
 
         self._complete(lease, write, after, survivors=last, next_stage=next_stage, survivor_chunks=chunks)
 
-    def _fused_step(self, step: "_Step", reaching: list[int], media: dict[int, "Media"],
+    def _scene_decodes(self, reaching: list[int], rows: dict[int, Any], steps: list["_Step"],
+                       outputs: dict[str, dict[int, Any]]) -> dict[int, SceneDecode]:
+        """The batch's scenes for a video pass: each one's file fetched once (``_fetch_paths``), and on it the
+        frame request of every stage of the pass that will score it (not stored, failed before or reused
+        from a twin), so that the first stage to ask decodes the frames of all of them at once. A request
+        that cannot be known yet (it needs a result of this pass) is left to its stage's own decode."""
+        items = []
+        for a in reaching:
+            if a in rows:
+                r = rows[a]
+                span = (Span(r.start_frame, r.end_frame, r.start_s, r.end_s)
+                        if r.start_frame is not None and r.start_s is not None else None)
+                items.append(StageItem(asset_id=a, uri=r.uri, span=span))
+        scenes = {item.asset_id: SceneDecode(item.asset_id, item.uri, item.span, item.path if failure is None else failure)
+                  for item, failure in zip(items, self._fetch_paths(items))}
+        for step in steps:
+            for a, scene in scenes.items():
+                if a in step.done or a in step.failed or a in step.twins or scene.span is None:
+                    continue
+                prior = {r: got[a] for r in step.stage.requires
+                         for got in [outputs.get(r, step.outside.get(r, {}))] if a in got}
+                item = StageItem(asset_id=a, uri=scene.uri, prior=prior, span=scene.span,
+                                 path=scene.path if isinstance(scene.path, str) else None)
+                try:
+                    request = step.stage.frame_request(item)
+                except Exception:  # noqa: BLE001 - e.g. a prior this pass computes: the stage decodes alone
+                    request = None
+                if request is not None:
+                    scene.plan(request, float(getattr(step.stage.params, "timeout_s", 0) or 0))
+        return scenes
+
+    def _fused_step(self, step: "_Step", reaching: list[int], media: dict[int, Any],
                     outputs: dict[str, dict[int, Any]]) -> list[int]:
         """One stage of a fused pass on the assets that reached it: as ``_run_stage`` does it (stored
         results kept, earlier failures skipped, content twins reused, missing priors are errors, stage
@@ -711,7 +777,7 @@ class StageWorker:
             if missing or a not in media:
                 results[a] = ItemFailure("missing_prior", f"no {', '.join(missing or ['asset'])} result for this asset")
                 continue
-            items.append(StageItem(asset_id=a, uri=media[a].uri, prior=prior))
+            items.append(StageItem(asset_id=a, uri=media[a].uri, prior=prior))  # media: a Media or a SceneDecode
         ready: list[StageItem] = []
         for item in items:
             failure = media[item.asset_id].fill(item, stage, self._probe_of(item.asset_id, outputs, step))

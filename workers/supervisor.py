@@ -24,7 +24,9 @@ Pools are demand-driven (so a cluster with fewer CPUs or GPUs than stages still 
   resolution → phash → edges) are all the group's first stage's, so only that pool gets work; the others
   scale to zero. Its seconds per item, measured from its attempts, cover the whole group, so the drain
   time above sizes it for the group's work; its maximum is the largest of the group's pools
-  (``fused_pool_maxima``, for the jobs the supervisor serves).
+  (``fused_pool_maxima``, for the jobs the supervisor serves), its actors ask for the most memory and
+  CPUs any stage of the group declares (``fused_memory``, ``fused_cpus``; an image group's CPUs are never
+  more than its first stage's, a video group's frame-sampled stages may differ).
 - ``stop()`` (SIGTERM, Ctrl-C) kills actors that never started at once, asks running ones to stop
   (they see it within ``CURATION_HEARTBEAT_S``) and kills whatever is left after ``grace_s`` or at the
   deadline of the task in hand, whichever is later; leases of killed workers are reclaimed at once. A
@@ -177,9 +179,8 @@ def read_throughput(conn: Connection, stages: Sequence[str], after: int | None) 
 # --- sizing: a pure function ---------------------------------------------------------------------------
 
 
-def fused_memory(pools: Mapping[str, int], specs: Sequence[Any]) -> dict[str, float]:
-    """Bytes of memory an actor of each fused group's first stage asks for: the most any stage of the
-    group declares (their CPUs are never more than the first stage's; ``workers.runtime.fused_refs``)."""
+def _fused_most(pools: Mapping[str, int], specs: Sequence[Any], need: Callable[[type[Stage]], float]
+                ) -> dict[str, float]:
     from workers.runtime import fused_refs
 
     out: dict[str, float] = {}
@@ -187,9 +188,21 @@ def fused_memory(pools: Mapping[str, int], specs: Sequence[Any]) -> dict[str, fl
         for index in range(len(spec.stages)):
             group = fused_refs(spec, index)
             if len(group) > 1 and group[0] in pools:
-                need = max(float(int(get_stage(s).resources.memory_gb * 2**30)) for s in group)
-                out[group[0]] = max(out.get(group[0], 0.0), need)
+                out[group[0]] = max(out.get(group[0], 0.0), *(need(get_stage(s)) for s in group))
     return out
+
+
+def fused_memory(pools: Mapping[str, int], specs: Sequence[Any]) -> dict[str, float]:
+    """Bytes of memory an actor of each fused group's first stage asks for: the most any stage of the
+    group declares (``workers.runtime.fused_refs``)."""
+    return _fused_most(pools, specs, lambda cls: float(int(cls.resources.memory_gb * 2**30)))
+
+
+def fused_cpus(pools: Mapping[str, int], specs: Sequence[Any]) -> dict[str, float]:
+    """CPUs an actor of each fused group's first stage asks for: the most any stage of the group declares
+    (an image group's are never more than its first stage's; a video group's may be; the actor's model
+    threads follow them, ``workers.runtime.limit_model_threads``)."""
+    return _fused_most(pools, specs, lambda cls: float(cls.resources.cpus))
 
 
 def fused_pool_maxima(pools: Mapping[str, int], specs: Sequence[Any]) -> dict[str, int]:
@@ -294,6 +307,7 @@ class Supervisor:
         self.broker = Broker(make_engine(self.database_url, pool_size=1, application_name="curation-supervisor"),
                              self.timing)
         self._fused_memory: dict[str, float] = {}
+        self._fused_cpus: dict[str, float] = {}
         if self.job_ids:
             from curation.jobs import UnknownJob, load_job
 
@@ -309,6 +323,7 @@ class Supervisor:
             jobs = with_reconnect(specs, what="read the jobs")
             self.pools = fused_pool_maxima(self.pools, jobs)
             self._fused_memory = fused_memory(self.pools, jobs)
+            self._fused_cpus = fused_cpus(self.pools, jobs)
         self.stopping = False
         self.hurry = False
         self.load: dict[str, StageLoad] = {s: StageLoad() for s in self.pools}
@@ -317,6 +332,8 @@ class Supervisor:
         self._need = {s: actor_resources(get_stage(s), gpus=self.gpus.get(s)) for s in self.pools}
         for s, memory in self._fused_memory.items():  # a fused group's actor holds all its stages
             self._need[s]["memory"] = max(self._need[s].get("memory", 0.0), memory)
+        for s, cpus in self._fused_cpus.items():
+            self._need[s]["CPU"] = max(self._need[s].get("CPU", 0.0), cpus)
         self._idle_since: dict[str, float] = {}
         self._surplus_since: dict[str, float] = {}
         self._cursor: int | None = None
