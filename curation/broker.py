@@ -22,9 +22,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Callable, Sequence
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
@@ -107,7 +111,7 @@ _CLAIM = text(
     SET state = 'leased', attempt = t.attempt + 1, lease_id = gen_random_uuid(), lease_owner = :worker,
         claimed_at = now(), deadline_at = now() + t.max_runtime_s * interval '1 second'
     FROM picked
-    WHERE t.task_id = picked.task_id
+    WHERE t.stage = :stage AND t.task_id = picked.task_id
     RETURNING t.task_id, t.job_id, t.stage, t.stage_version, t.attempt, t.lease_id::text,
               t.asset_ids, t.dedupe_key, t.max_attempts
     """
@@ -139,12 +143,13 @@ _FINISH_JOB = text(
     """
 )
 
-# the fence of complete_many: each row goes only when its own lease still holds it
+# the fence of complete_many: each row goes only when its own lease still holds it (one stage per
+# statement: the stage prunes the delete to that stage's partition)
 _DELETE_LEASED = text(
     """
     DELETE FROM tasks t
     USING unnest(CAST(:task_ids AS bigint[]), CAST(:lease_ids AS uuid[])) AS u(task_id, lease_id)
-    WHERE t.task_id = u.task_id AND t.lease_id = u.lease_id AND t.state = 'leased'
+    WHERE t.stage = :stage AND t.task_id = u.task_id AND t.lease_id = u.lease_id AND t.state = 'leased'
     RETURNING t.task_id, t.claimed_at
     """
 )
@@ -171,6 +176,138 @@ _FINISH_JOBS = text(
 )
 
 
+# --- partitions (migration 0023) -----------------------------------------------------------------
+# ``tasks`` is LIST-partitioned by stage, ``task_attempts`` RANGE-partitioned by day (UTC) of ended_at;
+# each has a DEFAULT partition, so an insert never fails for want of a partition. Stages are a registry
+# that grows at run time: a job's first enqueue and a worker's start create the partitions they need.
+
+TASKS_DEFAULT = "tasks_default"
+ATTEMPTS_DEFAULT = "task_attempts_default"
+ATTEMPT_DAYS_AHEAD = 7
+# the hot queue's storage settings (migration 0001), per partition: a partitioned table has no storage
+TASK_STORAGE = ("fillfactor = 80, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000, "
+                "autovacuum_vacuum_cost_limit = 2000")
+_PARTITION_LOCKS = {"tasks": (4242023, 1), "task_attempts": (4242023, 2)}  # pg_advisory_xact_lock keys
+_DDL_LOCK_TIMEOUT = "2s"
+DAY_CHECK_S = 600.0
+_DAY_NAME = re.compile(r"^task_attempts_d(\d{8})$")
+
+
+def stage_partition_name(stage: str) -> str:
+    """``tasks_s_<slug>_<md5 prefix>``: readable, at most 57 characters, only ``[a-z0-9_]`` whatever the
+    stage is called, and distinct for stages whose slugs collide."""
+    slug = re.sub(r"[^a-z0-9]+", "_", stage.lower()).strip("_")[:40]
+    return f"tasks_s_{slug}_{hashlib.md5(stage.encode()).hexdigest()[:8]}"
+
+
+def day_partition_name(day: date) -> str:
+    return f"task_attempts_d{day:%Y%m%d}"
+
+
+def _partitions(conn: Connection, parent: str) -> set[str]:
+    return set(conn.execute(
+        text("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+             "WHERE i.inhparent = CAST(:p AS regclass)"), {"p": parent}).scalars())
+
+
+def _attach(conn: Connection, parent: str, default: str, name: str, bound: str, bound_args: Sequence[str],
+            rows_of: str, rows_params: dict, storage: str | None = None) -> None:
+    """Create ``name`` shaped like ``parent``, move the rows of its bound out of the DEFAULT partition into
+    it and attach it. ``ATTACH PARTITION`` takes SHARE UPDATE EXCLUSIVE on the parent (``CREATE TABLE ...
+    PARTITION OF`` would take ACCESS EXCLUSIVE): claims and completions on other partitions go on.
+    Identifiers are quoted by SQLAlchemy's preparer; the bound's literals by PostgreSQL (``format('%L')``)."""
+    q = conn.dialect.identifier_preparer.quote_identifier
+    with_ = f" WITH ({storage})" if storage else ""
+    conn.execute(text(f"CREATE TABLE {q(name)} (LIKE {q(parent)} INCLUDING DEFAULTS INCLUDING CONSTRAINTS){with_}"))
+    # nothing may land in the DEFAULT partition between the move and the attach
+    conn.execute(text(f"LOCK TABLE {q(default)} IN ACCESS EXCLUSIVE MODE"))
+    conn.execute(text(f"WITH moved AS (DELETE FROM {q(default)} WHERE {rows_of} RETURNING *) "
+                      f"INSERT INTO {q(name)} SELECT * FROM moved"), rows_params)
+    args = {f"a{i}": a for i, a in enumerate(bound_args)}
+    ddl = conn.execute(
+        text("SELECT format(:t" + "".join(f", CAST(:a{i} AS text)" for i in range(len(args))) + ")"),
+        {"t": f"ALTER TABLE {q(parent)} ATTACH PARTITION {q(name)} {bound}", **args},
+    ).scalar_one()
+    with conn.connection.cursor() as cur:  # the driver's own cursor, no parameters: run as it is ('%' included)
+        cur.execute(ddl)
+
+
+def _create_partitions(conn: Connection, parent: str, wanted: dict[str, Callable[[], None]]) -> list[str]:
+    """Run the creators of the partitions in ``wanted`` that do not exist yet, one process at a time
+    (advisory lock), in a savepoint of the caller's transaction with a short ``lock_timeout``. A failure
+    is logged and leaves the caller's transaction intact: rows go to the DEFAULT partition meanwhile and
+    move to their partition when it is created. Returns the names created."""
+    if not wanted.keys() - _partitions(conn, parent):
+        return []
+    prior = conn.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
+    created: list[str] = []
+    try:
+        with conn.begin_nested():
+            conn.execute(text("SELECT set_config('lock_timeout', :v, true)"), {"v": _DDL_LOCK_TIMEOUT})
+            a, b = _PARTITION_LOCKS[parent]
+            conn.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": a, "b": b})
+            for name in sorted(wanted.keys() - _partitions(conn, parent)):  # again, under the lock
+                wanted[name]()
+                created.append(name)
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise
+        log.warning("%s: partitions %s not created now (%s); their rows go to the DEFAULT partition",
+                    parent, sorted(wanted), str(exc.orig).strip().splitlines()[0] if exc.orig else exc)
+        created = []
+    finally:
+        conn.execute(text("SELECT set_config('lock_timeout', :v, true)"), {"v": prior})
+    if created:
+        log.info("%s: partitions %s created", parent, created)
+    return created
+
+
+def ensure_stage_partitions(conn: Connection, stages: Iterable[str]) -> list[str]:
+    """Give each stage its own ``tasks`` partition (``FOR VALUES IN (stage)``), in the caller's
+    transaction; tasks of the stage already in the DEFAULT partition move into it. Safe under concurrent
+    callers; any stage name is safe (the table name is derived, the value quoted). Returns the
+    partitions created."""
+    def creator(stage: str) -> Callable[[], None]:
+        return lambda: _attach(conn, "tasks", TASKS_DEFAULT, stage_partition_name(stage), "FOR VALUES IN (%L)",
+                               [stage], "stage = :stage", {"stage": stage}, TASK_STORAGE)
+    return _create_partitions(conn, "tasks", {stage_partition_name(s): creator(s) for s in set(stages)})
+
+
+def ensure_attempt_partitions(conn: Connection, days_ahead: int = ATTEMPT_DAYS_AHEAD, *,
+                              days_back: int = 0) -> list[str]:
+    """Day partitions of ``task_attempts`` from ``days_back`` days before today (UTC, the database's
+    clock) to ``days_ahead`` days after, in the caller's transaction; attempts already logged in the
+    DEFAULT partition for those days move into them. Returns the partitions created."""
+    today = conn.execute(text("SELECT CAST(now() AT TIME ZONE 'UTC' AS date)")).scalar_one()
+
+    def creator(day: date) -> Callable[[], None]:
+        lo = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+        hi = lo + timedelta(days=1)
+        return lambda: _attach(conn, "task_attempts", ATTEMPTS_DEFAULT, day_partition_name(day),
+                               "FOR VALUES FROM (%L) TO (%L)", [lo.isoformat(), hi.isoformat()],
+                               "ended_at >= :lo AND ended_at < :hi", {"lo": lo, "hi": hi})
+    days = [today + timedelta(days=i) for i in range(-days_back, days_ahead + 1)]
+    return _create_partitions(conn, "task_attempts", {day_partition_name(d): creator(d) for d in days})
+
+
+_seen: set[tuple[str, object]] = set()  # (database, job id or stage) whose partitions this process ensured
+
+
+def _ensure_for_enqueue(conn: Connection, job_id: int, stage: str) -> None:
+    """Once per process and job (and per stage): partitions for every stage of the job, and the days
+    of the attempt ledger. A job's first enqueue is its submission, so a stage unknown when the
+    database was migrated has its partition before its first task is queued."""
+    db = conn.engine.url.render_as_string(hide_password=True)
+    if (db, job_id) in _seen and (db, stage) in _seen:
+        return
+    stages = conn.execute(text("SELECT stages FROM jobs WHERE job_id = :j"), {"j": job_id}).scalar_one_or_none()
+    stages = [stage, *(stages or [])]
+    ensure_stage_partitions(conn, stages)
+    ensure_attempt_partitions(conn)
+    _seen.update({(db, job_id), *((db, s) for s in stages)})
+
+
+
 def _pg_array(ids: Sequence[int]) -> str:
     return "{" + ",".join(str(int(i)) for i in ids) + "}"
 
@@ -191,6 +328,7 @@ def enqueue(
     chunks = [(k, ids) for k, ids in chunks if len(ids) > 0]
     if not chunks:
         return 0
+    _ensure_for_enqueue(conn, job_id, stage)
     result = conn.execute(
         _ENQUEUE,
         {
@@ -214,29 +352,86 @@ def _finish_job_if_drained(conn: Connection, job_id: int) -> bool:
     return conn.execute(_FINISH_JOB, {"job_id": job_id}).rowcount > 0
 
 
-def prune_attempts(engine: Engine, older_than_s: float, *, batch: int = 10000) -> int:
-    """Retention of the attempt ledger: delete ``task_attempts`` rows that ended more than
-    ``older_than_s`` seconds ago (on the database clock). Deletes ``batch`` rows per transaction, oldest
-    first, so that no long transaction pins the vacuum horizon of the hot queue tables. Tasks, dead
-    tasks, item errors and results are untouched. Returns the number of rows deleted."""
+@dataclass
+class PruneReport:
+    """What ``prune_attempts`` removed: whole day partitions (with their rows) and rows of the DEFAULT
+    partition; ``busy`` lists the partitions left for the next prune because their table stayed locked."""
+
+    cutoff: datetime
+    dropped: list[tuple[str, int]] = field(default_factory=list)
+    deleted: int = 0
+    busy: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return self.deleted + sum(n for _, n in self.dropped)
+
+
+def _is_lock_timeout(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "pgcode", None) == "55P03"  # lock_not_available
+
+
+def _drop_day(engine: Engine, name: str, lock_timeout_s: float, tries: int) -> int | None:
+    """DETACH the day partition ``name`` and DROP it in one short transaction; returns its row count, or
+    None when ``task_attempts`` stayed locked for all ``tries``. A plain DETACH: ``DETACH ... CONCURRENTLY``
+    is refused while the table has a DEFAULT partition, so this takes ACCESS EXCLUSIVE on
+    ``task_attempts`` for the moment of the detach, waiting at most ``lock_timeout_s`` for it (attempt
+    inserts queue behind it that long at worst), and tries again after a pause."""
+    q = engine.dialect.identifier_preparer.quote_identifier
+    for i in range(tries):
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("SELECT set_config('lock_timeout', :v, true)"),
+                             {"v": f"{int(lock_timeout_s * 1000)}ms"})
+                n = conn.execute(text(f"SELECT count(*) FROM {q(name)}")).scalar_one()
+                conn.execute(text(f"ALTER TABLE task_attempts DETACH PARTITION {q(name)}"))
+                conn.execute(text(f"DROP TABLE {q(name)}"))
+            return int(n)
+        except DBAPIError as exc:
+            if not _is_lock_timeout(exc):
+                raise
+            log.warning("%s: task_attempts is busy (try %d of %d)", name, i + 1, tries)
+            time.sleep(min(30.0, 0.5 * 2**i))
+    return None
+
+
+def prune_attempts(engine: Engine, older_than_s: float, *, batch: int = 10000, lock_timeout_s: float = 1.0,
+                   tries: int = 5) -> PruneReport:
+    """Retention of the attempt ledger: drop the day partitions of ``task_attempts`` whose whole day
+    ended more than ``older_than_s`` seconds ago (on the database clock), and delete the DEFAULT
+    partition's rows older than that, ``batch`` rows per transaction (no long transaction pins the vacuum
+    horizon of the hot queue tables). History is never deleted row by row from a day partition: the day
+    holding the cutoff stays whole until its end passes the cutoff. Also makes sure of the coming days'
+    partitions. Tasks, dead tasks, item errors and results are untouched."""
     with engine.begin() as conn:
         cutoff = conn.execute(text("SELECT now() - :s * interval '1 second'"), {"s": older_than_s}).scalar_one()
-    total = 0
+        ensure_attempt_partitions(conn)
+        days = sorted((m.group(0), datetime.strptime(m.group(1), "%Y%m%d").replace(tzinfo=timezone.utc))
+                      for m in map(_DAY_NAME.match, _partitions(conn, "task_attempts")) if m)
+    report = PruneReport(cutoff=cutoff)
+    for name, start in days:
+        if start + timedelta(days=1) > cutoff:
+            break
+        n = _drop_day(engine, name, lock_timeout_s, tries)
+        if n is None:
+            report.busy.append(name)
+        else:
+            report.dropped.append((name, n))
     while True:
         with engine.begin() as conn:
             n = conn.execute(
                 text(
-                    """
-                    DELETE FROM task_attempts WHERE attempt_id IN (
-                        SELECT attempt_id FROM task_attempts WHERE ended_at < :cutoff
+                    f"""
+                    DELETE FROM {ATTEMPTS_DEFAULT} WHERE attempt_id IN (
+                        SELECT attempt_id FROM {ATTEMPTS_DEFAULT} WHERE ended_at < :cutoff
                         ORDER BY attempt_id LIMIT :batch FOR UPDATE SKIP LOCKED)
                     """
                 ),
                 {"cutoff": cutoff, "batch": batch},
             ).rowcount
-        total += n
+        report.deleted += n
         if n < batch:
-            return total
+            return report
 
 
 class Broker:
@@ -246,10 +441,17 @@ class Broker:
     def __init__(self, engine: Engine, timing: BrokerTiming | None = None):
         self.engine = engine
         self.timing = timing or BrokerTiming.from_env()
+        self._days_checked = float("-inf")  # when this process last made sure of the ledger's day partitions
 
     # --- workers -----------------------------------------------------------------------------
 
     def register_worker(self, stage: str, host: str, pid: int, ray_node_id: str | None = None) -> int:
+        """Register a worker process of ``stage``; on the way, its stage's ``tasks`` partition and the
+        attempt ledger's coming days are made sure of."""
+        with self.engine.begin() as conn:
+            ensure_stage_partitions(conn, [stage])
+            ensure_attempt_partitions(conn)
+        self._days_checked = time.monotonic()
         with self.engine.begin() as conn:
             return conn.execute(
                 text(
@@ -382,14 +584,19 @@ class Broker:
         return outcomes  # type: ignore[return-value]
 
     def _complete_in(self, conn: Connection, completions: Sequence[Completion], worker_id: int) -> list[bool]:
-        order = sorted(range(len(completions)), key=lambda i: completions[i].lease.task_id)
-        claimed = dict(
-            conn.execute(
-                _DELETE_LEASED,
-                {"task_ids": [completions[i].lease.task_id for i in order],
-                 "lease_ids": [completions[i].lease.lease_id for i in order]},
-            ).all()
-        )
+        # rows are locked in (stage, task_id) order in every transaction: no deadlock between flushes
+        order = sorted(range(len(completions)),
+                       key=lambda i: (completions[i].lease.stage, completions[i].lease.task_id))
+        claimed: dict[int, object] = {}
+        for stage in sorted({c.lease.stage for c in completions}):
+            mine = [i for i in order if completions[i].lease.stage == stage]
+            claimed.update(
+                conn.execute(
+                    _DELETE_LEASED,
+                    {"stage": stage, "task_ids": [completions[i].lease.task_id for i in mine],
+                     "lease_ids": [completions[i].lease.lease_id for i in mine]},
+                ).all()
+            )
         ours = [c.lease.task_id in claimed for c in completions]
         n_ok: dict[int, int] = {}
         enqueues: dict[tuple, list[tuple[str, list[int]]]] = {}
@@ -438,17 +645,18 @@ class Broker:
         with self.engine.begin() as conn:
             row = conn.execute(
                 text(
-                    "SELECT claimed_at FROM tasks WHERE task_id = :t AND lease_id = CAST(:l AS uuid) "
+                    "SELECT claimed_at FROM tasks WHERE stage = :s AND task_id = :t AND lease_id = CAST(:l AS uuid) "
                     "AND state = 'leased' FOR UPDATE"
                 ),
-                {"t": lease.task_id, "l": lease.lease_id},
+                {"s": lease.stage, "t": lease.task_id, "l": lease.lease_id},
             ).first()
             if row is not None:
                 if lease.attempt >= lease.max_attempts:
-                    self._dead_letter(conn, lease.task_id, f"failed {lease.attempt} times: {error}", "task_failed")
+                    self._dead_letter(conn, lease.task_id, lease.stage, f"failed {lease.attempt} times: {error}",
+                                      "task_failed")
                     outcome = "dead"
                 else:
-                    self._schedule_retry(conn, lease.task_id, error)
+                    self._schedule_retry(conn, lease.task_id, lease.stage, error)
                     outcome = "scheduled"
                 conn.execute(
                     _LOG_ATTEMPT,
@@ -470,13 +678,13 @@ class Broker:
                     """
                     UPDATE tasks t SET state = 'ready', attempt = greatest(t.attempt - 1, 0), lease_id = NULL,
                         lease_owner = NULL, deadline_at = NULL, run_after = now()
-                    FROM (SELECT task_id, claimed_at FROM tasks WHERE task_id = :t
+                    FROM (SELECT task_id, claimed_at FROM tasks WHERE stage = :s AND task_id = :t
                           AND lease_id = CAST(:l AS uuid) AND state = 'leased' FOR UPDATE) old
-                    WHERE t.task_id = old.task_id
+                    WHERE t.stage = :s AND t.task_id = old.task_id
                     RETURNING old.claimed_at
                     """
                 ),
-                {"t": lease.task_id, "l": lease.lease_id},
+                {"s": lease.stage, "t": lease.task_id, "l": lease.lease_id},
             ).first()
             if row is not None:
                 conn.execute(_LOG_ATTEMPT, self._attempt_row(lease, worker_id, row[0], "released", None, None, None))
@@ -488,8 +696,13 @@ class Broker:
     def sweep(self, *, bisect_after_crashes: int = 2) -> SweepReport:
         """Promote due retries, reclaim tasks of dead workers and tasks past their deadline, bisect
         chunks that keep crashing, dead-letter the exhausted ones, finish drained jobs. Safe to run
-        from many processes at once (``SKIP LOCKED``)."""
+        from many processes at once (``SKIP LOCKED``). Every ``DAY_CHECK_S`` it also makes sure of the
+        attempt ledger's day partitions (a long-lived worker must not spill into the DEFAULT partition)."""
         report = SweepReport()
+        if time.monotonic() - self._days_checked > DAY_CHECK_S:
+            with self.engine.begin() as conn:
+                ensure_attempt_partitions(conn)
+            self._days_checked = time.monotonic()
         with self.engine.begin() as conn:
             report.promoted = conn.execute(
                 text(
@@ -542,9 +755,9 @@ class Broker:
                         text(
                             "UPDATE tasks SET state = 'ready', attempt = greatest(attempt - 1, 0), lease_id = NULL, "
                             "lease_owner = NULL, claimed_at = NULL, deadline_at = NULL, run_after = now() "
-                            "WHERE task_id = :t"
+                            "WHERE stage = :s AND task_id = :t"
                         ),
-                        {"t": v.task_id},
+                        {"s": v.stage, "t": v.task_id},
                     )
                     report.reclaimed += 1
                     continue
@@ -558,15 +771,17 @@ class Broker:
                     report.details.append(f"task {v.task_id}: bisected after {crashes} crashes")
                 elif v.attempt >= v.max_attempts:
                     self._dead_letter(
-                        conn, v.task_id, f"worker crashed or timed out on all {v.attempt} attempts", "worker_crash"
+                        conn, v.task_id, v.stage, f"worker crashed or timed out on all {v.attempt} attempts",
+                        "worker_crash",
                     )
                     report.dead += 1
                     report.details.append(f"task {v.task_id}: dead-lettered")
                 else:
                     conn.execute(
-                        text("UPDATE tasks SET crashes = :c WHERE task_id = :t"), {"c": crashes, "t": v.task_id}
+                        text("UPDATE tasks SET crashes = :c WHERE stage = :s AND task_id = :t"),
+                        {"c": crashes, "s": v.stage, "t": v.task_id},
                     )
-                    self._schedule_retry(conn, v.task_id, v.why)
+                    self._schedule_retry(conn, v.task_id, v.stage, v.why)
         with self.engine.begin() as conn:
             drained = conn.execute(
                 text(
@@ -580,7 +795,7 @@ class Broker:
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _schedule_retry(self, conn: Connection, task_id: int, error: str) -> None:
+    def _schedule_retry(self, conn: Connection, task_id: int, stage: str, error: str) -> None:
         conn.execute(
             text(
                 """
@@ -588,19 +803,20 @@ class Broker:
                     deadline_at = NULL, last_error = :err,
                     run_after = now() + least(:cap, :base * power(2, attempt - 1))
                                         * (0.9 + random() * 0.2) * interval '1 second'
-                WHERE task_id = :t
+                WHERE stage = :s AND task_id = :t
                 """
             ),
-            {"t": task_id, "err": error[:2000], "base": self.timing.backoff_base_s, "cap": self.timing.backoff_max_s},
+            {"s": stage, "t": task_id, "err": error[:2000], "base": self.timing.backoff_base_s,
+             "cap": self.timing.backoff_max_s},
         )
 
-    def _dead_letter(self, conn: Connection, task_id: int, reason: str, error_class: str) -> None:
+    def _dead_letter(self, conn: Connection, task_id: int, stage: str, reason: str, error_class: str) -> None:
         """Move a task to ``dead_tasks`` and give each of its assets an item error, so every asset
         still ends with exactly one terminal row."""
         conn.execute(
             text(
                 """
-                WITH gone AS (DELETE FROM tasks WHERE task_id = :t RETURNING *),
+                WITH gone AS (DELETE FROM tasks WHERE stage = :s AND task_id = :t RETURNING *),
                      dead AS (INSERT INTO dead_tasks (task_id, job_id, stage, stage_version, asset_ids, dedupe_key,
                                                       attempt, reason)
                               SELECT task_id, job_id, stage, stage_version, asset_ids, dedupe_key, attempt, :reason
@@ -611,13 +827,13 @@ class Broker:
                 ON CONFLICT DO NOTHING
                 """
             ),
-            {"t": task_id, "reason": reason[:2000], "cls": error_class},
+            {"s": stage, "t": task_id, "reason": reason[:2000], "cls": error_class},
         )
 
     def _bisect(self, conn: Connection, v) -> None:
         ids = list(v.asset_ids)
         half = len(ids) // 2
-        conn.execute(text("DELETE FROM tasks WHERE task_id = :t"), {"t": v.task_id})
+        conn.execute(text("DELETE FROM tasks WHERE stage = :s AND task_id = :t"), {"s": v.stage, "t": v.task_id})
         conn.execute(
             text(
                 """

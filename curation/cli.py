@@ -922,7 +922,8 @@ def main() -> None:
 
 # --- broker maintenance ---------------------------------------------------------------------------
 
-broker_app = typer.Typer(no_args_is_help=True, help="Broker maintenance: retention of the attempt ledger.")
+broker_app = typer.Typer(no_args_is_help=True, help="Broker maintenance: retention of the attempt ledger "
+                         "(drops its day partitions).")
 app.add_typer(broker_app, name="broker")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -939,15 +940,27 @@ def parse_age(value: str) -> float:
 
 @broker_app.command("prune")
 def broker_prune(
-    older_than: str = typer.Option("30d", "--older-than", help="delete attempts that ended longer ago: 30d, 12h, 90m"),
-    batch: int = typer.Option(10000, "--batch", help="rows deleted per transaction"),
+    older_than: str = typer.Option("30d", "--older-than", help="drop attempts that ended longer ago: 30d, 12h, 90m "
+                                   "(whole days: the day holding the cutoff stays until it is all older)"),
+    batch: int = typer.Option(10000, "--batch", help="rows deleted per transaction from the DEFAULT partition"),
 ) -> None:
-    """Delete ``task_attempts`` rows older than ``--older-than``, a batch per short transaction (a long
-    delete would pin the vacuum horizon). Tasks, dead tasks, item errors and results stay."""
+    """Retention of the attempt ledger (``task_attempts``, partitioned by day, UTC): DETACH and DROP each
+    day partition whose whole day is older than ``--older-than``, and delete older rows of the DEFAULT
+    partition a batch per short transaction (a long delete would pin the vacuum horizon). A plain
+    DETACH (``CONCURRENTLY`` is refused beside a DEFAULT partition): it holds ``task_attempts`` for a moment,
+    waiting at most 1 s for the lock, and a busy day is left for the next prune. Also creates the coming
+    days' partitions. Tasks, dead tasks, item errors and results stay."""
     from curation.broker import prune_attempts
 
-    n = prune_attempts(_engine(), parse_age(older_than), batch=batch)
-    console.print(f"{n} attempt row(s) older than {older_than} deleted")
+    report = prune_attempts(_engine(), parse_age(older_than), batch=batch)
+    console.print(f"{report.rows} attempt row(s) older than {older_than} deleted "
+                  f"(cutoff {report.cutoff.isoformat(timespec='seconds')})")
+    for name, n in report.dropped:
+        console.print(f"  dropped partition {name}: {n} row(s)")
+    if report.deleted:
+        console.print(f"  deleted {report.deleted} row(s) from the DEFAULT partition")
+    for name in report.busy:
+        console.print(f"  [yellow]{name} left for the next prune: task_attempts stayed locked[/yellow]")
 
 
 if __name__ == "__main__":

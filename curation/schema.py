@@ -4,7 +4,8 @@ two must agree (``tests/test_schema.py`` checks that the migrated database match
 Tables, by layer:
 
 - catalogue: ``sources``, ``jobs``, ``assets``, ``job_assets`` (which job listed which asset);
-- broker: ``tasks`` (small and hot), ``task_attempts`` (append-only ledger), ``dead_tasks``,
+- broker: ``tasks`` (small and hot, LIST-partitioned by stage), ``task_attempts`` (append-only ledger,
+  RANGE-partitioned by day; migration 0023, ``curation.broker`` creates the partitions), ``dead_tasks``,
   ``workers`` (heartbeats), ``item_errors`` (one row per failed ``(asset, stage, version)``);
 - configurations: ``stage_configs``, ``job_stages`` (resolved params per job), ``job_configs`` (migration 0013);
 - stage results, one typed table per stage, primary key ``(asset_id, config_id)`` (migration 0013), its
@@ -145,12 +146,16 @@ ATTEMPT_OUTCOMES = (
 
 
 class Task(Base):
-    """A chunk of asset ids for one ``(job, stage, stage_version)``. Finished tasks are deleted."""
+    """A chunk of asset ids for one ``(job, stage, stage_version)``. Finished tasks are deleted.
+
+    Partitioned by ``LIST (stage)``: a partition per stage (``curation.broker.stage_partition_name``) and
+    a DEFAULT one; the key includes the partition key. Each partition carries the hot-queue storage
+    settings (``curation.broker.TASK_STORAGE``)."""
 
     __tablename__ = "tasks"
     task_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     job_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    stage: Mapped[str] = mapped_column(Text, nullable=False)
+    stage: Mapped[str] = mapped_column(Text, primary_key=True)
     stage_version: Mapped[str] = mapped_column(Text, nullable=False)
     state: Mapped[str] = mapped_column(Text, nullable=False, server_default="ready")
     priority: Mapped[int] = mapped_column(SmallInteger, nullable=False, server_default="100")
@@ -175,12 +180,13 @@ class Task(Base):
         Index("tasks_leased_idx", "lease_owner", postgresql_where=text("state = 'leased'")),
         Index("tasks_scheduled_idx", "run_after", postgresql_where=text("state = 'scheduled'")),
         Index("tasks_job_idx", "job_id"),
-        {"postgresql_with": {"fillfactor": "80"}},
+        {"postgresql_partition_by": "LIST (stage)"},
     )
 
 
 class TaskAttempt(Base):
-    """Append-only ledger: one row per ended attempt (never updated)."""
+    """Append-only ledger: one row per ended attempt (never updated). Partitioned by ``RANGE (ended_at)``,
+    a partition per day (UTC) and a DEFAULT one; retention drops whole days (``curation broker prune``)."""
 
     __tablename__ = "task_attempts"
     attempt_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -191,7 +197,7 @@ class TaskAttempt(Base):
     lease_id: Mapped[str | None] = mapped_column(UUID(as_uuid=False))
     worker_id: Mapped[int | None] = mapped_column(BigInteger)
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    ended_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    ended_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True, server_default=func.now())
     outcome: Mapped[str] = mapped_column(Text, nullable=False)
     error: Mapped[str | None] = mapped_column(Text)
     n_items: Mapped[int | None] = mapped_column(Integer)
@@ -200,6 +206,7 @@ class TaskAttempt(Base):
         CheckConstraint(f"outcome IN {ATTEMPT_OUTCOMES}", name="task_attempts_outcome_check"),
         Index("task_attempts_task_idx", "task_id"),
         Index("task_attempts_job_idx", "job_id", "stage"),
+        {"postgresql_partition_by": "RANGE (ended_at)"},
     )
 
 
