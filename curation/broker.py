@@ -255,8 +255,8 @@ def _create_partitions(conn: Connection, parent: str, wanted: dict[str, Callable
         log.warning("%s: partitions %s not created now (%s); their rows go to the DEFAULT partition",
                     parent, sorted(wanted), str(exc.orig).strip().splitlines()[0] if exc.orig else exc)
         created = []
-    finally:
-        conn.execute(text("SELECT set_config('lock_timeout', :v, true)"), {"v": prior})
+    # the caller's own lock_timeout for the rest of its transaction (a released savepoint keeps SET LOCAL)
+    conn.execute(text("SELECT set_config('lock_timeout', :v, true)"), {"v": prior})
     if created:
         log.info("%s: partitions %s created", parent, created)
     return created
