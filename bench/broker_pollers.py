@@ -1,27 +1,58 @@
-"""Claim latency with 1,000 pollers on one database (issue 14 §4, scale).
+"""Claim latency with 1,000 pollers on one database (issue 14 §4, scale; broker-design T5).
 
 Method
 ------
 - One embedded PostgreSQL 18 (the project's server settings, ``max_connections`` raised for the direct
-  case), our schema migrated, a backlog of ``--tasks`` tasks of 64 assets each enqueued and ``ANALYZE``d.
-- ``--pollers`` simulated workers, spread over ``--procs`` processes, one asyncio connection each
-  (psycopg 3, no server-side prepared statements, so the same client works through PgBouncer's
-  transaction pooling). Each poller loops: claim one task with the broker's claim statement
-  (``FOR UPDATE SKIP LOCKED`` in a ``MATERIALIZED`` CTE; its commit does not wait for the WAL flush, as
-  in ``Broker.claim``) and commit; "work" for ``--work-s`` (uniform
-  0.5x..1.5x, so the pollers drift apart); complete it with the fenced delete + attempt row and commit.
-  2,000 GPU workers taking 64 assets every 5 s make 400 claims/s (broker-design.md §5.1): the
-  defaults (1,000 pollers, 2.5 s) ask for the same rate.
-- Claim latency = claim statement + its commit, on the poller's clock, after ``--warmup-s``; p50, p99
-  and max over all pollers. Every poller is connected before the clock starts. Also reported: the claim
-  statement's own time inside the server (``clock_timestamp() - statement_timestamp()`` in its
-  ``RETURNING``), which separates the database's work from queueing for CPU, connections and the client's
-  event loop.
-- Modes (interleaved when several runs): ``direct`` (each poller its own server backend) and
-  ``pgbouncer`` (PgBouncer from the Debian package in transaction mode, ``--pool-size`` server
-  connections; skipped with a note when ``pgbouncer`` is not installed).
+  route), our schema migrated, a fresh backlog of tasks of 64 assets each enqueued and ``ANALYZE``d before
+  every run (enough that the queue never runs dry).
+- ``--pollers`` simulated workers, spread over ``--procs`` processes, one asyncio psycopg 3 connection each.
+  Every connection uses client-side parameter binding (``AsyncClientCursor``): the simple-query protocol,
+  the wire traffic psycopg2 (the production driver) sends, and it works through PgBouncer in transaction
+  mode. Each poller loops like ``StageWorker.run``: claim one task; "work" for ``work`` seconds (uniform
+  0.5x..1.5x of the mean, so the pollers drift apart); complete it (fenced delete + attempt row, one
+  transaction, sent as ``Broker.complete`` sends it: pre-ping, ``BEGIN``, two statements, ``COMMIT``);
+  claim again. An empty claim backs off as the runtime does (50 ms doubling to 1 s, jittered).
+  The mean work time is ``pollers / rate``: ``--rates 100,200,400`` ask for that many claims/s in total
+  (2,000 GPU workers taking 64 assets every 5 s make 400 claims/s, broker-design §5.1).
+- The claim statement is the broker's own (``curation.broker._CLAIM``, its ``:name`` parameters turned
+  into ``%(name)s``) with one column added to its ``RETURNING`` list: ``clock_timestamp() -
+  statement_timestamp()``, the claim's own time inside the server. Claim variants (``--claims``):
 
-    python bench/broker_pollers.py [--pollers 1000] [--duration-s 30] [--modes pgbouncer,direct]
+  - ``broker``: exactly what ``Broker.claim`` sends today (checked in the server's statement log): the
+    engine's ``pool_pre_ping`` ``SELECT 1``; ``BEGIN``; ``SET LOCAL synchronous_commit = off``; the claim;
+    ``COMMIT`` — five round trips.
+  - ``one``: the proposed ``Broker.claim`` (see the report): the pre-ping, then ``SET LOCAL ...; <the
+    claim>`` as *one* simple-query message on an autocommit connection — PostgreSQL runs a
+    multi-statement message as one implicit transaction, so ``SET LOCAL`` still holds for the claim and
+    its commit (tests/test_claim_one_message.py) — two round trips.
+  - ``one1``: ``one`` on an engine without ``pool_pre_ping`` — one round trip (its completion skips the
+    ping too).
+  - ``pgmq``: a peer, **pgmq's read query on a plain table** (the pgmq extension is not installable
+    here): ``WITH cte AS (SELECT msg_id ... WHERE vt <= clock_timestamp() ORDER BY msg_id LIMIT 1 FOR
+    UPDATE SKIP LOCKED) UPDATE ... SET vt = clock_timestamp() + 600 s, read_ct = read_ct + 1 ...
+    RETURNING ...``, autocommit, the server's default ``synchronous_commit``; completion = ``pgmq.delete``'s
+    ``DELETE ... WHERE msg_id = ...``. Same pollers, same payload (64 asset ids as jsonb).
+
+- Two latencies, both after ``--warmup-s`` over ``--duration-s``, p50 / p99 / max over all pollers:
+  **service** = send of the claim's first message to the claim's last reply being handled by the poller
+  (what a poller waits once it asks); **latency** = from the *intended* send time (when the poller's
+  previous completion returned, or its back-off / start sleep should have ended) to the same end — this adds the
+  harness's own scheduling delay (event-loop lag), so a saturated client cannot hide queueing by sending
+  late (coordinated omission). The target T5 is judged on **latency**.
+- Also reported per run: achieved claims/s and empty polls; the claim statement's time inside the server
+  (from its ``RETURNING``; ``pg_stat_statements`` is not in the embedded build); CPU seconds per claim
+  cycle (claim + complete) of the client processes, the server (postmaster and all its children), and
+  PgBouncer, and the machine's other load (everything else busy on the box: the other engineers);
+  event-loop lag of the client processes (a 10 ms timer's overshoot); server backends (mean active /
+  total, sampled from ``pg_stat_activity`` every 0.5 s); ``uptime`` load at the start.
+- Routes (``--modes``): ``direct`` (each poller its own server backend) and ``pgbouncer`` (PgBouncer from
+  the Debian package in transaction mode, ``--pool-size`` server connections; PgBouncer 1.18 here has no
+  ``max_prepared_statements``, which is why no variant uses server-side prepared statements). Every
+  (rate, route, variant) is run ``--runs`` times, interleaved; the summary gives medians and ranges.
+
+    OMP_NUM_THREADS=1 python bench/broker_pollers.py [--pollers 1000] [--procs 4] [--rates 100,200,400]
+        [--modes direct,pgbouncer] [--claims broker,one,one1,pgmq] [--runs 3] [--duration-s 20] [--warmup-s 5]
+        [--pool-size 4[,16]] [--tasks 1 (idle polling)] [--work-s S  (overrides --rates)]
 """
 
 from __future__ import annotations
@@ -31,31 +62,52 @@ import asyncio
 import multiprocessing as mp
 import os
 import random
+import re
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 STAGE = "bench"
-# the broker's claim statement (curation/broker.py), in psycopg's parameter style
-_CLAIM = """
-    WITH picked AS MATERIALIZED (
-        SELECT task_id FROM tasks WHERE stage = %s AND state = 'ready' AND run_after <= now()
-        ORDER BY priority, task_id LIMIT 1 FOR UPDATE SKIP LOCKED)
-    UPDATE tasks t SET state = 'leased', attempt = t.attempt + 1, lease_id = gen_random_uuid(), lease_owner = %s,
-        claimed_at = now(), deadline_at = now() + t.max_runtime_s * interval '1 second'
-    FROM picked WHERE t.task_id = picked.task_id
-    RETURNING t.task_id, t.job_id, t.attempt, t.lease_id, cardinality(t.asset_ids),
-              extract(epoch FROM clock_timestamp() - statement_timestamp())
-"""
+_SERVER_TIME = "extract(epoch FROM clock_timestamp() - statement_timestamp())"
+_SYNC_OFF = "SET LOCAL synchronous_commit = off"
+# the completion the bench pays after each claim (the fenced delete and attempt row of Broker.complete)
 _DELETE = "DELETE FROM tasks WHERE task_id = %s AND lease_id = %s AND state = 'leased' RETURNING claimed_at"
 _LOG = ("INSERT INTO task_attempts (task_id, job_id, stage, attempt, lease_id, worker_id, claimed_at, outcome, "
         "n_items, n_ok) VALUES (%s, %s, %s, %s, %s, %s, %s, 'ok', %s, 0)")
+# the peer: pgmq's read and delete, on a plain table shaped like a pgmq queue table
+_PGMQ_TABLE = """
+    CREATE TABLE IF NOT EXISTS pgmq_q (msg_id bigint PRIMARY KEY GENERATED ALWAYS AS IDENTITY,
+        read_ct int NOT NULL DEFAULT 0, enqueued_at timestamptz NOT NULL DEFAULT now(),
+        vt timestamptz NOT NULL DEFAULT clock_timestamp(), message jsonb);
+    CREATE INDEX IF NOT EXISTS pgmq_q_vt_idx ON pgmq_q (vt)
+"""
+_PGMQ_READ = f"""
+    WITH cte AS (SELECT msg_id FROM pgmq_q WHERE vt <= clock_timestamp() ORDER BY msg_id ASC LIMIT 1
+                 FOR UPDATE SKIP LOCKED)
+    UPDATE pgmq_q m SET vt = clock_timestamp() + interval '600 seconds', read_ct = read_ct + 1
+    FROM cte WHERE m.msg_id = cte.msg_id
+    RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, {_SERVER_TIME}
+"""
+_PGMQ_DELETE = "DELETE FROM pgmq_q WHERE msg_id = %s RETURNING msg_id"
+ROUND_TRIPS = {"broker": 5, "one": 2, "one1": 1, "pgmq": 1}
+CLAIM_SQL = ""  # broker_claim_sql(), set in each poller process
+
+
+def broker_claim_sql() -> str:
+    """The broker's claim statement in psycopg's ``%(name)s`` style, with the server-time column added."""
+    from curation.broker import _CLAIM
+
+    sql = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", _CLAIM.text).rstrip()
+    return f"{sql}, {_SERVER_TIME}"
 
 
 def _setup(url: str, tasks: int) -> None:
@@ -76,62 +128,131 @@ def _setup(url: str, tasks: int) -> None:
                     max_runtime_s=600)
         conn.execute(text("INSERT INTO workers (stage, host, pid) SELECT 'bench', 'poller', g "
                           "FROM generate_series(1, 2000) g"))
+        conn.execute(text(_PGMQ_TABLE))
+        conn.execute(text("TRUNCATE pgmq_q"))
+        conn.execute(text("INSERT INTO pgmq_q (message) SELECT jsonb_build_object('asset_ids', "
+                          "(SELECT jsonb_agg(g * 64 + k) FROM generate_series(1, 64) k)) "
+                          "FROM generate_series(0, :n - 1) g"), {"n": tasks})
     with eng.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE tasks"))
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.execute(text("VACUUM ANALYZE tasks"))
+        conn.execute(text("VACUUM ANALYZE pgmq_q"))
+        conn.execute(text("CHECKPOINT"))
     eng.dispose()
 
 
-def _poller_proc(dsn: str, first_worker: int, n: int, work_s: float, warmup_s: float, duration_s: float,
-                 ready, start, out) -> None:
+class _Poller:
+    """One simulated worker's database calls for one claim variant."""
+
+    def __init__(self, conn, variant: str, worker_id: int):
+        self.conn, self.variant, self.worker_id = conn, variant, worker_id
+        self.params = {"stage": STAGE, "n": 1, "worker": worker_id}
+
+    async def claim(self):
+        """One claim; returns (row or None, server seconds or None)."""
+        cur = self.conn.cursor()
+        if self.variant in ("broker", "one"):  # the engine's pool_pre_ping on every checkout
+            await cur.execute("SELECT 1")
+        if self.variant == "broker":  # Broker.claim today: BEGIN / SET LOCAL / claim / COMMIT
+            await cur.execute("BEGIN")
+            await cur.execute(_SYNC_OFF)
+            await cur.execute(CLAIM_SQL, self.params)
+            row = await cur.fetchone()
+            await cur.execute("COMMIT")
+        elif self.variant in ("one", "one1"):  # proposed: one message, one implicit transaction
+            await cur.execute(f"{_SYNC_OFF}; {CLAIM_SQL}", self.params)
+            cur.nextset()  # past the SET's result
+            row = await cur.fetchone()
+        else:
+            await cur.execute(_PGMQ_READ)
+            row = await cur.fetchone()
+        return row, (float(row[-1]) if row else None)
+
+    async def complete(self, row) -> None:
+        """The fenced delete + attempt row of ``Broker.complete`` (pre-ping, BEGIN, 2 statements, COMMIT)."""
+        cur = self.conn.cursor()
+        if self.variant == "pgmq":
+            await cur.execute(_PGMQ_DELETE, (row[0],))
+            return
+        task_id, job_id, stage, _, attempt, lease_id = row[:6]
+        if self.variant != "one1":
+            await cur.execute("SELECT 1")
+        await cur.execute("BEGIN")
+        claimed = await (await cur.execute(_DELETE, (task_id, lease_id))).fetchone()
+        await cur.execute(_LOG, (task_id, job_id, stage, attempt, lease_id, self.worker_id, claimed[0], 64))
+        await cur.execute("COMMIT")
+
+
+def _poller_proc(dsn: str, variant: str, first_worker: int, n: int, work_s: float, warmup_s: float,
+                 duration_s: float, ready, start, out) -> None:
     import psycopg
+
+    global CLAIM_SQL
+    CLAIM_SQL = broker_claim_sql()
 
     async def main() -> None:
         conns = []
         for _ in range(n):
-            conns.append(await psycopg.AsyncConnection.connect(dsn, prepare_threshold=None))
+            conns.append(await psycopg.AsyncConnection.connect(
+                dsn, prepare_threshold=None, cursor_factory=psycopg.AsyncClientCursor, autocommit=True))
             await asyncio.sleep(0)
         ready.put(1)
         while not start.is_set():
             await asyncio.sleep(0.01)
         t0 = time.perf_counter()
-        lat: list[float] = []
-        server: list[float] = []  # the claim statement's own time inside the server
+        w0, w1 = t0 + warmup_s, t0 + warmup_s + duration_s
+        lat: list[float] = []  # from the intended send time
+        svc: list[float] = []  # from the actual send time
+        server: list[float] = []
+        lag: list[float] = []
+        cpu = {}
         counts = {"claims": 0, "empty": 0, "completed": 0, "errors": 0}
 
-        async def poller(conn, wid: int, rng: random.Random) -> None:
-            await asyncio.sleep(rng.random() * work_s)  # spread the first claims
-            while time.perf_counter() - t0 < warmup_s + duration_s:
+        async def monitor() -> None:
+            while time.perf_counter() < w0:
+                await asyncio.sleep(0.01)
+            cpu["start"] = time.process_time()
+            while (t := time.perf_counter()) < w1:
+                await asyncio.sleep(0.01)
+                lag.append(time.perf_counter() - t - 0.01)
+            cpu["end"] = time.process_time()
+
+        async def poller(p: _Poller, rng: random.Random) -> None:
+            intended = t0 + rng.random() * work_s  # spread the first claims
+            delay = 0.05
+            while intended < w1:
+                await asyncio.sleep(max(0.0, intended - time.perf_counter()))
                 try:
                     c0 = time.perf_counter()
-                    await conn.execute("SET LOCAL synchronous_commit = off")  # as Broker.claim does
-                    row = await (await conn.execute(_CLAIM, (STAGE, wid))).fetchone()
-                    await conn.commit()
+                    row, srv = await p.claim()
                     c1 = time.perf_counter()
-                    if c0 - t0 >= warmup_s:
-                        lat.append(c1 - c0)
+                    measured = w0 <= intended < w1
+                    if measured:
+                        lat.append(c1 - intended)
+                        svc.append(c1 - c0)
                         counts["claims" if row else "empty"] += 1
-                        if row:
-                            server.append(float(row[5]))
-                    if row is None:
-                        await asyncio.sleep(work_s)
+                        if srv is not None:
+                            server.append(srv)
+                    if row is None:  # back off as StageWorker.run does
+                        intended = c1 + delay * (0.5 + rng.random())
+                        delay = min(delay * 2, 1.0)
                         continue
-                    await asyncio.sleep(work_s * (0.5 + rng.random()))
-                    task_id, job_id, attempt, lease_id, n_items, _ = row
-                    claimed = await (await conn.execute(_DELETE, (task_id, lease_id))).fetchone()
-                    await conn.execute(_LOG, (task_id, job_id, STAGE, attempt, lease_id, wid, claimed[0], n_items))
-                    await conn.commit()
-                    if c0 - t0 >= warmup_s:
-                        counts["completed"] += 1
+                    delay = 0.05
+                    await asyncio.sleep(max(0.0, c1 + work_s * (0.5 + rng.random()) - time.perf_counter()))
+                    await p.complete(row)
+                    counts["completed"] += measured
+                    intended = time.perf_counter()
                 except psycopg.Error:
                     counts["errors"] += 1
-                    await conn.rollback()
+                    await p.conn.execute("ROLLBACK")
                     await asyncio.sleep(0.1)
+                    intended = time.perf_counter()
 
-        await asyncio.gather(*(poller(c, first_worker + i, random.Random(first_worker + i))
-                               for i, c in enumerate(conns)))
+        await asyncio.gather(monitor(), *(poller(_Poller(c, variant, first_worker + i),
+                                                  random.Random(first_worker + i)) for i, c in enumerate(conns)))
         for c in conns:
             await c.close()
-        out.put((lat, server, counts))
+        out.put((lat, svc, server, lag, cpu.get("end", 0.0) - cpu.get("start", 0.0), counts))
 
     asyncio.run(main())
 
@@ -140,7 +261,7 @@ def _pgbouncer(server, pg_port: int, pool_size: int, clients: int, tmp: Path) ->
     from curation.embedded import _free_port
 
     port = _free_port()
-    d = tmp / "pgbouncer"
+    d = tmp / f"pgbouncer{pool_size}"
     d.mkdir()
     (d / "users.txt").write_text('"postgres" ""\n')
     (d / "pgbouncer.ini").write_text(
@@ -160,8 +281,6 @@ def _pgbouncer(server, pg_port: int, pool_size: int, clients: int, tmp: Path) ->
         cmd = ["runuser", "-u", server.user, "--", *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
-    import socket
-
     while time.monotonic() < deadline:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -170,37 +289,112 @@ def _pgbouncer(server, pg_port: int, pool_size: int, clients: int, tmp: Path) ->
     raise RuntimeError(f"pgbouncer did not start: {proc.stderr.read().decode() if proc.poll() is not None else ''}")
 
 
-def _run(dsn: str, args) -> tuple[list[float], list[float], dict]:
+def _cpu_of(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes, their live descendants and their reaped children
+    (a backend or autovacuum worker that exits moves its CPU into the postmaster's children times)."""
+    import psutil
+
+    total, seen = 0.0, set()
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            t = root.cpu_times()
+            total += t.children_user + t.children_system
+            family = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for p in family:
+            if p.pid in seen:
+                continue
+            seen.add(p.pid)
+            try:  # one that exits meanwhile is in its parent's children times by the next reading
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+    return total
+
+
+def _busy() -> float:
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def _run(dsn: str, admin_dsn: str, variant: str, work_s: float, args, postmaster: int, bouncer_pid: int | None) -> dict:
+    import psycopg
+
     ctx = mp.get_context("spawn")
     ready, start, out = ctx.Queue(), ctx.Event(), ctx.Queue()
     per = [args.pollers // args.procs + (1 if i < args.pollers % args.procs else 0) for i in range(args.procs)]
     procs, first = [], 1
     for n in per:
-        procs.append(ctx.Process(target=_poller_proc, args=(dsn, first, n, args.work_s, args.warmup_s,
-                                                            args.duration_s, ready, start, out)))
+        procs.append(ctx.Process(target=_poller_proc, args=(dsn, variant, first, n, work_s, args.warmup_s,
+                                                            args.duration_s, ready, start, out), daemon=True))
         first += n
     for p in procs:
         p.start()
     for _ in procs:
         ready.get(timeout=300)
+    load = os.getloadavg()[0]
     start.set()
-    lat: list[float] = []
-    server: list[float] = []
-    counts: dict[str, int] = {}
+    t0 = time.perf_counter()
+    time.sleep(args.warmup_s)
+    me = [os.getpid()]
+    cpu0 = {"clients": _cpu_of([p.pid for p in procs]), "server": _cpu_of([postmaster]),
+            "bouncer": _cpu_of([bouncer_pid]) if bouncer_pid else 0.0, "busy": _busy()}
+    active, total = [], []
+    with psycopg.connect(admin_dsn, autocommit=True) as mon:  # backends, sampled
+        while time.perf_counter() - t0 < args.warmup_s + args.duration_s - 0.3:
+            a, n = mon.execute("SELECT count(*) FILTER (WHERE state = 'active'), count(*) FROM pg_stat_activity "
+                               "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone()
+            active.append(a)
+            total.append(n)
+            time.sleep(0.5)
+    cpu1 = {"clients": _cpu_of([p.pid for p in procs]), "server": _cpu_of([postmaster]),
+            "bouncer": _cpu_of([bouncer_pid]) if bouncer_pid else 0.0, "busy": _busy()}
+    cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
+    del me
+    res = {"lat": [], "svc": [], "server": [], "lag": [], "client_cpu": 0.0, "counts": {}, "load": load,
+           "active": statistics.mean(active) if active else 0.0, "backends": max(total) if total else 0}
     for _ in procs:
-        got, srv, c = out.get(timeout=args.warmup_s + args.duration_s + 300)
-        lat += got
-        server += srv
+        lat, svc, srv, lag, ccpu, c = out.get(timeout=args.warmup_s + args.duration_s + 300)
+        res["lat"] += lat
+        res["svc"] += svc
+        res["server"] += srv
+        res["lag"] += lag
+        res["client_cpu"] += ccpu
         for k, v in c.items():
-            counts[k] = counts.get(k, 0) + v
+            res["counts"][k] = res["counts"].get(k, 0) + v
     for p in procs:
         p.join(30)
-    return lat, server, counts
+    # the clients' CPU comes from their own clocks (exact window); the rest from the process table
+    res["cpu"] = {"client": res["client_cpu"], "server": cpu["server"], "bouncer": cpu["bouncer"],
+                  "other": max(0.0, cpu["busy"] - res["client_cpu"] - cpu["server"] - cpu["bouncer"])}
+    return res
 
 
 def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
+
+
+def _line(r: dict, duration_s: float) -> str:
+    c = r["counts"]
+    cycles = max(1, c["claims"])
+    cpu = r["cpu"]
+    return (f"claims/s {c['claims'] / duration_s:6.1f} (empty {c['empty']}, errors {c['errors']}); "
+            f"latency p50/p99/max {_pct(r['lat'], .5):6.1f}/{_pct(r['lat'], .99):7.1f}/{_pct(r['lat'], 1):7.0f} ms; "
+            f"service p50/p99 {_pct(r['svc'], .5):6.1f}/{_pct(r['svc'], .99):7.1f} ms; "
+            f"server stmt p50/p99 {_pct(r['server'], .5):.2f}/{_pct(r['server'], .99):.2f} ms; "
+            f"loop lag p99 {_pct(r['lag'], .99):.1f} ms; "
+            f"CPU ms/claim client {cpu['client'] / cycles * 1000:.2f} server {cpu['server'] / cycles * 1000:.2f} "
+            f"bouncer {cpu['bouncer'] / cycles * 1000:.2f} (cores: client {cpu['client'] / duration_s:.2f} server "
+            f"{cpu['server'] / duration_s:.2f} bouncer {cpu['bouncer'] / duration_s:.2f}); other load {cpu['other'] / duration_s:.2f} cores; "
+            f"backends active {r['active']:.1f}/{r['backends']}; load1 {r['load']:.2f}")
 
 
 def main() -> None:
@@ -208,31 +402,43 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--pollers", type=int, default=1000)
     ap.add_argument("--procs", type=int, default=4, help="client processes the pollers are spread over")
-    ap.add_argument("--work-s", type=float, default=2.5, help="mean work time per task (uniform 0.5x..1.5x)")
+    ap.add_argument("--rates", default="100,200,400", help="target claims/s (mean work time = pollers / rate)")
+    ap.add_argument("--work-s", type=float, default=None, help="one mean work time per task instead of --rates")
     ap.add_argument("--warmup-s", type=float, default=5.0)
-    ap.add_argument("--duration-s", type=float, default=30.0)
-    ap.add_argument("--tasks", type=int, default=30000, help="backlog (64 assets per task)")
-    ap.add_argument("--modes", default="pgbouncer,direct")
-    ap.add_argument("--pool-size", type=int, default=20, help="PgBouncer server connections")
-    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--duration-s", type=float, default=20.0)
+    ap.add_argument("--tasks", type=int, default=None, help="backlog (64 assets per task); default: 1.5x a run's claims")
+    ap.add_argument("--modes", default="direct,pgbouncer")
+    ap.add_argument("--claims", default="broker,one,one1,pgmq",
+                    help="claim variants: broker (Broker.claim today), one (proposed one-message Broker.claim), "
+                    "one1 (that without the engine's pre-ping), pgmq (peer: pgmq's read query on a plain table)")
+    ap.add_argument("--pool-size", default="4", help="PgBouncer server connections (default_pool_size); several "
+                    "(4,16) make one PgBouncer route each, interleaved like the rest")
+    ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server and PgBouncer on kill
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    variants = [v.strip() for v in args.claims.split(",") if v.strip()]
+    works = ([args.work_s] if args.work_s else [args.pollers / float(r) for r in args.rates.split(",")])
     if "pgbouncer" in modes and shutil.which("pgbouncer") is None:
         print("pgbouncer not installed (apt-get install pgbouncer): measuring direct connections only")
         modes = [m for m in modes if m != "pgbouncer"]
+    pools = [int(x) for x in args.pool_size.split(",")]
+    modes = [x for m in modes for x in ([f"pgbouncer{p}" for p in pools] if m == "pgbouncer" else [m])]
+    tasks = args.tasks or int(1.5 * max(args.pollers / w for w in works) * (args.warmup_s + args.duration_s)) + args.pollers
 
     from sqlalchemy import create_engine, text
 
     from curation.embedded import EmbeddedPostgres
 
-    results: dict[str, list[tuple[list[float], list[float], dict]]] = {m: [] for m in modes}
+    results: dict[tuple, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-pollers-") as tmp:
         os.chmod(tmp, 0o755)
         server = EmbeddedPostgres(Path(tmp) / "pg")
         server.server_options = tuple(o for o in server.server_options if not o.startswith("max_connections")) + (
             f"max_connections={args.pollers + 100}",)
         admin = server.start()
-        bouncer = None
+        postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+        bouncers: dict[str, subprocess.Popen] = {}
         try:
             eng = create_engine(admin, isolation_level="AUTOCOMMIT")
             with eng.connect() as conn:
@@ -240,36 +446,52 @@ def main() -> None:
                 pg_port = conn.execute(text("SHOW port")).scalar_one()
             eng.dispose()
             url = admin.rsplit("/", 1)[0] + "/bench"
-            if "pgbouncer" in modes:
-                bouncer, bport = _pgbouncer(server, int(pg_port), args.pool_size, args.pollers, Path(tmp))
-            dsns = {"direct": url.replace("postgresql+psycopg2://", "postgresql://"),
-                    "pgbouncer": f"postgresql://postgres@127.0.0.1:{bport}/bench" if bouncer else None}
+            direct = url.replace("postgresql+psycopg2://", "postgresql://")
+            dsns = {"direct": direct}
+            for mode in modes:
+                if mode.startswith("pgbouncer"):
+                    bouncers[mode], bport = _pgbouncer(server, int(pg_port), int(mode[9:]), args.pollers, Path(tmp))
+                    dsns[mode] = f"postgresql://postgres@127.0.0.1:{bport}/bench"
             for run in range(args.runs):
-                for mode in modes:
-                    _setup(url, args.tasks)
-                    lat, server_s, counts = _run(dsns[mode], args)
-                    results[mode].append((lat, server_s, counts))
-                    print(f"run {run + 1}: {mode:<9} claims {counts['claims']:>6} ({counts['claims'] / args.duration_s:,.0f}/s), "
-                          f"empty {counts['empty']}, errors {counts['errors']}; claim latency p50 {_pct(lat, 0.5):.1f} ms, "
-                          f"p99 {_pct(lat, 0.99):.1f} ms, max {max(lat) * 1000:.0f} ms; in the server p50 "
-                          f"{_pct(server_s, 0.5):.2f} ms, p99 {_pct(server_s, 0.99):.2f} ms", flush=True)
+                for work_s in works:
+                    for mode in modes:
+                        for variant in variants:
+                            _setup(url, tasks)
+                            r = _run(dsns[mode], direct, variant, work_s, args, postmaster,
+                                     bouncers[mode].pid if mode in bouncers else None)
+                            results.setdefault((args.pollers / work_s, mode, variant), []).append(r)
+                            print(f"run {run + 1} rate {args.pollers / work_s:4.0f}/s {mode:<11} {variant:<6} "
+                                  f"{_line(r, args.duration_s)}", flush=True)
         finally:
-            if bouncer is not None:
+            for bouncer in bouncers.values():
                 bouncer.terminate()
                 bouncer.wait(10)
             server.stop("fast")
 
-    print(f"\n{args.pollers} pollers in {args.procs} processes, work {args.work_s} s/task, {args.duration_s:.0f} s "
-          f"measured after {args.warmup_s:.0f} s warm-up; claim = claim statement + commit")
-    for mode in modes:
-        lat = [x for got, _, _ in results[mode] for x in got]
-        srv = [x for _, got, _ in results[mode] for x in got]
-        p50s = [_pct(got, 0.5) for got, _, _ in results[mode]]
-        p99s = [_pct(got, 0.99) for got, _, _ in results[mode]]
-        rate = statistics.median(c["claims"] / args.duration_s for _, _, c in results[mode])
-        print(f"  {mode:<9} claims/s {rate:,.0f}; claim latency p50 {_pct(lat, 0.5):.1f} ms, p99 {_pct(lat, 0.99):.1f} ms "
-              f"(per run p50 {', '.join(f'{x:.1f}' for x in p50s)}; p99 {', '.join(f'{x:.1f}' for x in p99s)}); "
-              f"the claim statement inside the server p50 {_pct(srv, 0.5):.2f} ms, p99 {_pct(srv, 0.99):.2f} ms")
+    def med(xs: list[float], fmt: str) -> str:
+        return f"{statistics.median(xs):{fmt}} [{min(xs):{fmt}}–{max(xs):{fmt}}]"
+
+    print(f"\n{args.pollers} pollers in {args.procs} processes, {args.runs} interleaved runs of {args.duration_s:.0f} s "
+          f"after {args.warmup_s:.0f} s warm-up; pgbouncerN = PgBouncer with a pool of N; median [range] over runs; "
+          "latency = from the intended send time, service = from the actual send (ms); CPU = ms per claim cycle")
+    for (rate, mode, variant), rs in results.items():
+        d = args.duration_s
+        cyc = [max(1, r["counts"]["claims"]) for r in rs]
+        print(f"  {rate:4.0f}/s {mode:<11} {variant:<6} ({ROUND_TRIPS[variant]} rt/claim): "
+              f"claims/s {med([r['counts']['claims'] / d for r in rs], '.0f')}; "
+              f"latency p50 {med([_pct(r['lat'], .5) for r in rs], '.1f')} "
+              f"p99 {med([_pct(r['lat'], .99) for r in rs], '.1f')} max {med([_pct(r['lat'], 1) for r in rs], '.0f')}; "
+              f"service p50 {med([_pct(r['svc'], .5) for r in rs], '.1f')} p99 {med([_pct(r['svc'], .99) for r in rs], '.1f')}; "
+              f"server stmt p50 {med([_pct(r['server'], .5) for r in rs], '.2f')} "
+              f"p99 {med([_pct(r['server'], .99) for r in rs], '.2f')}; "
+              f"CPU client {med([r['cpu']['client'] / c * 1000 for r, c in zip(rs, cyc)], '.2f')} "
+              f"server {med([r['cpu']['server'] / c * 1000 for r, c in zip(rs, cyc)], '.2f')} "
+              f"bouncer {med([r['cpu']['bouncer'] / c * 1000 for r, c in zip(rs, cyc)], '.2f')}; "
+              f"server cores {med([r['cpu']['server'] / d for r in rs], '.2f')}; "
+              f"other load {med([r['cpu']['other'] / d for r in rs], '.2f')} cores; "
+              f"backends active {med([r['active'] for r in rs], '.1f')}; "
+              f"loop lag p99 {med([_pct(r['lag'], .99) for r in rs], '.1f')}; "
+              f"load1 {med([r['load'] for r in rs], '.2f')}")
 
 
 if __name__ == "__main__":
