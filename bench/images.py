@@ -1,8 +1,9 @@
 """Image pipeline throughput against the physical limit of this machine: decoding.
 
 On the same real photos (the demo set: scikit-image, Debian opencv-doc and mate-backgrounds), in one
-process, one core's worth of work:
-  decode-only  read the file + full Pillow decode to RGB (what any pipeline must at least do)
+process, one core's worth of work (OpenCV held to one thread, as the workers' actors hold it):
+  decode-only  read the file + full Pillow decode to RGB, upright (``decode_image``: the decode, library and
+               flags of the probe's ``decode_with_header``; what any pipeline must at least do)
   pipeline     probe → resolution → phash → edges a task per stage, as the workers ran them before fused
                passes: the probe's full decode and sha256; resolution from the probe; phash and edges each
                read the file again and decode it in JPEG draft mode at the size they need
@@ -10,6 +11,7 @@ process, one core's worth of work:
                probe's full decode, reduced views of it for phash and edges (docs/fused-stages.md)
 and prints images/s, the ratios to decode-only, and the share of time spent reading+decoding vs in stage
 compute; then the same three in ``--processes`` processes (default 2), each on its share of the files.
+``--profile`` prints, instead, the fused pass's CPU milliseconds per image part by part.
 (The broker and Ray add little per image at 64 images per task; see bench/broker.py.)
 
 It then times the model stages on the same photos, each on its own: images/s, and the share of time
@@ -18,7 +20,7 @@ a real YOLOv8n ONNX export at 320 px) and the tiny random-weight variants of the
 watermark classifier, TOPIQ (ResNet-18 CFANet), Q-Align (a 2-layer Qwen2.5-VL), SAM 2 complexity (a 5-block
 Hiera at 512 px, 16 points per side, on the first 8 photos); the real weights would be far slower on this CPU).
 
-  python bench/images.py [--runs 3] [--processes 2] [--no-models]
+  python bench/images.py [--runs 3] [--processes 2] [--no-models] [--profile]
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from curation import storage  # noqa: E402
@@ -114,21 +118,58 @@ def fused(uris: list[str], stages, clock: dict) -> int:
     return n
 
 
-def _rate_in_processes(kind: str, uris: list[str], procs: int) -> float:
-    """Images/s of ``kind`` (decode-only, pipeline, fused) with ``procs`` processes, each on its share."""
+def profile(uris: list[str], runs: int) -> None:
+    """CPU ms per image of each part of the fused pass (``fused``'s work, step by step), next to decode-only's."""
+    import hashlib
+    from collections import Counter
+
+    from curation.media import decode_with_header
+    from workers.edges import edge_scores
+    from workers.phash import phash_scores
+    from workers.stage import reduced_view
+
+    parts: Counter = Counter()
+
+    def timed(name, f, *args):
+        t0 = time.process_time()
+        out = f(*args)
+        parts[name] += time.process_time() - t0
+        return out
+
+    for _ in range(runs):
+        for uri in uris:
+            timed("decode-only (read + decode_image)", lambda: decode_image(storage.read_bytes(uri)))
+            data = timed("read", storage.read_bytes, uri)
+            _, full = timed("probe: decode_with_header", decode_with_header, data)
+            timed("probe: sha256", lambda: hashlib.sha256(data).digest())
+            small = timed("reduced_view 64 (phash)", reduced_view, full, 64)
+            view = timed("reduced_view 256 (edges)", reduced_view, full, 256)
+            timed("phash_scores", phash_scores, small)
+            timed("edge_scores", edge_scores, view, 256, 0.1)
+    n = runs * len(uris)
+    for name, seconds in parts.items():
+        print(f"{name:<36} {seconds * 1000 / n:6.2f} ms")
+    fused_ms = sum(v for k, v in parts.items() if not k.startswith("decode-only")) * 1000 / n
+    print(f"{'fused parts, total':<36} {fused_ms:6.2f} ms  (CPU time per image, {runs} runs)")
+
+
+def _rate_in_processes(kind: str, uris: list[str], procs: int) -> tuple[float, float]:
+    """Images/s of ``kind`` (decode-only, pipeline, fused) with ``procs`` processes, each on its share, and
+    the CPU seconds per image they spent."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     shares = [uris[i::procs] for i in range(procs)]
     start = ctx.Barrier(procs + 1)
-    workers = [ctx.Process(target=_one_process, args=(kind, share, start)) for share in shares]
+    cpu = ctx.Array("d", procs)
+    workers = [ctx.Process(target=_one_process, args=(kind, share, start, cpu, i)) for i, share in enumerate(shares)]
     for w in workers:
         w.start()
     start.wait()
     t0 = time.perf_counter()
     for w in workers:
         w.join()
-    return len(uris) / (time.perf_counter() - t0)
+    return len(uris) / (time.perf_counter() - t0), sum(cpu) / len(uris)
 
 
 _STAGES = None
@@ -150,10 +191,12 @@ def _run(kind: str, uris: list[str]) -> None:
         (pipeline if kind == "pipeline" else fused)(uris, _stages(), clock)
 
 
-def _one_process(kind: str, uris: list[str], start) -> None:
+def _one_process(kind: str, uris: list[str], start, cpu, index: int) -> None:
     _run(kind, uris[:3])  # warm-up
     start.wait()
+    t0 = time.process_time()
     _run(kind, uris)
+    cpu[index] = time.process_time() - t0
 
 
 def main() -> None:
@@ -161,43 +204,65 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--processes", type=int, default=2, help="also run each variant in this many processes")
     ap.add_argument("--no-models", action="store_true", help="skip the model stages")
+    ap.add_argument("--profile", action="store_true", help="CPU ms per image of each part of the fused pass")
     args = ap.parse_args()
+    cv2.setNumThreads(1)  # one core's work, as the workers' actors (workers.runtime.limit_model_threads)
     uris = photos()
+    if args.profile:
+        profile(uris, args.runs)
+        return
     stages = (ProbeStage(), ResolutionStage(), PhashStage(), EdgesStage())
     stages[3].setup()
     pipeline(uris[:5], stages, {"io": 0.0, "decode": 0.0})  # warm-up (imports, torch)
-    d_rates, p_rates, shares, f_rates, f_shares = [], [], [], [], []
+    # interleaved in each run, so that a machine shared with other work loads each variant alike; CPU seconds
+    # per image too, which that other work changes less than images/s
+    rates: dict[str, list[float]] = {k: [] for k in KINDS}
+    cpus: dict[str, list[float]] = {k: [] for k in KINDS}
+    shares: dict[str, list[float]] = {k: [] for k in KINDS}
     for _ in range(args.runs):
-        t0 = time.perf_counter()
-        decode_only(uris)
-        d_rates.append(len(uris) / (time.perf_counter() - t0))
-        clock = {"io": 0.0, "decode": 0.0}
-        t0 = time.perf_counter()
-        pipeline(uris, stages, clock)
-        total = time.perf_counter() - t0
-        p_rates.append(len(uris) / total)
-        shares.append((clock["io"] + clock["decode"]) / total)
-        clock = {"io": 0.0, "decode": 0.0}
-        t0 = time.perf_counter()
-        fused(uris, stages, clock)
-        total = time.perf_counter() - t0
-        f_rates.append(len(uris) / total)
-        f_shares.append((clock["io"] + clock["decode"]) / total)
-    d, p, f = statistics.median(d_rates), statistics.median(p_rates), statistics.median(f_rates)
+        for kind in KINDS:
+            clock = {"io": 0.0, "decode": 0.0}
+            t0, c0 = time.perf_counter(), time.process_time()
+            if kind == "decode-only":
+                decode_only(uris)
+            else:
+                (pipeline if kind == "pipeline" else fused)(uris, stages, clock)
+            total = time.perf_counter() - t0
+            rates[kind].append(len(uris) / total)
+            cpus[kind].append((time.process_time() - c0) / len(uris))
+            shares[kind].append((clock["io"] + clock["decode"]) / total)
     print(f"{len(uris)} real photos ({sum(Path(u).stat().st_size for u in uris) / 2**20:.0f} MiB), {args.runs} runs, one process")
-    print(f"decode-only  {d:8.1f} images/s")
-    print(f"pipeline     {p:8.1f} images/s  (probe → resolution → phash → edges, a task per stage)  "
-          f"ratio {p / d:.2f}; reading + decoding {statistics.median(shares) * 100:.0f} %")
-    print(f"fused        {f:8.1f} images/s  (the same stages as one fused pass)  ratio {f / d:.2f}; "
-          f"reading + decoding {statistics.median(f_shares) * 100:.0f} %")
+    _report(rates, cpus, {k: f"; reading + decoding {statistics.median(v) * 100:.0f} %" for k, v in shares.items()})
     if args.processes > 1:
-        rates = {k: statistics.median(_rate_in_processes(k, uris, args.processes) for _ in range(args.runs))
-                 for k in ("decode-only", "pipeline", "fused")}
-        print(f"{args.processes} processes: decode-only {rates['decode-only']:.1f}, pipeline {rates['pipeline']:.1f} "
-              f"(ratio {rates['pipeline'] / rates['decode-only']:.2f}), fused {rates['fused']:.1f} "
-              f"(ratio {rates['fused'] / rates['decode-only']:.2f}) images/s")
+        rates = {k: [] for k in KINDS}
+        cpus = {k: [] for k in KINDS}
+        for _ in range(args.runs):
+            for kind in KINDS:
+                rate, cpu = _rate_in_processes(kind, uris, args.processes)
+                rates[kind].append(rate)
+                cpus[kind].append(cpu)
+        print(f"{args.processes} processes, {args.runs} runs")
+        _report(rates, cpus, {})
     if not args.no_models:
         model_stages(uris)
+
+
+KINDS = ("decode-only", "pipeline", "fused")
+WHAT = {"decode-only": "", "pipeline": "  (probe → resolution → phash → edges, a task per stage)",
+        "fused": "  (the same stages as one fused pass)"}
+
+
+def _report(rates: dict[str, list[float]], cpus: dict[str, list[float]], notes: dict[str, str]) -> None:
+    """Median images/s and CPU ms per image of each variant, and their ratios to decode-only (per run, then
+    the median: each run's variants ran back to back)."""
+    for kind in KINDS:
+        rate, cpu = statistics.median(rates[kind]), statistics.median(cpus[kind])
+        line = f"{kind:<12} {rate:8.1f} images/s  {cpu * 1000:6.1f} ms CPU/image"
+        if kind != "decode-only":
+            wall = statistics.median(r / d for r, d in zip(rates[kind], rates["decode-only"]))
+            work = statistics.median(d / c for c, d in zip(cpus[kind], cpus["decode-only"]))
+            line += f"  ratio {wall:.2f} (images/s), {work:.2f} (CPU){notes.get(kind, '')}{WHAT[kind]}"
+        print(line)
 
 
 def model_stages(uris: list[str]) -> None:

@@ -108,7 +108,8 @@ def _check_pixels(img: Image.Image, max_pixels: int, what: str) -> None:
 
 
 def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image") -> ImageHeader:
-    """Format, size and mode from the header alone (no pixel decoded)."""
+    """Format, size and mode from the header alone (no pixel decoded; but a PNG's EXIF may follow its pixels,
+    so Pillow decodes a PNG to find the orientation: ``decode_with_header`` gets both from one decode)."""
     img = _open(data, what)
     _check_pixels(img, max_pixels, what)
     orientation = exif_orientation(img)
@@ -132,12 +133,36 @@ def decode_image(
     caller only needs an image whose short side is about that size; other formats ignore it."""
     img = _open(data, what)
     _check_pixels(img, max_pixels, what)
+    return _decode(img, timeout_s, draft_size, what)[0]
+
+
+def decode_with_header(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    timeout_s: float = DEFAULT_DECODE_TIMEOUT_S,
+    what: str = "image",
+) -> tuple[ImageHeader, Image.Image]:
+    """``read_header`` and ``decode_image`` of the same bytes from one parse and one decode (the probe):
+    the header as the file states it (format, stored mode, displayed size), the image as ``decode_image``."""
+    img = _open(data, what)
+    _check_pixels(img, max_pixels, what)
+    fmt, mode, size = img.format, img.mode, img.size
+    image, orientation = _decode(img, timeout_s, None, what)
+    width, height = (size[1], size[0]) if orientation >= 5 else size
+    return ImageHeader(format=fmt or "unknown", width=width, height=height, mode=mode,
+                       orientation=orientation), image
+
+
+def _decode(img: Image.Image, timeout_s: float, draft_size: int | None, what: str) -> tuple[Image.Image, int]:
+    """The opened ``img`` decoded to upright RGB, and its raw EXIF orientation."""
     try:
         with time_limit(timeout_s, what):
             if draft_size is not None and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
-            if exif_orientation(img) != 1:
+            orientation = exif_orientation(img)
+            if orientation != 1:
                 img = ImageOps.exif_transpose(img)
             if img.mode != "RGB":
                 img = img.convert("RGB")
@@ -145,7 +170,7 @@ def decode_image(
         raise
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise MediaError(f"{what}: cannot decode {img.format or 'image'} data: {exc}") from exc
-    return img
+    return img, orientation
 
 
 def fit_long_side(img: Image.Image, max_side: int) -> Image.Image:

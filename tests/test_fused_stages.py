@@ -86,6 +86,10 @@ def test_fused_job_writes_exactly_what_the_unfused_job_writes(engine, db_url, me
 
 
 def test_each_file_is_read_once_and_fully_decoded_once(engine, db_url, media_dir, monkeypatch):
+    import hashlib
+
+    from PIL import ImageFile
+
     import curation.storage
     import workers.probe
     import workers.media_fetch
@@ -93,7 +97,9 @@ def test_each_file_is_read_once_and_fully_decoded_once(engine, db_url, media_dir
     reads: Counter = Counter()
     full: Counter = Counter()
     reduced: Counter = Counter()
+    pixels: Counter = Counter()  # pixel decodes Pillow really ran, by the file's sha256
     real_read, real_decode = curation.storage.read_bytes, workers.media_fetch.decode_image
+    real_probe_decode, real_load = workers.probe.decode_with_header, ImageFile.ImageFile.load
 
     def read_bytes(uri, *args, **kwargs):
         reads[uri] += 1
@@ -106,9 +112,19 @@ def test_each_file_is_read_once_and_fully_decoded_once(engine, db_url, media_dir
         (reduced if kwargs.get("draft_size") and data[:3] == b"\xff\xd8\xff" else full)[what.split(" (")[0]] += 1
         return img
 
+    def decode_with_header(data, **kwargs):
+        full[kwargs.get("what", "").split(" (")[0]] += 1
+        return real_probe_decode(data, **kwargs)
+
+    def load(self):
+        if self.tile and hasattr(self.fp, "getvalue"):  # not yet decoded: this call decodes the pixels
+            pixels[hashlib.sha256(self.fp.getvalue()).digest()] += 1
+        return real_load(self)
+
     monkeypatch.setattr(curation.storage, "read_bytes", read_bytes)
-    monkeypatch.setattr(workers.probe, "decode_image", decode_image)
+    monkeypatch.setattr(workers.probe, "decode_with_header", decode_with_header)
     monkeypatch.setattr(workers.media_fetch, "decode_image", decode_image)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
     job = submit(engine, media_dir, fuse=True)
     drain(db_url, ["probe"])
     assert job_state(engine, job) == "completed"
@@ -116,9 +132,13 @@ def test_each_file_is_read_once_and_fully_decoded_once(engine, db_url, media_dir
         n_assets = conn.execute(text("SELECT count(*) FROM assets")).scalar_one()
         decoded = conn.execute(text("SELECT count(*) FROM probe_results")).scalar_one()
         jpegs = conn.execute(text("SELECT count(*) FROM probe_results WHERE format = 'JPEG'")).scalar_one()
+        pngs = conn.execute(text("SELECT count(*) FROM probe_results WHERE format = 'PNG'")).scalar_one()
+        shas = {bytes(s) for s in conn.execute(text("SELECT sha256 FROM probe_results")).scalars()}
     assert len(reads) == n_assets and set(reads.values()) == {1}
     assert len(full) >= decoded and set(full.values()) == {1}  # broken files too: one (failed) try each
     assert jpegs and not reduced  # phash and edges get reduced views of the probe's decode, no decode of their own
+    # Pillow decoded each file's pixels once, PNGs included (whose EXIF orientation is read after the pixels)
+    assert pngs and shas <= set(pixels) and set(pixels.values()) == {1}
 
 
 def test_a_stage_that_raises_on_one_item_fails_only_that_stage_item(engine, db_url, media_dir, monkeypatch):

@@ -2,11 +2,17 @@
 "a Sobel filter for detailed edge analysis ... filters out overly simple images (e.g., plain
 backgrounds)"). The ``complexity`` stage combines it with SAM 2 masks.
 
-Scores, on the greyscale image resized so its short side is ``short_side`` px (default 256, so the
-score does not depend on the original resolution):
-- ``edge_density``: fraction of pixels whose normalised Sobel gradient magnitude (kornia) exceeds
-  ``threshold`` (default 0.1). Unitless, 0..1; a plain background is ~0, dense foliage ~0.5.
+Scores, on the greyscale image resized (bilinear) so its short side is ``short_side`` px (default 256, so
+the score does not depend on the original resolution), with the 3x3 Sobel kernels normalised to sum 1 in
+absolute value and the border replicated — the magnitude of a grey level step from 0 to 1 is 0.5:
+- ``edge_density``: fraction of pixels whose gradient magnitude exceeds ``threshold`` (default 0.1).
+  Unitless, 0..1; a plain background is ~0, dense foliage ~0.5.
 - ``edge_mean``: mean gradient magnitude, unitless, 0..~1.
+
+edges@2 computes the gradients of the 8-bit pixels exactly (OpenCV) and compares their correctly rounded
+magnitude with the threshold; edges@1 (``sobel_edges``, kornia in float32) decided pixels lying exactly on
+the threshold by rounding noise. On 140 real photos edges@2's density is lower by at most
+1e-4 (on 54 of them) and its mean equal to the 6 decimals stored but for one (1e-6).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,15 +41,36 @@ class EdgeScores:
     edge_mean: float
 
 
-def sobel_edges(image: Image.Image, short_side: int, threshold: float) -> EdgeScores:
-    """Edge density and mean Sobel magnitude of one image (the greyscale image at ``short_side`` px)."""
-    import kornia
-    import torch
+SOBEL_SCALE = 8 * 255  # the integer Sobel kernels sum to 8 in absolute value; pixels run 0..255
 
+
+def edge_grey(image: Image.Image, short_side: int) -> Image.Image:
+    """The greyscale image, bilinear-resized so its short side is ``short_side`` px."""
     w, h = image.size
     scale = short_side / min(w, h)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    grey = np.asarray(image.convert("L").resize(size, Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+    return image.convert("L").resize(size, Image.Resampling.BILINEAR)
+
+
+def edge_scores(image: Image.Image, short_side: int, threshold: float) -> EdgeScores:
+    """edges@2: edge density and mean Sobel magnitude of one image. The integer gradients are exact in float32
+    (|g| <= 1020), and so is g_x^2 + g_y^2 (< 2^24); its square root is correctly rounded, so a pixel on the
+    threshold is never an edge (edges@1 decided such pixels by float rounding noise)."""
+    grey = np.asarray(edge_grey(image, short_side))
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REPLICATE)
+    magnitude = cv2.magnitude(gx, gy)  # SOBEL_SCALE x the normalised magnitude
+    edges = cv2.countNonZero(cv2.compare(magnitude, float(np.float32(SOBEL_SCALE * threshold)), cv2.CMP_GT))
+    return EdgeScores(edge_density=round(edges / magnitude.size, 6),
+                      edge_mean=round(cv2.mean(magnitude)[0] / SOBEL_SCALE, 6))
+
+
+def sobel_edges(image: Image.Image, short_side: int, threshold: float) -> EdgeScores:
+    """edges@1's formula (kornia, float32), kept for the ``complexity`` stage whose stored scores use it."""
+    import kornia
+    import torch
+
+    grey = np.asarray(edge_grey(image, short_side), dtype=np.float32) / 255.0
     with torch.inference_mode():
         magnitude = kornia.filters.sobel(torch.from_numpy(grey)[None, None], normalized=True, eps=0.0)
         return EdgeScores(edge_density=round(float((magnitude > threshold).float().mean()), 6),
@@ -52,7 +80,7 @@ def sobel_edges(image: Image.Image, short_side: int, threshold: float) -> EdgeSc
 class EdgesStage(Stage[EdgesParams, EdgeScores]):
     name = "edges"
     view_columns = (ViewColumns("curated_images", "e", ("e.edge_density", "e.edge_mean")),)
-    version = "1"
+    version = "2"  # 2: integer gradients, exact threshold (edges@1: float32 kornia; density differs by <= 1e-4)
     result_type = EdgeScores
     result_table = "edge_results"
     Params = EdgesParams
@@ -62,10 +90,5 @@ class EdgesStage(Stage[EdgesParams, EdgeScores]):
     requires = ("probe",)
     image_draft_size = 256
 
-    def setup(self) -> None:
-        import torch
-
-        torch.set_num_threads(1)
-
     def process(self, items: Sequence[StageItem]) -> list[EdgeScores | ItemFailure]:
-        return [sobel_edges(item.image, self.params.short_side, self.params.threshold) for item in items]
+        return [edge_scores(item.image, self.params.short_side, self.params.threshold) for item in items]

@@ -47,9 +47,9 @@ from dataclasses import dataclass
 
 import re
 
-import imagehash
 import numpy as np
-from PIL import ImageOps
+import scipy.fftpack
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from workers.columns import Bits64, ViewColumns
@@ -86,6 +86,7 @@ def keep_criteria(rule: str) -> list[str]:
     return names
 
 
+HASH_INPUT = 32  # imagehash.phash's input side: hash_size 8 x highfreq_factor 4
 CENTER = 0.8  # the central share of each side hashed by phash_center
 GREYSCALE_BELOW = 4.0  # colourfulness under this is a greyscale copy (curated view's keep rule)
 DARK_LUMA = 16  # border_fill counts ring pixels at or below this luma (black fill after a JPEG re-encode)
@@ -106,8 +107,22 @@ class PhashScores:
 
 
 def phash_bits(image) -> str:
-    bits = imagehash.phash(image, hash_size=8).hash.flatten()
-    return "".join("1" if b else "0" for b in bits)
+    """``imagehash.phash`` of ``image`` (8x8 bits, row by row) as a '0'/'1' string."""
+    return _dct_bits(_hash_input(image.convert("L")))
+
+
+def _hash_input(grey) -> np.ndarray:
+    """The 32x32 greyscale pixels ``imagehash.phash`` transforms: ``grey`` resized with Lanczos."""
+    return np.asarray(grey.resize((HASH_INPUT, HASH_INPUT), Image.Resampling.LANCZOS))
+
+
+def _dct_bits(pixels: np.ndarray) -> str:
+    """imagehash.phash's bits of its 32x32 input: 2-D DCT-II, the 8x8 low-frequency block above its median
+    (``np.median``'s value: the mean of the two middle coefficients)."""
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)[:8, :8]
+    ordered = np.sort(dct, axis=None)
+    bits = np.packbits(dct > (ordered[31] + ordered[32]) / 2)
+    return format(int.from_bytes(bits.tobytes(), "big"), "064b")
 
 
 def center_crop(image, share: float = CENTER):
@@ -118,21 +133,32 @@ def center_crop(image, share: float = CENTER):
 
 def colourfulness(image) -> float:
     """Mean of |R-G| + |G-B| over a 64 px thumbnail (0 for greyscale)."""
-    thumb = np.asarray(image.convert("RGB").resize((64, 64)), dtype=np.int16)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    thumb = np.asarray(rgb.resize((64, 64)), dtype=np.int16)
     return float(np.abs(thumb[..., 0] - thumb[..., 1]).mean() + np.abs(thumb[..., 1] - thumb[..., 2]).mean())
 
 
 def border_fill(image, level: int = DARK_LUMA) -> float:
     """Share of the outermost ring of pixels with luma <= ``level`` (0..1)."""
-    a = np.asarray(image.convert("L"))
+    return _ring_fill(np.asarray(image.convert("L")), level)
+
+
+def _ring_fill(a: np.ndarray, level: int) -> float:
     ring = np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
     return float((ring <= level).mean())
 
 
 def phash_scores(image) -> PhashScores:
-    return PhashScores(phash=phash_bits(image), phash_mirror=phash_bits(ImageOps.mirror(image)),
-                       phash_center=phash_bits(center_crop(image)), colourfulness=round(colourfulness(image), 3),
-                       border_fill=round(border_fill(image), 4))
+    """Every score of one image from one greyscale conversion and one 32x32 resize of it: the mirrored hash
+    hashes that resize mirrored (Lanczos weights are symmetric, so resizing commutes with mirroring) — the
+    same bits as ``phash_bits(ImageOps.mirror(image))``; the centre hash crops the greyscale image (cropping
+    commutes with the conversion). ``tests/test_image_scores_exact.py`` checks each against its definition."""
+    grey = image.convert("L")
+    small = _hash_input(grey)
+    return PhashScores(phash=_dct_bits(small), phash_mirror=_dct_bits(np.ascontiguousarray(small[:, ::-1])),
+                       phash_center=_dct_bits(_hash_input(center_crop(grey))),
+                       colourfulness=round(colourfulness(image), 3),
+                       border_fill=round(_ring_fill(np.asarray(grey), DARK_LUMA), 4))
 
 
 class PhashStage(Stage[PhashParams, PhashScores]):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.media import DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_PIXELS, MediaError, decode_image, read_header
+from curation.media import DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_PIXELS, MediaError, decode_with_header
 from workers.columns import BigInt, SmallInt, ViewColumns
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
@@ -65,10 +65,9 @@ class ProbeStage(Stage[ProbeParams, ProbeScores]):
         data = item.data or b""
         what = f"asset {item.asset_id} ({item.uri})"
         try:
-            header = read_header(data, max_pixels=self.params.max_pixels, what=what)
-            started = time.perf_counter()
-            image = decode_image(data, max_pixels=self.params.max_pixels, timeout_s=self.params.decode_timeout_s,
-                                 what=what)
+            started = time.perf_counter()  # one parse and one decode: a PNG's EXIF orientation may follow its pixels
+            header, image = decode_with_header(data, max_pixels=self.params.max_pixels,
+                                               timeout_s=self.params.decode_timeout_s, what=what)
             decode_ms = (time.perf_counter() - started) * 1000.0
         except MediaError as exc:
             return ItemFailure(exc.error_class, str(exc))

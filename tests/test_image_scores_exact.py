@@ -1,0 +1,104 @@
+"""The fused pass's cheaper computations give what their definitions give, on the real demo photos (issue 14
+§1): the probe's one parse and decode (``decode_with_header``) is ``read_header`` + ``decode_image``; phash's
+one greyscale conversion and one 32x32 resize hash exactly as ``imagehash.phash`` of the image, of its mirror
+and of its centre; edges@2 is the integer Sobel formula, and differs from edges@1 (kornia) only on pixels
+lying exactly on the threshold."""
+
+from __future__ import annotations
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from curation.media import MediaError, decode_image, decode_with_header, read_header
+from curation.sample_media import write_broken_files
+from tests.test_media import _stored_sideways
+from workers.edges import SOBEL_SCALE, edge_grey, edge_scores, sobel_edges
+from workers.phash import CENTER, DARK_LUMA, phash_scores
+from workers.stage import reduced_view
+
+
+@pytest.fixture(scope="module")
+def photos(skimage_dir, debian_photos):
+    paths = sorted(p for p in skimage_dir.iterdir() if p.suffix in (".png", ".jpg"))
+    return paths + debian_photos["opencv"] + debian_photos["mate"]
+
+
+@pytest.fixture(scope="module")
+def decoded(photos):
+    """Each photo's full decode, as the probe leaves it for the stages after it."""
+    return {p.name: decode_image(p.read_bytes()) for p in photos}
+
+
+def test_the_probe_parses_and_decodes_once_what_header_and_decode_give_apart(skimage_dir, debian_photos, tmp_path):
+    photos = sorted(p for p in skimage_dir.iterdir() if p.suffix in (".png", ".jpg")) + debian_photos["opencv"]
+    files = [p.read_bytes() for p in photos + debian_photos["mate"][:2]]
+    files += [_stored_sideways(skimage_dir, o)[0] for o in (3, 6, 8)]
+    assert any(p.suffix == ".png" for p in photos)  # a PNG's EXIF may follow its pixels: read after the decode
+    for data in files:
+        header, image = decode_with_header(data)
+        assert header == read_header(data)
+        reference = decode_image(data)
+        assert (image.mode, image.size) == (reference.mode, reference.size)
+        assert image.tobytes() == reference.tobytes()
+    for path in write_broken_files(tmp_path, skimage_dir / "rocket.jpg").all():  # the same error, word for word
+        with pytest.raises(MediaError) as apart:
+            read_header(path.read_bytes())
+            decode_image(path.read_bytes())
+        with pytest.raises(MediaError) as once:
+            decode_with_header(path.read_bytes())
+        assert (type(once.value), str(once.value)) == (type(apart.value), str(apart.value))
+
+
+def _reference_phash(image) -> tuple:
+    """phash@3 as defined: imagehash on the image, its mirror and its central 80 %; colourfulness and border
+    fill by their formulas."""
+    def bits(img) -> str:
+        return "".join("1" if b else "0" for b in imagehash.phash(img, hash_size=8).hash.flatten())
+
+    w, h = image.size
+    dx, dy = round(w * (1 - CENTER) / 2), round(h * (1 - CENTER) / 2)
+    centre = image.crop((dx, dy, max(dx + 1, w - dx), max(dy + 1, h - dy)))
+    thumb = np.asarray(image.convert("RGB").resize((64, 64)), dtype=np.int16)
+    colour = np.abs(thumb[..., 0] - thumb[..., 1]).mean() + np.abs(thumb[..., 1] - thumb[..., 2]).mean()
+    grey = np.asarray(image.convert("L"))
+    ring = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
+    return (bits(image), bits(ImageOps.mirror(image)), bits(centre), round(float(colour), 3),
+            round(float((ring <= DARK_LUMA).mean()), 4))
+
+
+def test_phash_scores_equal_imagehash_of_the_image_its_mirror_and_its_centre(decoded):
+    flat = Image.new("RGB", (640, 480), (90, 140, 30))  # every AC coefficient 0: the bits are rounding noise
+    photo = decoded["chelsea.png"]
+    symmetric = Image.new("RGB", (2 * photo.width, photo.height))  # a photo and its mirror side by side
+    symmetric.paste(photo, (0, 0))
+    symmetric.paste(ImageOps.mirror(photo), (photo.width, 0))
+    images = [reduced_view(full, 64) for full in decoded.values()] + [flat, symmetric]
+    for image in images:
+        s = phash_scores(image)
+        assert (s.phash, s.phash_mirror, s.phash_center, s.colourfulness, s.border_fill) == _reference_phash(image)
+
+
+def _integer_sobel(image, short_side: int, threshold: float) -> tuple[float, float]:
+    """edges@2 as defined: the 3x3 Sobel gradients of the 8-bit greyscale pixels (border replicated) in
+    integers; a pixel is an edge when its magnitude exceeds the threshold exactly."""
+    p = np.pad(np.asarray(edge_grey(image, short_side), dtype=np.int64), 1, mode="edge")
+    rows = p[:-2] + 2 * p[1:-1] + p[2:]
+    cols = p[:, :-2] + 2 * p[:, 1:-1] + p[:, 2:]
+    gx, gy = rows[:, 2:] - rows[:, :-2], cols[2:] - cols[:-2]
+    squared = gx * gx + gy * gy
+    density = np.count_nonzero(squared > (SOBEL_SCALE * threshold) ** 2) / squared.size
+    return round(density, 6), float(np.sqrt(squared).mean()) / SOBEL_SCALE
+
+
+def test_edges_are_the_integer_sobel_formula_and_differ_from_edges_1_only_on_the_threshold(decoded):
+    for name, full in decoded.items():
+        view = reduced_view(full, 256)
+        got = edge_scores(view, 256, 0.1)
+        density, mean = _integer_sobel(view, 256, 0.1)
+        assert got.edge_density == density, name
+        assert abs(got.edge_mean - mean) <= 6e-7, name
+        before = sobel_edges(view, 256, 0.1)  # edges@1: ties at the threshold went either way
+        assert -1e-6 <= before.edge_density - got.edge_density <= 1e-4, name
+        assert abs(before.edge_mean - got.edge_mean) <= 1.5e-6, name  # one step of the 6th decimal
