@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from curation.media import MediaError, decode_image, decode_with_header, read_header
 from curation.sample_media import write_broken_files
 from tests.test_media import _stored_sideways
-from workers.edges import SOBEL_SCALE, edge_grey, edge_scores, sobel_edges
+from workers.edges import SOBEL_SCALE, EdgeScores, edge_grey, edge_scores
 from workers.phash import CENTER, DARK_LUMA, phash_scores
 from workers.stage import reduced_view
 
@@ -90,6 +90,18 @@ def _integer_sobel(image, short_side: int, threshold: float) -> tuple[float, flo
     squared = gx * gx + gy * gy
     density = np.count_nonzero(squared > (SOBEL_SCALE * threshold) ** 2) / squared.size
     return round(density, 6), float(np.sqrt(squared).mean()) / SOBEL_SCALE
+
+
+def sobel_edges(image, short_side: int, threshold: float) -> EdgeScores:
+    """edges@1's formula (kornia's normalised Sobel in float32), the reference edges@2 is compared with."""
+    import kornia
+    import torch
+
+    grey = np.asarray(edge_grey(image, short_side), dtype=np.float32) / 255.0
+    with torch.inference_mode():
+        magnitude = kornia.filters.sobel(torch.from_numpy(grey)[None, None], normalized=True, eps=0.0)
+        return EdgeScores(edge_density=round(float((magnitude > threshold).float().mean()), 6),
+                          edge_mean=round(float(magnitude.mean()), 6))
 
 
 def test_edges_are_the_integer_sobel_formula_and_differ_from_edges_1_only_on_the_threshold(decoded):

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation.media import fit_long_side
 from workers.columns import ViewColumns
-from workers.edges import sobel_edges
+from workers.edges import edge_scores
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 
@@ -77,7 +77,7 @@ class ComplexityStage(Stage[ComplexityParams, ComplexityScores]):
     view_columns = (ViewColumns("curated_images", "cx", ("cx.complexity", "cx.mask_count", "cx.mask_coverage",
                                                      "(cx.complexity < (tcx.params->>'simple_threshold')::float8) AS too_simple"),
                                thresholds="tcx"),)
-    version = "1"
+    version = "2"  # 2: the Sobel half is edges@2's exact integer formula
     result_type = ComplexityScores
     result_table = "complexity_results"
     Params = ComplexityParams
@@ -109,7 +109,7 @@ class ComplexityStage(Stage[ComplexityParams, ComplexityScores]):
         for item in items:
             img = fit_long_side(item.image, p.max_side)
             masks = self._sam.stats(np.asarray(img), p.points_per_side, p.pred_iou_thresh, p.stability_score_thresh)
-            edges = sobel_edges(img, p.edge_short_side, p.edge_threshold)
+            edges = edge_scores(img, p.edge_short_side, p.edge_threshold)
             score = complexity_score(masks.count, edges.edge_density, p)
             out.append(ComplexityScores(masks.count, round(masks.coverage, 6), edges.edge_density, edges.edge_mean,
                                         round(score, 6), score < p.simple_threshold, self._sam.name,

@@ -10,7 +10,7 @@ absolute value and the border replicated — the magnitude of a grey level step 
 - ``edge_mean``: mean gradient magnitude, unitless, 0..~1.
 
 edges@2 computes the gradients of the 8-bit pixels exactly (OpenCV) and compares their correctly rounded
-magnitude with the threshold; edges@1 (``sobel_edges``, kornia in float32) decided pixels lying exactly on
+magnitude with the threshold; edges@1 (kornia in float32; the test keeps its formula) decided pixels lying exactly on
 the threshold by rounding noise. On 140 real photos edges@2's density is lower by at most
 1e-4 (on 54 of them) and its mean equal to the 6 decimals stored but for one (1e-6).
 """
@@ -63,18 +63,6 @@ def edge_scores(image: Image.Image, short_side: int, threshold: float) -> EdgeSc
     edges = cv2.countNonZero(cv2.compare(magnitude, float(np.float32(SOBEL_SCALE * threshold)), cv2.CMP_GT))
     return EdgeScores(edge_density=round(edges / magnitude.size, 6),
                       edge_mean=round(cv2.mean(magnitude)[0] / SOBEL_SCALE, 6))
-
-
-def sobel_edges(image: Image.Image, short_side: int, threshold: float) -> EdgeScores:
-    """edges@1's formula (kornia, float32), kept for the ``complexity`` stage whose stored scores use it."""
-    import kornia
-    import torch
-
-    grey = np.asarray(edge_grey(image, short_side), dtype=np.float32) / 255.0
-    with torch.inference_mode():
-        magnitude = kornia.filters.sobel(torch.from_numpy(grey)[None, None], normalized=True, eps=0.0)
-        return EdgeScores(edge_density=round(float((magnitude > threshold).float().mean()), 6),
-                          edge_mean=round(float(magnitude.mean()), 6))
 
 
 class EdgesStage(Stage[EdgesParams, EdgeScores]):
