@@ -19,21 +19,28 @@ Scene splitting, frames/s = decoded frames / wall seconds, same detector (Conten
 
 Each system's cut lists are compared (they should agree within a frame).
 
+The throughput part also times the stage's default ``cascade`` detector (ContentDetector + TransNetV2
+where a cheap signal proposes a transition) on the same clips, in the same interleaved runs.
+
 Transitions (``--part transitions``): clips built from the same real footage with known hard cuts, shots
 under a second, cross-fades and fades to black, at 10 and 50 fps (``curation.transition_clips``). For the
-scenes stage's ``content``, ``transnetv2`` and ``fused`` detectors and the scenedetect CLI's
-detect-content: hard-cut precision / recall / F1 (a cut within 2 frames of a true one; cuts within 2
-frames of a true gradual transition are that transition's, counted for neither), gradual-transition
-recall (a true fade or dissolve overlapped by a detected gradual span; ``any boundary``: a span or a cut
-within it) and throughput in frames/s over the same clips, the CLI's wall time as a subprocess included.
-``transnetv2``'s transitions come from the fused run's own TransNetV2 probabilities (one inference).
+scenes stage's ``content``, ``cascade`` (the default), ``transnetv2`` and ``fused`` detectors and the
+scenedetect CLI's detect-content: hard-cut precision / recall / F1 (a cut within 2 frames of a true one;
+cuts within 2 frames of a true gradual transition are that transition's, counted for neither),
+gradual-transition recall (a true fade or dissolve overlapped by a detected gradual span; ``any
+boundary``: a span or a cut within it) and throughput in frames/s over the same clips, the CLI's wall
+time as a subprocess included: ``content``, ``cascade`` and the CLI in each of ``--runs`` interleaved
+runs (median and range; ``vs CLI`` is the median of each run's own ratio), the dense ``fused`` in the
+first ``--fused-runs`` of them (it is slow on a CPU). ``transnetv2``'s transitions come from the fused
+run's own TransNetV2 probabilities (one inference). ``uptime`` is printed before and after: the machine
+is shared.
 
 Whole pipeline: the
 ``video_probe``, ``scenes``, ``video_hash``, ``dynamics`` and ``video_text`` stages called in process
 on every clip (no database, no Ray), with the time spent decoding measured by a decode-only pass that
 reads exactly the frames each stage reads.
 
-    python bench/scenes.py [--runs 3] [--part throughput|transitions|all]
+    python bench/scenes.py [--runs 3] [--fused-runs 1] [--part throughput|transitions|all] [--skip-pipeline]
 """
 
 from __future__ import annotations
@@ -74,13 +81,22 @@ def build_clips(dest: Path) -> list[Path]:
     return sorted(p for p in dest.iterdir() if p.suffix in VIDEO_SUFFIXES and not p.name.startswith("broken_"))
 
 
-def ours(path: Path) -> tuple[list[int], int]:
-    stage = ScenesStage(ScenesParams(detector="content"))
+_STAGES: dict[str, ScenesStage] = {}
+
+
+def ours(path: Path, detector: str = "content") -> tuple[list[int], int]:
     from workers.video_probe import VideoProbeStage
 
+    if detector not in _STAGES:  # an actor sets its stage (and model) up once: not timed past the first clip
+        _STAGES[detector] = ScenesStage(ScenesParams(detector=detector))
+        _STAGES[detector].setup()
     probe = VideoProbeStage().process([StageItem(0, str(path), path=str(path))])[0]
-    result = stage.process([StageItem(0, str(path), path=str(path), prior={"video_probe": probe})])[0]
+    result = _STAGES[detector].process([StageItem(0, str(path), path=str(path), prior={"video_probe": probe})])[0]
     return result.cut_frames, result.frames
+
+
+def ours_cascade(path: Path) -> tuple[list[int], int]:
+    return ours(path, "cascade")
 
 
 def library(path: Path) -> tuple[list[int], int]:
@@ -190,14 +206,17 @@ def score(truth: ClipTruth, cuts: list[int], gradual: list[tuple[int, int]]) -> 
             "gradual_spans_right": sum(1 for x, y in gradual if any(x < b and a < y for a, b in truth.gradual))}
 
 
-def table(title: str, clips: list[str], built, results, seconds) -> None:
+DETECTORS = ("content", "cascade", "transnetv2", "fused", "scenedetect CLI")
+
+
+def table(title: str, clips: list[str], built, results, seconds: dict[str, list[float]]) -> None:
     total = sum(built[c][1].frames for c in clips)
     print(f"\n{title}: {len(clips)} clips, {total:,} frames")
     print(f"{'detector':<18}{'cut P':>7}{'cut R':>7}{'cut F1':>8}{'gradual R':>11}{'any boundary':>14}"
-          f"{'spans right':>13}{'frames/s':>10}{'vs CLI':>8}")
+          f"{'spans right':>13}{'frames/s (range)':>20}{'vs CLI':>8}")
     timed = title == "all clips"  # the timings are of every clip
-    cli_rate = total / seconds["scenedetect CLI"]
-    for name in ("content", "transnetv2", "fused", "scenedetect CLI"):
+    cli = seconds["scenedetect CLI"]
+    for name in (d for d in DETECTORS if d in results):
         agg: dict[str, int] = {}
         for c in clips:
             for k, v in score(built[c][1], *results[name][c]).items():
@@ -206,16 +225,23 @@ def table(title: str, clips: list[str], built, results, seconds) -> None:
         rec = agg["hit"] / agg["true_cuts"]
         f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
         if timed and name in seconds:
-            rate = f"{total / seconds[name]:>10,.0f}{total / seconds[name] / cli_rate:>7.2f}x"
+            rates = sorted(total / t for t in seconds[name])
+            ratio = statistics.median(c / t for t, c in zip(seconds[name], cli))  # each run's own ratio
+            span = f"{statistics.median(rates):,.0f} ({rates[0]:,.0f}-{rates[-1]:,.0f})"
+            rate = f"{span:>20}{ratio:>7.2f}x"
         else:
-            rate = f"{'(in fused)' if timed else '':>10}{'':>8}"
+            rate = f"{'(in fused)' if timed else '':>20}{'':>8}"
         spans = f"{agg['gradual_spans_right']}/{agg['gradual_spans']}"
         grec = f"{agg['gradual_found'] / agg['true_gradual']:>11.2f}" if agg["true_gradual"] else f"{'-':>11}"
         touched = f"{agg['touched'] / agg['true_gradual']:>14.2f}" if agg["true_gradual"] else f"{'-':>14}"
         print(f"{name:<18}{prec:>7.3f}{rec:>7.3f}{f1:>8.3f}{grec}{touched}{spans:>13}{rate}")
 
 
-def transitions(folder: Path) -> None:
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def transitions(folder: Path, runs: int, fused_runs: int) -> None:
     from workers.video_probe import VideoProbeStage
 
     built = build_transition_clips(folder / "transitions", sample_clips())
@@ -231,37 +257,49 @@ def transitions(folder: Path) -> None:
           f"{sum(k == 'fade' for c in clips for k in built[c][1].gradual_kinds)} fades to black)")
     probes = {c: VideoProbeStage().process([StageItem(0, str(built[c][0]), path=str(built[c][0]))])[0] for c in clips}
     results: dict[str, dict[str, tuple[list[int], list[tuple[int, int]]]]] = {}
-    seconds: dict[str, float] = {}
-    for detector in ("content", "fused"):
-        stage = ScenesStage(ScenesParams(detector=detector))
-        stage.setup()  # the model loads once per actor: not timed
-        probabilities = {}
-        if stage.model is not None:
-            predict = stage.model.predict
+    seconds: dict[str, list[float]] = {}
+    stages = {d: ScenesStage(ScenesParams(detector=d)) for d in ("content", "cascade", "fused")}
+    stages["cascade"].setup()  # the model loads once per actor: not timed
+    probabilities = {}
 
-            def spy(frames, _predict=predict):
-                probabilities["last"] = _predict(frames)
-                return probabilities["last"]
+    class Spy:  # fused's TransNetV2, keeping its last probabilities for the transnetv2 row
+        def __init__(self, model):
+            self.model, self.weights_sha256 = model, model.weights_sha256
 
-            stage.model.predict = spy
-        results[detector], learned = {}, {}
+        def predict(self, frames, only=None):
+            probabilities["last"] = self.model.predict(frames, only=only)
+            return probabilities["last"]
+
+    stages["fused"].model = Spy(stages["cascade"].model)
+    print(f"uptime before: {uptime()}", flush=True)
+    for run in range(runs):  # interleaved: the machine is shared, so each run's ratios are of the same moment
+        for detector in ("content", "cascade", "fused"):
+            if detector == "fused" and run >= fused_runs:
+                continue
+            stage = stages[detector]
+            out, learned = {}, {}
+            started = time.perf_counter()
+            for c in clips:
+                path = built[c][0]
+                r = stage.process([StageItem(0, str(path), path=str(path), prior={"video_probe": probes[c]})])[0]
+                out[c] = (r.cut_frames, list(zip(r.gradual_starts or [], r.gradual_ends or [])))
+                if detector == "fused":
+                    pr = probabilities["last"]
+                    cuts, gradual = transitions_from_probabilities(pr.single, pr.many, probes[c].fps, stage.params)
+                    learned[c] = (spaced(cuts, min_gap_frames(stage.params.min_cut_gap_s, probes[c].fps)), gradual)
+            seconds.setdefault(detector, []).append(time.perf_counter() - started)
+            results.setdefault(detector, out)
+            if learned:
+                results.setdefault("transnetv2", learned)
+            print(f"  run {run + 1} ours {detector}: {seconds[detector][-1]:.1f} s", flush=True)
         started = time.perf_counter()
-        for c in clips:
-            path = built[c][0]
-            r = stage.process([StageItem(0, str(path), path=str(path), prior={"video_probe": probes[c]})])[0]
-            results[detector][c] = (r.cut_frames, list(zip(r.gradual_starts or [], r.gradual_ends or [])))
-            if probabilities:
-                pr = probabilities["last"]
-                cuts, gradual = transitions_from_probabilities(pr.single, pr.many, probes[c].fps, stage.params)
-                learned[c] = (spaced(cuts, min_gap_frames(stage.params.min_cut_gap_s, probes[c].fps)), gradual)
-        seconds[detector] = time.perf_counter() - started
-        if learned:
-            results["transnetv2"] = learned
-        print(f"  ours {detector}: {seconds[detector]:.1f} s", flush=True)
-    started = time.perf_counter()
-    results["scenedetect CLI"] = {c: (cli_cuts(built[c][0]), []) for c in clips}
-    seconds["scenedetect CLI"] = time.perf_counter() - started
-    print(f"  scenedetect CLI: {seconds['scenedetect CLI']:.1f} s", flush=True)
+        results.setdefault("scenedetect CLI", {c: (cli_cuts(built[c][0]), []) for c in clips})
+        if run:
+            for c in clips:
+                cli_cuts(built[c][0])
+        seconds.setdefault("scenedetect CLI", []).append(time.perf_counter() - started)
+        print(f"  run {run + 1} scenedetect CLI: {seconds['scenedetect CLI'][-1]:.1f} s", flush=True)
+    print(f"uptime after: {uptime()}", flush=True)
 
     for title, subset in (("all clips", clips),
                           ("built, tuned on (a-c)", [c for c in clips if c.startswith("transitions")]),
@@ -272,7 +310,7 @@ def transitions(folder: Path) -> None:
     for c in clips:
         t = built[c][1]
         print(f"  {c}: truth cuts {t.cuts} gradual {t.gradual}")
-        for name in ("content", "transnetv2", "fused", "scenedetect CLI"):
+        for name in (d for d in DETECTORS if d in results):
             cuts, gradual = results[name][c]
             print(f"    {name:<16} cuts {cuts} gradual {gradual}")
 
@@ -281,10 +319,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "curation-bench-videos")
+    ap.add_argument("--fused-runs", type=int, default=1, help="transitions: runs that also time the dense fused")
     ap.add_argument("--part", choices=("throughput", "transitions", "all"), default="all")
+    ap.add_argument("--skip-pipeline", action="store_true", help="throughput: scene splitting only, not the whole "
+                    "video pipeline")
     args = ap.parse_args()
     if args.part in ("transitions", "all"):
-        transitions(args.folder)
+        transitions(args.folder, args.runs, args.fused_runs)
         if args.part == "transitions":
             return
         print()
@@ -292,8 +333,9 @@ def main() -> None:
     total_s = sum(probe_video(c).duration_s for c in clips)
     print(f"{len(clips)} clips, {total_s:.0f} s of video, {sum(probe_video(c).frames for c in clips):,} frames")
 
-    systems = {"ours (PyAV + ContentDetector)": ours, "scenedetect.detect (library)": library,
-               "scenedetect CLI (subprocess)": cli}
+    systems = {"ours (PyAV + ContentDetector)": ours, "ours cascade (default detector)": ours_cascade,
+               "scenedetect.detect (library)": library, "scenedetect CLI (subprocess)": cli}
+    print(f"uptime before: {uptime()}", flush=True)
     rates: dict[str, list[float]] = {k: [] for k in systems}
     cut_lists: dict[str, dict[str, list[int]]] = {}
     for run in range(args.runs):
@@ -306,18 +348,22 @@ def main() -> None:
              if len(cut_lists["ours (PyAV + ContentDetector)"][c.name]) == len(cut_lists["scenedetect.detect (library)"][c.name])
              and all(abs(a - b) <= 1 for a, b in zip(cut_lists["ours (PyAV + ContentDetector)"][c.name],
                                                     cut_lists["scenedetect.detect (library)"][c.name]))]
+    print(f"uptime after: {uptime()}")
     print()
-    base = statistics.median(rates["ours (PyAV + ContentDetector)"])
-    print(f"{'scene splitting':<34}{'frames/s':>10}{'ours / this':>13}")
+    cli_rates = rates["scenedetect CLI (subprocess)"]
+    print(f"{'scene splitting':<34}{'frames/s (range)':>22}{'vs CLI (median of runs, range)':>33}")
     for name, r in rates.items():
-        m = statistics.median(r)
-        print(f"{name:<34}{m:>10,.0f}{base / m:>12.2f}x")
+        ratios = sorted(a / b for a, b in zip(r, cli_rates))  # each run against the CLI of the same run
+        span = f"{statistics.median(r):,.0f} ({min(r):,.0f}-{max(r):,.0f})"
+        print(f"{name:<34}{span:>22}{statistics.median(ratios):>14.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})")
     print(f"cut lists of ours and the library agree within 1 frame on {len(agree)} of {len(clips)} clips")
     for c in clips:
         a, b = cut_lists["ours (PyAV + ContentDetector)"][c.name], cut_lists["scenedetect.detect (library)"][c.name]
         if c.name not in agree:
             print(f"  {c.name}: ours {a} / library {b}")
 
+    if args.skip_pipeline:
+        return
     print()
     started = time.perf_counter()
     per_stage = pipeline(clips)
