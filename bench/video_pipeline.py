@@ -87,7 +87,8 @@ def run(db_url: str, engine, folder: Path, stages: list[dict], fuse: bool, clock
     from sqlalchemy import text
 
     from tests.helpers import submit_spec
-    from workers.runtime import StageWorker, fused_refs
+    from workers.groups import fused_refs
+    from workers.runtime import StageWorker
 
     empty(engine)
     job = submit_spec(engine, {"name": f"bench-{'on' if fuse else 'off'}", "modality": "video",

@@ -94,6 +94,8 @@ def retry(engine: Engine, job_id: int) -> tuple[int, int]:
     with engine.begin() as conn:
         spec = _read_job(conn, job_id, lock=True).spec  # the lock: one retry of a job at a time
         stage_classes = dict(zip((s.name for s in spec.stages), spec.stage_classes()))
+        index_of = {s.name: i for i, s in enumerate(spec.stages)}
+        from workers.groups import task_runtime_s  # a retried task runs its stage's fused group
         failed = conn.execute(text(
             "DELETE FROM item_errors e USING job_assets ja WHERE ja.asset_id = e.asset_id AND ja.job_id = :j "
             "RETURNING e.stage, e.asset_id"), {"j": job_id}).all()
@@ -107,7 +109,8 @@ def retry(engine: Engine, job_id: int) -> tuple[int, int]:
             cls = stage_classes[stage]
             chunks = [(f"retry{stamp}-{i}", c) for i, c in enumerate(chunked(sorted(ids), spec.chunk_size))]
             n_tasks += enqueue(conn, job_id=job_id, stage=stage, stage_version=cls.stage_version(), chunks=chunks,
-                               max_attempts=spec.max_attempts, max_runtime_s=cls.max_runtime_s)
+                               max_attempts=spec.max_attempts,
+                               max_runtime_s=task_runtime_s(spec, index_of[stage]))
         if n_tasks:
             conn.execute(text("UPDATE jobs SET status = 'running', finished_at = NULL WHERE job_id = :j"),
                          {"j": job_id})

@@ -214,6 +214,8 @@ def submit(engine: Engine, spec: JobSpec, *, base: Path = Path(".")) -> Submissi
     uris = list(listed)
     if not uris:
         raise SpecError(f"source.uri: {spec.source.uri} lists no files with the expected suffixes")
+    from workers.groups import task_runtime_s  # the stages a task runs: the worker's rule
+
     first = spec.stage_classes()[0]
     spec_json = spec.model_dump(mode="json")
     with engine.begin() as conn:
@@ -250,7 +252,7 @@ def submit(engine: Engine, spec: JobSpec, *, base: Path = Path(".")) -> Submissi
         chunks = [(f"c{i}", ids) for i, ids in enumerate(chunked(asset_ids, spec.chunk_size))]
         n_tasks = enqueue(
             conn, job_id=job_id, stage=spec.stages[0].name, stage_version=first.stage_version(), chunks=chunks,
-            max_attempts=spec.max_attempts, max_runtime_s=first.max_runtime_s,
+            max_attempts=spec.max_attempts, max_runtime_s=task_runtime_s(spec, 0),
         )
     return Submission(job_id=job_id, n_assets=len(asset_ids), n_tasks=n_tasks)
 

@@ -12,7 +12,8 @@ from sqlalchemy import text
 from curation.sample_media import write_broken_files
 from tests.conftest import ALL_TABLES
 from tests.helpers import job_state, submit_spec
-from workers.runtime import StageWorker, fused_refs
+from workers.groups import fused_refs
+from workers.runtime import StageWorker
 from workers.stage import get_stage
 
 STAGES = ["probe", "resolution", "phash", "edges"]
@@ -167,6 +168,26 @@ def test_a_stage_that_raises_on_one_item_fails_only_that_stage_item(engine, db_u
         others = conn.execute(text("SELECT count(*) FROM phash_results")).scalar_one()
         edges = conn.execute(text("SELECT count(*) FROM edge_results")).scalar_one()
     assert others >= 8 and edges == others
+
+
+def test_a_group_task_gets_the_run_time_of_every_stage_it_runs(engine, db_url, media_dir, monkeypatch):
+    """The first tasks (the submission) and retried tasks (``curation retry``) of a group's first stage
+    run the whole group: their limit is the sum of the group's, as the runtime gives the tasks it enqueues."""
+    from curation.jobs import retry
+
+    group = sum(get_stage(s).max_runtime_s for s in STAGES)
+    assert group > get_stage("probe").max_runtime_s
+    job = submit(engine, media_dir, fuse=True, name="limits")
+    with engine.connect() as conn:
+        limits = conn.execute(text("SELECT DISTINCT max_runtime_s FROM tasks WHERE job_id = :j"), {"j": job}).scalars().all()
+    assert limits == [group]
+    drain(db_url, ["probe"])
+    assert job_state(engine, job) == "completed"  # the broken files failed at the probe
+    failed, n_tasks = retry(engine, job)
+    assert failed >= 1 and n_tasks >= 1
+    with engine.connect() as conn:
+        retried = conn.execute(text("SELECT stage, max_runtime_s FROM tasks WHERE job_id = :j"), {"j": job}).all()
+    assert {tuple(r) for r in retried} == {("probe", group)}
 
 
 def test_running_the_job_again_scores_nothing(engine, db_url, media_dir):

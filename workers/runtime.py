@@ -43,7 +43,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from curation import storage
-from curation.broker import Broker, Completion, Lease, NextStage
+from curation.broker import Broker, Completion, Lease
 from curation.config import BrokerTiming
 from curation.db import make_engine, with_reconnect
 from curation.dedup import record_near_duplicates
@@ -55,8 +55,9 @@ from curation.result_tables import result_table
 from curation.schema import Base
 from curation.spec import JobSpec
 from curation.storage import StorageError
+from workers.groups import fused_refs, next_stage_of
 from workers.media_fetch import Media, decode_upright, read_media
-from workers.scene_frames import FrameSampledStage, SceneDecode, shared_decodes
+from workers.scene_frames import SceneDecode, shared_decodes
 from workers.stage import (
     ItemFailure,
     Span,
@@ -156,53 +157,6 @@ def limit_model_threads(cpus: float) -> int:
     if cv2 is not None:
         cv2.setNumThreads(n)
     return n
-
-
-def fusable(spec: JobSpec, index: int) -> bool:
-    """Whether the job's stage ``index`` may run inside a fused pass, on the CPU (no GPU in its class or the
-    job's spec) and creating no assets:
-
-    - in an image job, an image stage that loads no model (``Stage.model_free``) and takes at most the
-      bytes, the decoded image and earlier results;
-    - in a video job, a frame-sampled scene stage (``FrameSampledStage``), model stages included: what
-      they share is the decode of each scene's frames, which costs more than most of their scoring.
-
-    Scene splits, windows, GPU stages and the other stages keep their own pools and tasks."""
-    cls = get_stage(spec.stages[index].name)
-    if cls.resources.gpus > 0 or (spec.stages[index].gpus or 0) > 0:
-        return False
-    if cls.children_field is not None or cls.windowed or cls.pairs_field is not None:
-        return False
-    if spec.modality == "video":
-        return "video" in cls.modalities and issubclass(cls, FrameSampledStage)
-    if spec.modality != "image" or "image" not in cls.modalities or cls.needs_path:
-        return False
-    return cls.embedding_model_param is None and cls.model_free(spec.stage_params(index))
-
-
-def fused_refs(spec: JobSpec, index: int) -> list[str]:
-    """The stages a task of the job's stage ``index`` runs: that stage and the fusable stages right
-    after it when the job fuses (``fuse_cpu_stages``) and the stage itself is fusable; else the stage
-    alone. An image group takes no stage that needs more CPUs than its first (they run on its actors);
-    a video group's actors get the most CPUs any of its stages declares (``workers/supervisor.py``)."""
-    refs = [s.name for s in spec.stages]
-    end = index + 1
-    if spec.fuse_cpu_stages and fusable(spec, index):
-        cpus = get_stage(refs[index]).resources.cpus  # an image group runs on the first stage's actors
-        while end < len(refs) and fusable(spec, end) and (
-                spec.modality == "video" or get_stage(refs[end]).resources.cpus <= cpus):
-            end += 1
-    return refs[index:end]
-
-
-def next_stage_of(spec: JobSpec, index: int) -> NextStage | None:
-    """The stage the survivors of the job's stage ``index - 1`` are enqueued for, with the run time its
-    tasks get: that of every stage its task runs (``fused_refs``)."""
-    if index >= len(spec.stages):
-        return None
-    ref = spec.stages[index].name
-    return NextStage(ref, get_stage(ref).stage_version(),
-                     sum(get_stage(r).max_runtime_s for r in fused_refs(spec, index)))
 
 
 _CONTENT_TWINS = (  # {table}: the stage's result table (a name from the stage class, not user input)

@@ -181,7 +181,7 @@ def read_throughput(conn: Connection, stages: Sequence[str], after: int | None) 
 
 def _fused_most(pools: Mapping[str, int], specs: Sequence[Any], need: Callable[[type[Stage]], float]
                 ) -> dict[str, float]:
-    from workers.runtime import fused_refs
+    from workers.groups import fused_refs
 
     out: dict[str, float] = {}
     for spec in specs:
@@ -194,7 +194,7 @@ def _fused_most(pools: Mapping[str, int], specs: Sequence[Any], need: Callable[[
 
 def fused_memory(pools: Mapping[str, int], specs: Sequence[Any]) -> dict[str, float]:
     """Bytes of memory an actor of each fused group's first stage asks for: the most any stage of the
-    group declares (``workers.runtime.fused_refs``)."""
+    group declares (``workers.groups.fused_refs``)."""
     return _fused_most(pools, specs, lambda cls: float(int(cls.resources.memory_gb * 2**30)))
 
 
@@ -207,8 +207,8 @@ def fused_cpus(pools: Mapping[str, int], specs: Sequence[Any]) -> dict[str, floa
 
 def fused_pool_maxima(pools: Mapping[str, int], specs: Sequence[Any]) -> dict[str, int]:
     """``pools`` with the first stage of each fused group of the jobs ``specs`` raised to the largest
-    maximum of its group: that pool runs the whole group's work (``workers.runtime.fused_refs``)."""
-    from workers.runtime import fused_refs
+    maximum of its group: that pool runs the whole group's work (``workers.groups.fused_refs``)."""
+    from workers.groups import fused_refs
 
     out = dict(pools)
     for spec in specs:
