@@ -18,15 +18,16 @@ Method
   into ``%(name)s``) with one column added to its ``RETURNING`` list: ``clock_timestamp() -
   statement_timestamp()``, the claim's own time inside the server. Claim variants (``--claims``):
 
-  - ``broker``: exactly what ``Broker.claim`` sends today (checked in the server's statement log): the
+  - ``five``: what ``Broker.claim`` sent until 2026-12-01 (checked in the server's statement log): the
     engine's ``pool_pre_ping`` ``SELECT 1``; ``BEGIN``; ``SET LOCAL synchronous_commit = off``; the claim;
-    ``COMMIT`` — five round trips.
-  - ``one``: the proposed ``Broker.claim`` (see the report): the pre-ping, then ``SET LOCAL ...; <the
-    claim>`` as *one* simple-query message on an autocommit connection — PostgreSQL runs a
-    multi-statement message as one implicit transaction, so ``SET LOCAL`` still holds for the claim and
-    its commit (tests/test_claim_one_message.py) — two round trips.
-  - ``one1``: ``one`` on an engine without ``pool_pre_ping`` — one round trip (its completion skips the
-    ping too).
+    ``COMMIT`` — five round trips. Kept as the reference.
+  - ``one``: ``SET LOCAL ...; <the claim>`` as *one* simple-query message on an autocommit connection —
+    PostgreSQL runs a multi-statement message as one implicit transaction, so ``SET LOCAL`` still holds
+    for the claim and its commit (tests/test_claim_one_message.py) — after the pre-ping: two round trips
+    (``Broker.claim`` on a pre-pinging engine, e.g. the CLI's).
+  - ``broker``: what a worker's ``Broker.claim`` sends now: ``one`` on the runtime's engine, which has no
+    ``pool_pre_ping`` (every use is retried on a lost connection) — one round trip (its completion skips
+    the ping too).
   - ``pgmq``: a peer, **pgmq's read query on a plain table** (the pgmq extension is not installable
     here): ``WITH cte AS (SELECT msg_id ... WHERE vt <= clock_timestamp() ORDER BY msg_id LIMIT 1 FOR
     UPDATE SKIP LOCKED) UPDATE ... SET vt = clock_timestamp() + 600 s, read_ct = read_ct + 1 ...
@@ -51,7 +52,7 @@ Method
   (rate, route, variant) is run ``--runs`` times, interleaved; the summary gives medians and ranges.
 
     OMP_NUM_THREADS=1 python bench/broker_pollers.py [--pollers 1000] [--procs 4] [--rates 100,200,400]
-        [--modes direct,pgbouncer] [--claims broker,one,one1,pgmq] [--runs 3] [--duration-s 20] [--warmup-s 5]
+        [--modes direct,pgbouncer] [--claims five,one,broker,pgmq] [--runs 3] [--duration-s 20] [--warmup-s 5]
         [--pool-size 4[,16]] [--tasks 1 (idle polling)] [--work-s S  (overrides --rates)]
 """
 
@@ -98,7 +99,7 @@ _PGMQ_READ = f"""
     RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, {_SERVER_TIME}
 """
 _PGMQ_DELETE = "DELETE FROM pgmq_q WHERE msg_id = %s RETURNING msg_id"
-ROUND_TRIPS = {"broker": 5, "one": 2, "one1": 1, "pgmq": 1}
+ROUND_TRIPS = {"five": 5, "one": 2, "broker": 1, "pgmq": 1}
 CLAIM_SQL = ""  # broker_claim_sql(), set in each poller process
 
 
@@ -151,15 +152,15 @@ class _Poller:
     async def claim(self):
         """One claim; returns (row or None, server seconds or None)."""
         cur = self.conn.cursor()
-        if self.variant in ("broker", "one"):  # the engine's pool_pre_ping on every checkout
+        if self.variant in ("five", "one"):  # the engine's pool_pre_ping on every checkout
             await cur.execute("SELECT 1")
-        if self.variant == "broker":  # Broker.claim today: BEGIN / SET LOCAL / claim / COMMIT
+        if self.variant == "five":  # Broker.claim before: BEGIN / SET LOCAL / claim / COMMIT
             await cur.execute("BEGIN")
             await cur.execute(_SYNC_OFF)
             await cur.execute(CLAIM_SQL, self.params)
             row = await cur.fetchone()
             await cur.execute("COMMIT")
-        elif self.variant in ("one", "one1"):  # proposed: one message, one implicit transaction
+        elif self.variant in ("one", "broker"):  # Broker.claim: one message, one implicit transaction
             await cur.execute(f"{_SYNC_OFF}; {CLAIM_SQL}", self.params)
             cur.nextset()  # past the SET's result
             row = await cur.fetchone()
@@ -175,7 +176,7 @@ class _Poller:
             await cur.execute(_PGMQ_DELETE, (row[0],))
             return
         task_id, job_id, stage, _, attempt, lease_id = row[:6]
-        if self.variant != "one1":
+        if self.variant != "broker":
             await cur.execute("SELECT 1")
         await cur.execute("BEGIN")
         claimed = await (await cur.execute(_DELETE, (task_id, lease_id))).fetchone()
@@ -408,9 +409,10 @@ def main() -> None:
     ap.add_argument("--duration-s", type=float, default=20.0)
     ap.add_argument("--tasks", type=int, default=None, help="backlog (64 assets per task); default: 1.5x a run's claims")
     ap.add_argument("--modes", default="direct,pgbouncer")
-    ap.add_argument("--claims", default="broker,one,one1,pgmq",
-                    help="claim variants: broker (Broker.claim today), one (proposed one-message Broker.claim), "
-                    "one1 (that without the engine's pre-ping), pgmq (peer: pgmq's read query on a plain table)")
+    ap.add_argument("--claims", default="five,one,broker,pgmq",
+                    help="claim variants: five (Broker.claim before 2026-12-01: pre-ping, BEGIN, SET, claim, "
+                    "COMMIT), one (the one-message claim after a pre-ping), broker (a worker's Broker.claim now: "
+                    "one message, no pre-ping), pgmq (peer: pgmq's read query on a plain table)")
     ap.add_argument("--pool-size", default="4", help="PgBouncer server connections (default_pool_size); several "
                     "(4,16) make one PgBouncer route each, interleaved like the rest")
     ap.add_argument("--runs", type=int, default=3)

@@ -117,6 +117,10 @@ _CLAIM = text(
     """
 )
 
+# The claim as one message: the multi-statement string runs as one implicit transaction on an autocommit
+# connection, so SET LOCAL holds for this claim and its commit only (psycopg2 binds parameters client-side).
+_CLAIM_ONE_MESSAGE = text("SET LOCAL synchronous_commit = off;" + _CLAIM.text)
+
 _ENQUEUE = text(
     """
     INSERT INTO tasks (job_id, stage, stage_version, asset_ids, dedupe_key, max_attempts, max_runtime_s, priority)
@@ -500,10 +504,13 @@ class Broker:
         The claim's commit does not wait for its WAL flush (``synchronous_commit = off`` for this
         transaction only): a claim lost in a server crash is harmless, since the task is then ready
         again, and the lease the worker holds no longer matches, so its completion is fenced out and
-        the task reruns. Completions stay synchronous (they carry the results)."""
-        with self.engine.begin() as conn:
-            conn.execute(text("SET LOCAL synchronous_commit = off"))
-            rows = conn.execute(_CLAIM, {"stage": stage, "n": n, "worker": worker_id}).all()
+        the task reruns. Completions stay synchronous (they carry the results).
+
+        One round trip: ``SET LOCAL`` and the claim go as one simple-query message on an autocommit
+        connection, which PostgreSQL runs as one implicit transaction (tests/test_claim_one_message.py);
+        BEGIN, SET, claim, COMMIT were four (bench/broker_pollers.py, ``broker`` vs ``one``)."""
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            rows = conn.execute(_CLAIM_ONE_MESSAGE, {"stage": stage, "n": n, "worker": worker_id}).all()
         return [
             Lease(
                 task_id=r[0], job_id=r[1], stage=r[2], stage_version=r[3], attempt=r[4], lease_id=r[5],

@@ -40,12 +40,14 @@ def database_url(settings: Settings | None = None, *, start_embedded: bool = Tru
     return url
 
 
-def make_engine(url: str, *, pool_size: int = 2, application_name: str = "curation") -> Engine:
+def make_engine(url: str, *, pool_size: int = 2, application_name: str = "curation", pre_ping: bool = True) -> Engine:
+    """An engine whose pool pings a connection before lending it (``pre_ping``), unless every use of the
+    engine is retried on a lost connection anyway (``with_reconnect``: the worker runtime)."""
     return create_engine(
         url,
         pool_size=pool_size,
         max_overflow=2,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_recycle=600,
         connect_args={
             "application_name": application_name,

@@ -1,7 +1,7 @@
-"""The one-round-trip claim proposed for ``Broker.claim`` (bench/broker_pollers.py ``one``), and the
-bench's use of the broker's own claim statement.
+"""``Broker.claim`` in one round trip (bench/broker_pollers.py measured it as ``one`` before it became the
+broker's claim), and the bench's use of the broker's own claim statement.
 
-The proposal sends ``SET LOCAL synchronous_commit = off; <the claim>`` as one simple-query message on an
+The claim sends ``SET LOCAL synchronous_commit = off; <the claim>`` as one simple-query message on an
 autocommit connection. PostgreSQL runs a multi-statement message as one implicit transaction, so the
 ``SET LOCAL`` holds for the claim and its commit, and for nothing after it."""
 
@@ -13,16 +13,12 @@ from collections import Counter
 from sqlalchemy import text
 
 from bench.broker_pollers import broker_claim_sql
-from curation.broker import _CLAIM, Broker
+from curation.broker import _CLAIM, _CLAIM_ONE_MESSAGE, Broker
 from tests.test_broker import TIMING, make_job
 
-_ONE_MESSAGE = text("SET LOCAL synchronous_commit = off;" + _CLAIM.text)
 
-
-def claim_one_message(engine, worker_id: int, stage: str, n: int = 1) -> list[tuple]:
-    """The proposed ``Broker.claim`` body: one message, no BEGIN / COMMIT round trips."""
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        return conn.execute(_ONE_MESSAGE, {"stage": stage, "n": n, "worker": worker_id}).all()
+def test_the_claim_is_one_message():
+    assert _CLAIM_ONE_MESSAGE.text == "SET LOCAL synchronous_commit = off;" + _CLAIM.text
 
 
 def test_bench_measures_the_brokers_claim_statement():
@@ -35,16 +31,19 @@ def test_bench_measures_the_brokers_claim_statement():
     assert sql.startswith(body.rstrip())
 
 
-def test_one_message_claim_leases_committed_tasks(engine):
+def test_the_claim_leases_committed_tasks(engine):
     make_job(engine, 10, 2)
     broker = Broker(engine, TIMING)
     w = broker.register_worker("probe", "test", 1)
-    rows = claim_one_message(engine, w, "probe", n=2)
-    assert len(rows) == 2
+    leases = broker.claim(w, "probe", n=2)
+    assert len(leases) == 2
     with engine.connect() as other:  # committed: another session sees the leases
         leased = other.execute(text("SELECT task_id, lease_owner, lease_id::text FROM tasks WHERE state = 'leased' "
                                     "ORDER BY task_id")).all()
-    assert [(r[0], r[1], r[2]) for r in leased] == sorted((r[0], w, r[5]) for r in rows)
+    assert [(r[0], r[1], r[2]) for r in leased] == sorted((x.task_id, w, x.lease_id) for x in leases)
+    with engine.connect() as conn:  # the pooled connection the claim used is back to the server's settings
+        assert conn.execute(text("SELECT current_setting('synchronous_commit')")).scalar_one() == "on"
+        assert conn.connection.driver_connection.autocommit is False  # and out of autocommit
 
 
 def test_set_local_holds_for_the_message_only(engine):
@@ -62,7 +61,7 @@ def test_set_local_holds_for_the_message_only(engine):
         fairy.close()
 
 
-def test_one_message_claimers_never_share_a_task(engine):
+def test_claimers_never_share_a_task(engine):
     make_job(engine, 400, 1)
     broker = Broker(engine, TIMING)
     claimed: list[int] = []
@@ -70,9 +69,9 @@ def test_one_message_claimers_never_share_a_task(engine):
 
     def claimer(i: int):
         w = broker.register_worker("probe", "test", i)
-        while rows := claim_one_message(engine, w, "probe", n=3):
+        while leases := broker.claim(w, "probe", n=3):
             with lock:
-                claimed.extend(r[0] for r in rows)
+                claimed.extend(x.task_id for x in leases)
 
     threads = [threading.Thread(target=claimer, args=(i,)) for i in range(8)]
     for t in threads:

@@ -238,7 +238,10 @@ class StageWorker:
         self.stage_ref = stage_ref
         self.stage_cls = get_stage(stage_ref)
         self.timing = timing or BrokerTiming.from_env()
-        self.engine = make_engine(database_url, pool_size=2, application_name=f"curation-{self.stage_cls.name}")
+        # no pre-ping: every use of this engine (broker calls, task reads) is retried on a lost connection
+        # (with_reconnect), so a ping round trip before each claim and completion buys nothing
+        self.engine = make_engine(database_url, pool_size=2, application_name=f"curation-{self.stage_cls.name}",
+                                  pre_ping=False)
         self.broker = Broker(self.engine, self.timing)
         self.claim_batch = claim_batch
         self._stages: dict[str, tuple[Stage, StageConfig]] = {}
