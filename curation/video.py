@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -252,6 +254,19 @@ def iter_frames(
     orientation, before rotation) or to a short side of ``short_side``. Seeks to the key frame before
     ``start_s``, so a scene in the middle of a long video costs one GOP of extra decoding. Pixels are
     RGB, or BGR (OpenCV's order) with ``bgr``, or luma with ``gray``."""
+    with _decoding(path, start_s, end_s, threads=threads, max_pixels=max_pixels, timeout_s=timeout_s,
+                   what=what) as (cc, frames):
+        target = size or scaled_size(cc.width, cc.height, short_side)
+        for index, (frame, t) in enumerate(frames):
+            yield DecodedFrame(index, t, _to_array(frame, target, _rotation(frame), gray, bgr))
+
+
+@contextmanager
+def _decoding(path: str | Path, start_s: float, end_s: float | None, *, threads: bool, max_pixels: int,
+              timeout_s: float, what: str) -> Iterator[tuple[Any, Iterator[tuple[Any, float]]]]:
+    """The video stream's codec context and its decoded frames ``(frame, time)`` with ``start_s <= time <
+    end_s``, in presentation order, after a seek to the key frame before ``start_s``; the whole ``with``
+    body runs under ``timeout_s``, and a decode failure in it becomes a ``MediaError``."""
     with time_limit(timeout_s, what):
         container = _open(path, what)
         try:
@@ -261,20 +276,21 @@ def iter_frames(
                 raise OversizedVideo(f"{what}: frames are {cc.width}x{cc.height}, above the limit of {max_pixels:,}")
             if threads:
                 stream.thread_type = "AUTO"
-            target = size or scaled_size(cc.width, cc.height, short_side)
             tb = float(stream.time_base)
             if start_s > 0:
                 container.seek(int(start_s / tb), stream=stream, backward=True, any_frame=False)
-            eps = 1e-6
-            index = 0
-            for frame in container.decode(stream):
-                t = frame.time if frame.time is not None else (frame.pts or 0) * tb
-                if t < start_s - eps:
-                    continue
-                if end_s is not None and t >= end_s - eps:
-                    break
-                yield DecodedFrame(index, t, _to_array(frame, target, _rotation(frame), gray, bgr))
-                index += 1
+
+            def frames() -> Iterator[tuple[Any, float]]:
+                eps = 1e-6
+                for frame in container.decode(stream):
+                    t = frame.time if frame.time is not None else (frame.pts or 0) * tb
+                    if t < start_s - eps:
+                        continue
+                    if end_s is not None and t >= end_s - eps:
+                        break
+                    yield frame, t
+
+            yield cc, frames()
         except MediaError:
             raise
         except (av.error.FFmpegError, OSError, ValueError, EOFError) as exc:
@@ -408,39 +424,17 @@ def frames_for(
     if not live:
         return out
     start_s = min(requests[i].start_s for i in live)
-    with time_limit(timeout_s, what):
-        container = _open(path, what)
-        try:
-            stream = _video_stream(container, what)
-            cc = stream.codec_context
-            if cc.width * cc.height > max_pixels:
-                raise OversizedVideo(f"{what}: frames are {cc.width}x{cc.height}, above the limit of {max_pixels:,}")
-            if threads:
-                stream.thread_type = "AUTO"
-            pickers = {i: _Picker(requests[i], cc.width, cc.height) for i in live}
-            tb = float(stream.time_base)
-            if start_s > 0:
-                container.seek(int(start_s / tb), stream=stream, backward=True, any_frame=False)
-            eps = 1e-6
-            for frame in container.decode(stream):
-                t = frame.time if frame.time is not None else (frame.pts or 0) * tb
-                if t < start_s - eps:
-                    continue
-                if end_s is not None and t >= end_s - eps:
-                    break
-                picture = _Picture(frame, t)
-                for picker in pickers.values():
-                    picker.offer(picture)
-                if all(p.done for p in pickers.values()):
-                    break
-            for i, picker in pickers.items():
-                out[i] = picker.result(end_s, what)
-        except MediaError:
-            raise
-        except (av.error.FFmpegError, OSError, ValueError, EOFError) as exc:
-            raise MediaError(f"{what}: cannot decode video: {exc}") from exc
-        finally:
-            container.close()
+    with _decoding(path, start_s, end_s, threads=threads, max_pixels=max_pixels, timeout_s=timeout_s,
+                   what=what) as (cc, frames):
+        pickers = {i: _Picker(requests[i], cc.width, cc.height) for i in live}
+        for frame, t in frames:
+            picture = _Picture(frame, t)
+            for picker in pickers.values():
+                picker.offer(picture)
+            if all(p.done for p in pickers.values()):
+                break
+        for i, picker in pickers.items():
+            out[i] = picker.result(end_s, what)
     return out
 
 
