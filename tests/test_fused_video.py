@@ -17,8 +17,8 @@ from curation.sample_media import MediaUnavailable, sample_clips
 from tests.conftest import ALL_TABLES
 from tests.helpers import job_state, submit_spec
 from tests.missing import unavailable
-from workers.groups import fused_refs, next_stage_of
-from workers.runtime import StageWorker
+from workers.groups import fused_refs
+from workers.runtime import StageWorker, next_stage_of
 from workers.stage import get_stage
 
 SCENE_STAGES = ["video_hash", "dynamics", "video_text"]

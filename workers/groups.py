@@ -2,12 +2,12 @@
 
 A task of a job's stage runs that stage and the consecutive stages that fuse with it (``fused_refs``);
 its run-time limit is the sum of theirs (``task_runtime_s``), whoever enqueues it: the submission and
-``curation retry`` (the first/failed stage's tasks) as well as the runtime (``next_stage_of``).
+``curation retry`` (the first/failed stage's tasks) as well as the runtime
+(``workers.runtime.next_stage_of``). No database here: only the runtime and the supervisor reach it.
 """
 
 from __future__ import annotations
 
-from curation.broker import NextStage
 from curation.spec import JobSpec
 from workers.stage import get_stage
 
@@ -49,15 +49,6 @@ def fused_refs(spec: JobSpec, index: int) -> list[str]:
                 spec.modality == "video" or get_stage(refs[end]).resources.cpus <= cpus):
             end += 1
     return refs[index:end]
-
-
-def next_stage_of(spec: JobSpec, index: int) -> NextStage | None:
-    """The stage the survivors of the job's stage ``index - 1`` are enqueued for, with the run time its
-    tasks get: that of every stage its task runs (``fused_refs``)."""
-    if index >= len(spec.stages):
-        return None
-    ref = spec.stages[index].name
-    return NextStage(ref, get_stage(ref).stage_version(), task_runtime_s(spec, index))
 
 
 def task_runtime_s(spec: JobSpec, index: int) -> float:

@@ -43,7 +43,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from curation import storage
-from curation.broker import Broker, Completion, Lease
+from curation.broker import Broker, Completion, Lease, NextStage
 from curation.config import BrokerTiming
 from curation.db import make_engine, with_reconnect
 from curation.dedup import record_near_duplicates
@@ -55,7 +55,7 @@ from curation.result_tables import result_table
 from curation.schema import Base
 from curation.spec import JobSpec
 from curation.storage import StorageError
-from workers.groups import fused_refs, next_stage_of
+from workers.groups import fused_refs, task_runtime_s
 from workers.media_fetch import Media, decode_upright, read_media
 from workers.scene_frames import SceneDecode, shared_decodes
 from workers.stage import (
@@ -157,6 +157,15 @@ def limit_model_threads(cpus: float) -> int:
     if cv2 is not None:
         cv2.setNumThreads(n)
     return n
+
+
+def next_stage_of(spec: JobSpec, index: int) -> NextStage | None:
+    """The stage the survivors of the job's stage ``index - 1`` are enqueued for, with the run time its
+    tasks get: that of every stage its task runs (``fused_refs``)."""
+    if index >= len(spec.stages):
+        return None
+    ref = spec.stages[index].name
+    return NextStage(ref, get_stage(ref).stage_version(), task_runtime_s(spec, index))
 
 
 _CONTENT_TWINS = (  # {table}: the stage's result table (a name from the stage class, not user input)
