@@ -10,15 +10,30 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from bench.broker_pollers import broker_claim_sql
 from curation.broker import _CLAIM, _CLAIM_ONE_MESSAGE, Broker
 from tests.test_broker import TIMING, make_job
 
 
-def test_the_claim_is_one_message():
+def test_the_claim_is_one_message(engine):
     assert _CLAIM_ONE_MESSAGE.text == "SET LOCAL synchronous_commit = off;" + _CLAIM.text
+    make_job(engine, 4, 1)
+    broker = Broker(engine, TIMING)
+    w = broker.register_worker("probe", "test", 1)
+    sent: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        leases = broker.claim(w, "probe", n=2)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert len(leases) == 2
+    assert len(sent) == 1 and sent[0].startswith("SET LOCAL synchronous_commit = off;")  # no separate SET
 
 
 def test_bench_measures_the_brokers_claim_statement():
