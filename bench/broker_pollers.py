@@ -9,9 +9,9 @@ Method
   Every connection uses client-side parameter binding (``AsyncClientCursor``): the simple-query protocol,
   the wire traffic psycopg2 (the production driver) sends, and it works through PgBouncer in transaction
   mode. Each poller loops like ``StageWorker.run``: claim one task; "work" for ``work`` seconds (uniform
-  0.5x..1.5x of the mean, so the pollers drift apart); complete it (fenced delete + attempt row, one
-  transaction, sent as ``Broker.complete`` sends it: pre-ping, ``BEGIN``, two statements, ``COMMIT``);
-  claim again. An empty claim backs off as the runtime does (50 ms doubling to 1 s, jittered).
+  0.5x..1.5x of the mean, so the pollers drift apart); complete it as ``Broker.complete`` does for a task with no
+  result rows and no survivors (fenced delete, attempt row, commit, drained-job check: the broker's own
+  SQL and parameters, ``broker_complete_sql()``); claim again. An empty claim backs off as the runtime does (50 ms doubling to 1 s, jittered).
   The mean work time is ``pollers / rate``: ``--rates 100,200,400`` ask for that many claims/s in total
   (2,000 GPU workers taking 64 assets every 5 s make 400 claims/s, broker-design §5.1).
 - The claim statement is the broker's own (``curation.broker._CLAIM``, its ``:name`` parameters turned
@@ -25,14 +25,21 @@ Method
     PostgreSQL runs a multi-statement message as one implicit transaction, so ``SET LOCAL`` still holds
     for the claim and its commit (tests/test_claim_one_message.py) — after the pre-ping: two round trips
     (``Broker.claim`` on a pre-pinging engine, e.g. the CLI's).
-  - ``broker``: what a worker's ``Broker.claim`` sends now: ``one`` on the runtime's engine, which has no
-    ``pool_pre_ping`` (every use is retried on a lost connection) — one round trip (its completion skips
-    the ping too).
+  - ``broker0``: what a worker sent until this variant's completion changed (2026-12-01): the one-message
+    claim on the runtime's engine, which has no ``pool_pre_ping`` (every use is retried on a lost
+    connection) — one round trip; the completion as ``Broker.complete_many`` sent it then: ``BEGIN``,
+    fenced delete, attempt rows, ``COMMIT``, ``BEGIN``, drained-job check, ``COMMIT`` — seven. (``five``
+    and ``one`` complete the same way after a pre-ping.)
+  - ``broker``: what a worker's ``Broker.claim`` and ``Broker.complete`` send now: the same claim, and the
+    completion in two messages — ``BEGIN; <fenced delete>`` and ``<attempt rows>; COMMIT; <drained-job
+    check>`` on an autocommit connection (``curation.broker._FENCE_FIRST``, ``_complete_tail``; a stage's
+    result rows would go between the two).
   - ``pgmq``: a peer, **pgmq's read query on a plain table** (the pgmq extension is not installable
     here): ``WITH cte AS (SELECT msg_id ... WHERE vt <= clock_timestamp() ORDER BY msg_id LIMIT 1 FOR
     UPDATE SKIP LOCKED) UPDATE ... SET vt = clock_timestamp() + 600 s, read_ct = read_ct + 1 ...
     RETURNING ...``, autocommit, the server's default ``synchronous_commit``; completion = ``pgmq.delete``'s
-    ``DELETE ... WHERE msg_id = ...``. Same pollers, same payload (64 asset ids as jsonb).
+    ``DELETE ... WHERE msg_id = ...`` (pgmq's own recommended use: read, then delete or archive; it keeps no
+    attempt ledger, no lease fence and no job state). Same pollers, same payload (64 asset ids as jsonb).
 
 - Two latencies, both after ``--warmup-s`` over ``--duration-s``, p50 / p99 / max over all pollers:
   **service** = send of the claim's first message to the claim's last reply being handled by the poller
@@ -52,7 +59,7 @@ Method
   (rate, route, variant) is run ``--runs`` times, interleaved; the summary gives medians and ranges.
 
     OMP_NUM_THREADS=1 python bench/broker_pollers.py [--pollers 1000] [--procs 4] [--rates 100,200,400]
-        [--modes direct,pgbouncer] [--claims five,one,broker,pgmq] [--runs 3] [--duration-s 20] [--warmup-s 5]
+        [--modes direct,pgbouncer] [--claims five,one,broker0,broker,pgmq] [--runs 3] [--duration-s 20] [--warmup-s 5]
         [--pool-size 4[,16]] [--tasks 1 (idle polling)] [--work-s S  (overrides --rates)]
 """
 
@@ -80,10 +87,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 STAGE = "bench"
 _SERVER_TIME = "extract(epoch FROM clock_timestamp() - statement_timestamp())"
 _SYNC_OFF = "SET LOCAL synchronous_commit = off"
-# the completion the bench pays after each claim (the fenced delete and attempt row of Broker.complete)
-_DELETE = "DELETE FROM tasks WHERE task_id = %s AND lease_id = %s AND state = 'leased' RETURNING claimed_at"
-_LOG = ("INSERT INTO task_attempts (task_id, job_id, stage, attempt, lease_id, worker_id, claimed_at, outcome, "
-        "n_items, n_ok) VALUES (%s, %s, %s, %s, %s, %s, %s, 'ok', %s, 0)")
+_PARAM = re.compile(r"(?<![:\w]):(\w+)")  # SQLAlchemy's :name -> psycopg's %(name)s (not ::casts)
+# Broker.complete until 2026-12-01 (the ``five``/``one``/``broker0`` variants): BEGIN; the fenced delete;
+# the attempt rows; COMMIT; then BEGIN; the drained-job check; COMMIT — 7 round trips (checked against
+# the statements Broker.complete sent then; SQLAlchemy's ``:name`` parameters as ``%(name)s``)
+_OLD_DELETE = """
+    DELETE FROM tasks t
+    USING unnest(CAST(%(task_ids)s AS bigint[]), CAST(%(lease_ids)s AS uuid[])) AS u(task_id, lease_id)
+    WHERE t.stage = %(stage)s AND t.task_id = u.task_id AND t.lease_id = u.lease_id AND t.state = 'leased'
+    RETURNING t.task_id, t.claimed_at
+"""
+_OLD_LOG = """
+    INSERT INTO task_attempts (task_id, job_id, stage, attempt, lease_id, worker_id, claimed_at, outcome,
+                               error, n_items, n_ok)
+    SELECT task_id, job_id, stage, attempt, lease_id, %(worker_id)s, claimed_at, outcome, error, n_items, n_ok
+    FROM unnest(CAST(%(a_task_id)s AS bigint[]), CAST(%(a_job_id)s AS bigint[]), CAST(%(a_stage)s AS text[]),
+                CAST(%(a_attempt)s AS integer[]), CAST(%(a_lease_id)s AS uuid[]), CAST(%(a_claimed_at)s AS timestamptz[]),
+                CAST(%(a_outcome)s AS text[]), CAST(%(a_error)s AS text[]), CAST(%(a_n_items)s AS integer[]),
+                CAST(%(a_n_ok)s AS integer[]))
+         AS u(task_id, job_id, stage, attempt, lease_id, claimed_at, outcome, error, n_items, n_ok)
+"""
+_OLD_FINISH = """
+    UPDATE jobs j SET status = 'completed', finished_at = now()
+    WHERE j.job_id = ANY(%(f_job_ids)s) AND j.status = 'running'
+      AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.job_id)
+"""
 # the peer: pgmq's read and delete, on a plain table shaped like a pgmq queue table
 _PGMQ_TABLE = """
     CREATE TABLE IF NOT EXISTS pgmq_q (msg_id bigint PRIMARY KEY GENERATED ALWAYS AS IDENTITY,
@@ -99,16 +127,26 @@ _PGMQ_READ = f"""
     RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message, {_SERVER_TIME}
 """
 _PGMQ_DELETE = "DELETE FROM pgmq_q WHERE msg_id = %s RETURNING msg_id"
-ROUND_TRIPS = {"five": 5, "one": 2, "broker": 1, "pgmq": 1}
+ROUND_TRIPS = {"five": 5, "one": 2, "broker0": 1, "broker": 1, "pgmq": 1}  # of the claim
+COMPLETE_ROUND_TRIPS = {"five": 8, "one": 8, "broker0": 7, "broker": 2, "pgmq": 1}
 CLAIM_SQL = ""  # broker_claim_sql(), set in each poller process
+FENCE_SQL = TAIL_SQL = ""  # broker_complete_sql(), likewise
 
 
 def broker_claim_sql() -> str:
     """The broker's claim statement in psycopg's ``%(name)s`` style, with the server-time column added."""
     from curation.broker import _CLAIM
 
-    sql = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", _CLAIM.text).rstrip()
+    sql = _PARAM.sub(r"%(\1)s", _CLAIM.text).rstrip()
     return f"{sql}, {_SERVER_TIME}"
+
+
+def broker_complete_sql() -> tuple[str, str]:
+    """The two messages of ``Broker.complete_many`` for a task with no survivors that commits (``BEGIN;
+    <fenced delete>``, then ``<attempt rows>; COMMIT; <finish drained jobs>``), in ``%(name)s`` style."""
+    from curation.broker import _FENCE_FIRST, _complete_tail
+
+    return _PARAM.sub(r"%(\1)s", _FENCE_FIRST.text), _PARAM.sub(r"%(\1)s", _complete_tail(False, 1).text)
 
 
 def _setup(url: str, tasks: int) -> None:
@@ -160,7 +198,7 @@ class _Poller:
             await cur.execute(CLAIM_SQL, self.params)
             row = await cur.fetchone()
             await cur.execute("COMMIT")
-        elif self.variant in ("one", "broker"):  # Broker.claim: one message, one implicit transaction
+        elif self.variant in ("one", "broker0", "broker"):  # Broker.claim: one message, one implicit transaction
             await cur.execute(f"{_SYNC_OFF}; {CLAIM_SQL}", self.params)
             cur.nextset()  # past the SET's result
             row = await cur.fetchone()
@@ -170,26 +208,48 @@ class _Poller:
         return row, (float(row[-1]) if row else None)
 
     async def complete(self, row) -> None:
-        """The fenced delete + attempt row of ``Broker.complete`` (pre-ping, BEGIN, 2 statements, COMMIT)."""
+        """What ``Broker.complete(lease, worker, lambda conn: 0)`` sends (no result rows, no survivors):
+        ``broker``: its two messages, their SQL and parameters as ``Broker.complete_many`` builds them;
+        ``broker0``/``one``/``five``: what it sent until 2026-12-01 (7 round trips, plus the pre-ping of a
+        pre-pinging engine for ``one``/``five``); ``pgmq``: ``pgmq.delete``."""
         cur = self.conn.cursor()
         if self.variant == "pgmq":
             await cur.execute(_PGMQ_DELETE, (row[0],))
             return
         task_id, job_id, stage, _, attempt, lease_id = row[:6]
-        if self.variant != "broker":
-            await cur.execute("SELECT 1")
-        await cur.execute("BEGIN")
-        claimed = await (await cur.execute(_DELETE, (task_id, lease_id))).fetchone()
-        await cur.execute(_LOG, (task_id, job_id, stage, attempt, lease_id, self.worker_id, claimed[0], 64))
-        await cur.execute("COMMIT")
+        fence = {"stage": stage, "task_ids": [task_id], "lease_ids": [lease_id]}
+        if self.variant == "broker":
+            await cur.execute(FENCE_SQL, fence)
+            cur.nextset()  # past BEGIN's result
+            claimed = dict(await cur.fetchall())
+        else:
+            if self.variant != "broker0":
+                await cur.execute("SELECT 1")
+            await cur.execute("BEGIN")
+            claimed = dict(await (await cur.execute(_OLD_DELETE, fence)).fetchall())
+        ours = task_id in claimed
+        log = {"worker_id": self.worker_id, "a_task_id": [task_id], "a_job_id": [job_id], "a_stage": [stage],
+               "a_attempt": [attempt], "a_lease_id": [lease_id], "a_claimed_at": [claimed.get(task_id)],
+               "a_outcome": ["ok" if ours else "fenced_out"],
+               "a_error": [None if ours else "complete after the lease was reclaimed"],
+               "a_n_items": [len(row[6])], "a_n_ok": [0], "f_job_ids": [job_id], "f_job_0": job_id}
+        if self.variant == "broker":
+            await cur.execute(TAIL_SQL, log)
+        else:
+            await cur.execute(_OLD_LOG, log)
+            await cur.execute("COMMIT")
+            await cur.execute("BEGIN")
+            await cur.execute(_OLD_FINISH, log)
+            await cur.execute("COMMIT")
 
 
 def _poller_proc(dsn: str, variant: str, first_worker: int, n: int, work_s: float, warmup_s: float,
                  duration_s: float, ready, start, out) -> None:
     import psycopg
 
-    global CLAIM_SQL
+    global CLAIM_SQL, FENCE_SQL, TAIL_SQL
     CLAIM_SQL = broker_claim_sql()
+    FENCE_SQL, TAIL_SQL = broker_complete_sql()
 
     async def main() -> None:
         conns = []
@@ -409,10 +469,11 @@ def main() -> None:
     ap.add_argument("--duration-s", type=float, default=20.0)
     ap.add_argument("--tasks", type=int, default=None, help="backlog (64 assets per task); default: 1.5x a run's claims")
     ap.add_argument("--modes", default="direct,pgbouncer")
-    ap.add_argument("--claims", default="five,one,broker,pgmq",
+    ap.add_argument("--claims", default="five,one,broker0,broker,pgmq",
                     help="claim variants: five (Broker.claim before 2026-12-01: pre-ping, BEGIN, SET, claim, "
-                    "COMMIT), one (the one-message claim after a pre-ping), broker (a worker's Broker.claim now: "
-                    "one message, no pre-ping), pgmq (peer: pgmq's read query on a plain table)")
+                    "COMMIT), one (the one-message claim after a pre-ping), broker0 (a worker's claim and 7-round-trip "
+                    "completion until 2026-12-01), broker (a worker's Broker.claim and Broker.complete now: one "
+                    "message + two), pgmq (peer: pgmq's read query on a plain table)")
     ap.add_argument("--pool-size", default="4", help="PgBouncer server connections (default_pool_size); several "
                     "(4,16) make one PgBouncer route each, interleaved like the rest")
     ap.add_argument("--runs", type=int, default=3)
@@ -479,7 +540,7 @@ def main() -> None:
     for (rate, mode, variant), rs in results.items():
         d = args.duration_s
         cyc = [max(1, r["counts"]["claims"]) for r in rs]
-        print(f"  {rate:4.0f}/s {mode:<11} {variant:<6} ({ROUND_TRIPS[variant]} rt/claim): "
+        print(f"  {rate:4.0f}/s {mode:<11} {variant:<6} ({ROUND_TRIPS[variant]}+{COMPLETE_ROUND_TRIPS[variant]} rt claim+complete): "
               f"claims/s {med([r['counts']['claims'] / d for r in rs], '.0f')}; "
               f"latency p50 {med([_pct(r['lat'], .5) for r in rs], '.1f')} "
               f"p99 {med([_pct(r['lat'], .99) for r in rs], '.1f')} max {med([_pct(r['lat'], 1) for r in rs], '.0f')}; "

@@ -1,0 +1,194 @@
+"""``Broker.complete_many`` in two messages (bench/broker_pollers.py measures them as ``broker``).
+
+On an autocommit connection: ``BEGIN; <fenced delete>`` opens the transaction and fences the leases;
+the result rows follow in it; ``[<enqueue>;] <attempt rows>; COMMIT; [<finish drained jobs>]`` ends it.
+These tests pin what is sent, and that no error path leaves a transaction open on a pooled connection."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, ProgrammingError
+
+from bench.broker_pollers import broker_complete_sql
+from curation.broker import (
+    _FENCE_FIRST,
+    Broker,
+    Completion,
+    NextStage,
+    _complete_tail,
+    enqueue,
+)
+from tests.conftest import ALL_TABLES
+from tests.test_broker import TIMING, make_job, write_probe_rows
+
+_PARAM = re.compile(r"(?<![:\w]):(\w+)")
+
+
+def _sent(engine, fn):
+    sent: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        return fn(), sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def _no_open_transactions(engine) -> None:
+    with engine.connect() as conn:
+        states = conn.execute(text("SELECT state FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                   "AND pid <> pg_backend_pid() AND datname = current_database()")).scalars().all()
+    assert not [s for s in states if s and s.startswith("idle in transaction")], states
+
+
+def test_a_completion_is_two_messages(engine):
+    make_job(engine, 4, 4)
+    broker = Broker(engine, TIMING)
+    w = broker.register_worker("probe", "test", 1)
+    (lease,) = broker.claim(w, "probe")
+    ok, sent = _sent(engine, lambda: broker.complete(lease, w, lambda conn: 0))
+    assert ok is True
+    assert len(sent) == 2
+    assert sent[0].startswith("BEGIN;") and "DELETE FROM tasks" in sent[0]
+    assert "INSERT INTO task_attempts" in sent[1] and "COMMIT;" in sent[1] and "UPDATE jobs" in sent[1]
+    assert sent[1].index("COMMIT;") < sent[1].index("UPDATE jobs")  # the job check sees the commit
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM jobs")).scalar_one() == "completed"
+        assert conn.execute(text("SELECT outcome, n_items FROM task_attempts")).one() == ("ok", 4)
+        # the pooled connection is back out of autocommit, with no transaction left open
+        assert conn.connection.driver_connection.autocommit is False
+    _no_open_transactions(engine)
+
+
+def test_result_rows_and_the_enqueue_go_between_the_two_messages(engine):
+    _, ids = make_job(engine, 6, 6)
+    broker = Broker(engine, TIMING)
+    w = broker.register_worker("probe", "test", 1)
+    (lease,) = broker.claim(w, "probe")
+    nxt = NextStage("resolution", "resolution@1", 60)
+    broker.complete_many([], w)
+    ok, sent = _sent(engine, lambda: broker.complete(lease, w, write_probe_rows(ids, "x"), survivors=ids[:3],
+                                                     next_stage=nxt))
+    assert ok is True
+    # between the two: the result rows, and (a job's or stage's first enqueue in this process) the
+    # making sure of its partitions, in a savepoint of the same transaction
+    fence, *between, tail = sent
+    assert fence.startswith("BEGIN;") and len([s for s in between if "probe_results" in s]) == 1
+    assert tail.lstrip().startswith("INSERT INTO tasks") and "COMMIT;" in tail
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT stage, stage_version, asset_ids, state, max_runtime_s, priority, max_attempts "
+                                "FROM tasks")).one()
+        assert tuple(row) == ("resolution", "resolution@1", ids[:3], "ready", 60.0, 100, 5)
+        assert conn.execute(text("SELECT status FROM jobs")).scalar_one() == "running"
+    # completed again (a retried flush): fenced out, nothing enqueued twice
+    assert broker.complete(lease, w, write_probe_rows(ids, "x"), survivors=ids[:3], next_stage=nxt) is False
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM tasks")).scalar_one() == 1
+    _no_open_transactions(engine)
+
+
+def test_a_database_error_in_the_result_rows_rolls_back_and_frees_the_connection(engine):
+    make_job(engine, 4, 1)
+    broker = Broker(engine, TIMING)
+    w = broker.register_worker("probe", "test", 1)
+    leases = broker.claim(w, "probe", 4)
+
+    def bad_sql(conn):
+        conn.execute(text("INSERT INTO no_such_table VALUES (1)"))  # aborts the server's transaction
+        return 1
+
+    outcomes = broker.complete_many([Completion(leases[0], lambda conn: 1), Completion(leases[1], bad_sql),
+                                     Completion(leases[2], lambda conn: 1)], w)
+    assert outcomes[0] is True and outcomes[2] is True and isinstance(outcomes[1], ProgrammingError)
+    _no_open_transactions(engine)
+    with engine.connect() as conn:
+        left = conn.execute(text("SELECT task_id, state FROM tasks ORDER BY task_id")).all()
+        assert [tuple(r) for r in left] == [(leases[1].task_id, "leased"), (leases[3].task_id, "leased")]
+    assert broker.fail(leases[1], w, "bad sql") == "scheduled"
+    assert broker.complete(leases[3], w, lambda conn: 1) is True
+
+
+def test_a_connection_lost_mid_completion_commits_nothing(engine):
+    make_job(engine, 2, 1)
+    broker = Broker(engine, TIMING)
+    w = broker.register_worker("probe", "test", 1)
+    a, b = broker.claim(w, "probe", 2)
+
+    def killed(conn):
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        conn.execute(text("SELECT 1"))
+        return 1
+
+    with pytest.raises(DBAPIError) as err:
+        broker.complete_many([Completion(a, killed), Completion(b, lambda conn: 1)], w)
+    assert err.value.connection_invalidated
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM tasks WHERE state = 'leased'")).scalar_one() == 2
+        assert conn.execute(text("SELECT count(*) FROM task_attempts")).scalar_one() == 0
+    assert broker.complete_many([Completion(a, lambda conn: 1), Completion(b, lambda conn: 1)], w) == [True, True]
+    _no_open_transactions(engine)
+
+
+def test_two_last_completions_of_a_job_finish_it(engine):
+    for _ in range(5):
+        with engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {ALL_TABLES} RESTART IDENTITY CASCADE"))
+        job, _ = make_job(engine, 2, 1)
+        broker = Broker(engine, TIMING)
+        w = broker.register_worker("probe", "test", 1)
+        leases = broker.claim(w, "probe", 2)
+        barrier = threading.Barrier(2)
+
+        def done(lease, broker=broker, w=w, barrier=barrier):
+            def write(conn):
+                barrier.wait(5)  # both fences taken, neither committed
+                return 1
+            assert broker.complete(lease, w, write)
+
+        threads = [threading.Thread(target=done, args=(lease,)) for lease in leases]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT status FROM jobs WHERE job_id = :j"), {"j": job}).scalar_one() == "completed"
+
+
+def test_bench_sends_the_brokers_completion_messages():
+    fence, tail = broker_complete_sql()
+    assert fence.startswith("BEGIN;") and "%(stage)s" in fence and ":stage" not in fence
+    assert "%(a_lease_id)s" in tail and "COMMIT;" in tail and "%(f_job_0)s" in tail
+    assert fence == _PARAM.sub(r"%(\1)s", _FENCE_FIRST.text)
+    assert tail == _PARAM.sub(r"%(\1)s", _complete_tail(False, 1).text)
+
+
+def test_one_flush_finishes_each_job_it_drains(engine):
+    job_a, ids = make_job(engine, 2, 2)
+    with engine.begin() as conn:
+        job_b, job_c = conn.execute(text("INSERT INTO jobs (name, modality, spec, stages) VALUES ('b', 'image', '{}', "
+                                         "ARRAY['probe']), ('c', 'image', '{}', ARRAY['probe']) RETURNING job_id")).scalars()
+        for job, keys in ((job_b, ["b0"]), (job_c, ["c0", "c1"])):
+            enqueue(conn, job_id=job, stage="probe", stage_version="probe@1", chunks=[(k, ids) for k in keys],
+                    max_attempts=5, max_runtime_s=600)
+    broker = Broker(engine, TIMING)
+    w = broker.register_worker("probe", "test", 1)
+    leases = broker.claim(w, "probe", 4)
+    last_of_c = next(l for l in leases if l.job_id == job_c)
+    ok, sent = _sent(engine, lambda: broker.complete_many([Completion(l, lambda conn: 0) for l in leases
+                                                           if l is not last_of_c], w))
+    assert ok == [True] * 3 and len(sent) == 2 and sent[1].count("UPDATE jobs") == 3
+    with engine.connect() as conn:
+        status = dict(conn.execute(text("SELECT job_id, status FROM jobs")).all())
+    assert status == {job_a: "completed", job_b: "completed", job_c: "running"}
+    assert broker.complete(last_of_c, w, lambda conn: 0)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM jobs WHERE job_id = :j"), {"j": job_c}).scalar_one() == "completed"
