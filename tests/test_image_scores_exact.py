@@ -1,22 +1,24 @@
 """The fused pass's cheaper computations give what their definitions give, on the real demo photos (issue 14
-§1): the probe's one parse and decode (``decode_with_header``) is ``read_header`` + ``decode_image``; phash's
-one greyscale conversion and one 32x32 resize hash exactly as ``imagehash.phash`` of the image, of its mirror
-and of its centre; edges@2 is the integer Sobel formula, and differs from edges@1 (kornia) only on pixels
-lying exactly on the threshold."""
+§1): the probe's one parse and decode (``decode_with_header``) is ``read_header`` + ``decode_image``; phash@4's
+one greyscale conversion, one 32x32 resize and one matrix DCT hash exactly as the definition (scipy's DCT of
+the bilinear 32x32 input) of the hashed view, of its mirror and of its centre, and within a bit or so of
+``imagehash.phash`` on the same view; edges@2 is the integer Sobel formula, and differs from edges@1 (kornia)
+only on pixels lying exactly on the threshold."""
 
 from __future__ import annotations
 
 import imagehash
 import numpy as np
 import pytest
+import scipy.fftpack
 from PIL import Image, ImageOps
 
 from curation.media import MediaError, decode_image, decode_with_header, read_header
 from curation.sample_media import write_broken_files
 from tests.test_media import _stored_sideways
 from workers.edges import SOBEL_SCALE, EdgeScores, edge_grey, edge_scores
-from workers.phash import CENTER, DARK_LUMA, phash_scores
-from workers.stage import reduced_view
+from workers.phash import CENTER, DARK_LUMA, PhashStage, hashed_view, phash_scores
+from workers.stage import StageItem, reduced_view
 
 
 @pytest.fixture(scope="module")
@@ -51,33 +53,65 @@ def test_the_probe_parses_and_decodes_once_what_header_and_decode_give_apart(ski
         assert (type(once.value), str(once.value)) == (type(apart.value), str(apart.value))
 
 
-def _reference_phash(image) -> tuple:
-    """phash@3 as defined: imagehash on the image, its mirror and its central 80 %; colourfulness and border
-    fill by their formulas."""
-    def bits(img) -> str:
-        return "".join("1" if b else "0" for b in imagehash.phash(img, hash_size=8).hash.flatten())
+def _definition_bits(img) -> str:
+    """phash@4's hash as defined, computed apart: scipy's 2-D DCT-II of the 32x32 bilinear greyscale resize,
+    its 8x8 low-frequency block above its median."""
+    pixels = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float64)
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)[:8, :8]
+    return "".join("1" if b else "0" for b in (dct > np.median(dct)).flatten())
 
+
+def _imagehash_bits(img) -> str:
+    return "".join("1" if b else "0" for b in imagehash.phash(img, hash_size=8).hash.flatten())
+
+
+def _reference_phash(image) -> tuple:
+    """phash@4 as defined: the hash of the image, of its mirror and of its central 80 %; colourfulness and
+    border fill by their formulas."""
     w, h = image.size
     dx, dy = round(w * (1 - CENTER) / 2), round(h * (1 - CENTER) / 2)
     centre = image.crop((dx, dy, max(dx + 1, w - dx), max(dy + 1, h - dy)))
-    thumb = np.asarray(image.convert("RGB").resize((64, 64)), dtype=np.int16)
-    colour = np.abs(thumb[..., 0] - thumb[..., 1]).mean() + np.abs(thumb[..., 1] - thumb[..., 2]).mean()
+    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
+    colour = np.abs(rgb[..., 0] - rgb[..., 1]).mean() + np.abs(rgb[..., 1] - rgb[..., 2]).mean()
     grey = np.asarray(image.convert("L"))
     ring = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
-    return (bits(image), bits(ImageOps.mirror(image)), bits(centre), round(float(colour), 3),
-            round(float((ring <= DARK_LUMA).mean()), 4))
+    return (_definition_bits(image), _definition_bits(ImageOps.mirror(image)), _definition_bits(centre),
+            round(float(colour), 3), round(float((ring <= DARK_LUMA).mean()), 4))
 
 
-def test_phash_scores_equal_imagehash_of_the_image_its_mirror_and_its_centre(decoded):
-    flat = Image.new("RGB", (640, 480), (90, 140, 30))  # every AC coefficient 0: the bits are rounding noise
+def test_phash_scores_are_their_definition_on_the_hashed_view_its_mirror_and_its_centre(decoded):
+    views = {name: hashed_view(reduced_view(full, 256)) for name, full in decoded.items()}
+    apart = []
+    for name, image in views.items():
+        s = phash_scores(image)
+        assert (s.phash, s.phash_mirror, s.phash_center, s.colourfulness, s.border_fill) == _reference_phash(image), name
+        apart.append(sum(a != b for a, b in zip(s.phash, _imagehash_bits(image))))
+    # the bilinear 32x32 input instead of imagehash's Lanczos: the same bits on most photos, about a bit apart
+    assert np.median(apart) == 0 and np.mean(apart) < 1.5, apart
+
+
+def test_phash_of_flat_and_mirror_symmetric_images_is_exact_not_rounding_noise(decoded):
+    flat = phash_scores(Image.new("RGB", (640, 480), (90, 140, 30)))  # every AC coefficient is 0
+    assert flat.phash == flat.phash_mirror == flat.phash_center == "1" + "0" * 63
     photo = decoded["chelsea.png"]
     symmetric = Image.new("RGB", (2 * photo.width, photo.height))  # a photo and its mirror side by side
     symmetric.paste(photo, (0, 0))
     symmetric.paste(ImageOps.mirror(photo), (photo.width, 0))
-    images = [reduced_view(full, 64) for full in decoded.values()] + [flat, symmetric]
-    for image in images:
-        s = phash_scores(image)
-        assert (s.phash, s.phash_mirror, s.phash_center, s.colourfulness, s.border_fill) == _reference_phash(image)
+    s = phash_scores(symmetric)  # its odd DCT columns are 0: mirroring, which negates them, changes no bit
+    assert s.phash_mirror == s.phash != flat.phash
+
+
+def test_the_phash_stage_hashes_the_64_px_view_of_the_256_px_view(decoded):
+    """phash@4 takes edges' view (one reduction of the full decode serves both in a fused pass) and reduces it
+    again: for a photo with a short side under 512 px that is the very 64 px view phash@3 hashed."""
+    stage = PhashStage()
+    assert stage.image_draft_size == 256 and stage.takes_reduced_view()
+    for name, full in decoded.items():
+        view = reduced_view(full, 256)
+        (got,) = stage.process([StageItem(0, name, image=view)])
+        assert got == phash_scores(hashed_view(view)), name
+        if min(full.size) < 512:
+            assert hashed_view(view).tobytes() == reduced_view(full, 64).tobytes(), name
 
 
 def _integer_sobel(image, short_side: int, threshold: float) -> tuple[float, float]:

@@ -1,17 +1,20 @@
 """phash — perceptual hash for deduplication (report §4.2: "an image perceptual hash is calculated
 for each image ... identifies and removes exact duplicates and images that are visually very similar").
 
-Scores (of the upright image, EXIF orientation applied):
+Scores (of the upright image, EXIF orientation applied, box-reduced — ``hashed_view``: the 64 px view of the
+256 px view that edges also takes, so a fused pass makes one reduction of the full decode for both):
 
-- ``phash``: the 64-bit DCT perceptual hash (``imagehash.phash``: 32x32 greyscale, 2-D DCT, the 8x8
-  low-frequency block thresholded at its median), stored as ``bit(64)``. Hamming distance 0..64; 0 for a
+- ``phash``: the 64-bit DCT perceptual hash (``imagehash.phash``'s: 32x32 greyscale, 2-D DCT-II, the 8x8
+  low-frequency block thresholded at its median; but the 32x32 input is a bilinear resize, not Lanczos,
+  and the coefficients are rounded to 1e-4 so that those that are zero, as in a flat image, are zero),
+  stored as ``bit(64)``. Hamming distance 0..64; 0 for a
   resized or re-encoded copy of the same photo, ~20-40 for unrelated photos. Greyscale copies hash alike.
 - ``phash_mirror``: the same hash of the horizontally mirrored image — a flipped copy's ``phash`` equals
   the original's ``phash_mirror``.
 - ``phash_center``: the hash of the central 80 % (each side cut by 10 %), which small rotations (a few
   degrees: new corners) and borders move much less than the full hash (``bench/near_duplicates.py``).
-- ``colourfulness``: mean spread between the colour channels on a 64 px thumbnail, 0..255 (about 0 for a
-  greyscale copy stored as RGB, > 10 for most colour photos): the keep-one rule prefers colour.
+- ``colourfulness``: mean spread between the colour channels (|R-G| + |G-B|) over the hashed view's pixels,
+  0..510 (0 for a greyscale copy stored as RGB, > 10 for most colour photos): the keep-one rule prefers colour.
 - ``border_fill``: the share (0..1) of the image's outermost ring of pixels that is near black (luma <=
   16): a copy rotated without enlarging the canvas gains black corners there (a 3° rotation: +2 % or more
   of the ring on 94 % of 136 real photos; a resize, JPEG re-encode or mirror moves it by more than 2 % on
@@ -38,6 +41,16 @@ then the lower asset id):
 
 Default ``colour,framing,quality,pixels,bytes`` (phash@3); ``colour_pixels_bytes`` (phash@2's rule) and
 ``pixels_bytes`` (phash@1's) are the same syntax (``_`` or ``,`` between names).
+
+phash@4 (issue 14 §1: the fused pass's CPU time) against phash@3, which was ``imagehash.phash`` bit for bit:
+the view is reduced from edges' 256 px view instead of from the full decode (the same pixels for photos with
+a short side under 512 px, a box-rounding apart for larger ones); the 32x32 hash input is Pillow's bilinear
+(triangle filter) resize, 0.07 ms, instead of Lanczos, 0.2-0.3 ms, twice per image (the same bits as
+imagehash on the same view for half the demo photos, 0.7 bits apart on average); the DCT is one matrix
+product and the
+mirrored hash negates its odd columns (mirroring negates them exactly); colourfulness is taken over the
+view's pixels instead of a 64x64 bicubic thumbnail of it. Near-duplicate recall and false pairs on derived
+copies of real photos, against phash@3 and imagehash: docs/fused-stages.md.
 """
 
 from __future__ import annotations
@@ -47,13 +60,13 @@ from dataclasses import dataclass
 
 import re
 
+import cv2
 import numpy as np
-import scipy.fftpack
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from workers.columns import Bits64, ViewColumns
-from workers.stage import ItemFailure, Resources, Stage, StageItem
+from workers.stage import ItemFailure, Resources, Stage, StageItem, reduced_view
 
 DEFAULT_MAX_DISTANCE = 8
 KEEP_CRITERIA = ("colour", "framing", "quality", "pixels", "bytes")
@@ -86,7 +99,7 @@ def keep_criteria(rule: str) -> list[str]:
     return names
 
 
-HASH_INPUT = 32  # imagehash.phash's input side: hash_size 8 x highfreq_factor 4
+HASH_INPUT = 32  # the DCT's input side (imagehash.phash's: hash_size 8 x highfreq_factor 4)
 CENTER = 0.8  # the central share of each side hashed by phash_center
 GREYSCALE_BELOW = 4.0  # colourfulness under this is a greyscale copy (curated view's keep rule)
 DARK_LUMA = 16  # border_fill counts ring pixels at or below this luma (black fill after a JPEG re-encode)
@@ -106,20 +119,42 @@ class PhashScores:
     border_fill: float | None = None  # NULL for hashes written by phash@1 and @2
 
 
+HASHED_VIEW = 64  # phash hashes ``reduced_view(image, 64)`` of the 256 px view the runtime hands it
+EDGES_VIEW = 256  # edges' ``image_draft_size``: one box reduction of the full decode serves both stages
+
+
+def hashed_view(image):
+    """The pixels phash@4 scores: ``image`` (the runtime's ``reduced_view`` at ``EDGES_VIEW``) box-reduced
+    again to about 64 px (``reduced_view``: a factor of 8, 4 or 2 that keeps the short side >= 64)."""
+    return reduced_view(image, HASHED_VIEW)
+
+
 def phash_bits(image) -> str:
-    """``imagehash.phash`` of ``image`` (8x8 bits, row by row) as a '0'/'1' string."""
-    return _dct_bits(_hash_input(image.convert("L")))
+    """The 64-bit hash of ``image`` (8x8 bits, row by row) as a '0'/'1' string."""
+    return _bits(_dct8(_hash_input(image.convert("L"))))
 
 
 def _hash_input(grey) -> np.ndarray:
-    """The 32x32 greyscale pixels ``imagehash.phash`` transforms: ``grey`` resized with Lanczos."""
-    return np.asarray(grey.resize((HASH_INPUT, HASH_INPUT), Image.Resampling.LANCZOS))
+    """The 32x32 greyscale pixels the DCT transforms: ``grey`` resized with Pillow's bilinear filter (a triangle
+    as wide as two source pixels per output pixel: antialiased, and symmetric, so resizing commutes with
+    mirroring; Pillow's box filter is not, at pixel boundaries)."""
+    return np.asarray(grey.resize((HASH_INPUT, HASH_INPUT), Image.Resampling.BILINEAR))
 
 
-def _dct_bits(pixels: np.ndarray) -> str:
-    """imagehash.phash's bits of its 32x32 input: 2-D DCT-II, the 8x8 low-frequency block above its median
-    (``np.median``'s value: the mean of the two middle coefficients)."""
-    dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)[:8, :8]
+# scipy.fftpack's DCT-II (imagehash's): y[k] = 2 sum_n x[n] cos(pi k (2n + 1) / 2N); only k < 8 is hashed
+_DCT8 = 2 * np.cos(np.pi * np.arange(8)[:, None] * (2 * np.arange(HASH_INPUT) + 1) / (2 * HASH_INPUT))
+_MIRRORED = np.where(np.arange(8) % 2, -1.0, 1.0)  # mirroring the input negates the odd columns of its DCT
+
+
+def _dct8(pixels: np.ndarray) -> np.ndarray:
+    """The 8x8 low-frequency block of the 2-D DCT-II of the 32x32 input, rounded to 1e-4: a coefficient that
+    is 0 (a flat image's, a mirror-symmetric image's odd ones) is then 0, not rounding noise (<= 1e-8 here),
+    and the bits do not depend on the matrix library."""
+    return np.round(_DCT8 @ pixels.astype(np.float64) @ _DCT8.T, 4)
+
+
+def _bits(dct: np.ndarray) -> str:
+    """The 64 bits of an 8x8 block: above its median (``np.median``'s value: the mean of the two middle ones)."""
     ordered = np.sort(dct, axis=None)
     bits = np.packbits(dct > (ordered[31] + ordered[32]) / 2)
     return format(int.from_bytes(bits.tobytes(), "big"), "064b")
@@ -132,10 +167,9 @@ def center_crop(image, share: float = CENTER):
 
 
 def colourfulness(image) -> float:
-    """Mean of |R-G| + |G-B| over a 64 px thumbnail (0 for greyscale)."""
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    thumb = np.asarray(rgb.resize((64, 64)), dtype=np.int16)
-    return float(np.abs(thumb[..., 0] - thumb[..., 1]).mean() + np.abs(thumb[..., 1] - thumb[..., 2]).mean())
+    """Mean of |R-G| + |G-B| over the pixels of ``image`` (0 for greyscale; exact sums: OpenCV's mean)."""
+    r, g, b = cv2.split(np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
+    return cv2.mean(cv2.absdiff(r, g))[0] + cv2.mean(cv2.absdiff(g, b))[0]
 
 
 def border_fill(image, level: int = DARK_LUMA) -> float:
@@ -149,14 +183,15 @@ def _ring_fill(a: np.ndarray, level: int) -> float:
 
 
 def phash_scores(image) -> PhashScores:
-    """Every score of one image from one greyscale conversion and one 32x32 resize of it: the mirrored hash
-    hashes that resize mirrored (Lanczos weights are symmetric, so resizing commutes with mirroring) — the
-    same bits as ``phash_bits(ImageOps.mirror(image))``; the centre hash crops the greyscale image (cropping
-    commutes with the conversion). ``tests/test_image_scores_exact.py`` checks each against its definition."""
+    """Every score of ``image`` (the stage passes ``hashed_view``) from one greyscale conversion, one 32x32
+    resize of it and one of its centre (cropping commutes with the conversion): the mirrored hash negates the
+    odd DCT columns of the full hash — the DCT of the mirrored input, exactly (bilinear weights are symmetric,
+    so the mirrored image's 32x32 input is this one mirrored). ``tests/test_image_scores_exact.py`` checks
+    each against its definition on the image, its mirror and its centre."""
     grey = image.convert("L")
-    small = _hash_input(grey)
-    return PhashScores(phash=_dct_bits(small), phash_mirror=_dct_bits(np.ascontiguousarray(small[:, ::-1])),
-                       phash_center=_dct_bits(_hash_input(center_crop(grey))),
+    dct = _dct8(_hash_input(grey))
+    return PhashScores(phash=_bits(dct), phash_mirror=_bits(dct * _MIRRORED),
+                       phash_center=_bits(_dct8(_hash_input(center_crop(grey)))),
                        colourfulness=round(colourfulness(image), 3),
                        border_fill=round(_ring_fill(np.asarray(grey), DARK_LUMA), 4))
 
@@ -165,7 +200,7 @@ class PhashStage(Stage[PhashParams, PhashScores]):
     name = "phash"
     view_columns = (ViewColumns("curated_images", "h", ("h.phash", "h.colourfulness", "h.border_fill"),
                                thresholds="th"),)
-    version = "3"  # 2: mirrored and centre hashes, colourfulness; 3: border_fill
+    version = "4"  # 2: mirrored and centre hashes, colourfulness; 3: border_fill; 4: hashed_view, matrix DCT
     result_type = PhashScores
     result_table = "phash_results"
     Params = PhashParams
@@ -174,8 +209,8 @@ class PhashStage(Stage[PhashParams, PhashScores]):
     batch_size = 64
     needs_image = True
     requires = ("probe",)
-    image_draft_size = 64  # the hash works on 32x32; JPEGs decode at up to 1/8 scale
+    image_draft_size = EDGES_VIEW  # edges' view, reduced again (``hashed_view``): one reduction of the full decode
     near_duplicate_column = "phash"
 
     def process(self, items: Sequence[StageItem]) -> list[PhashScores | ItemFailure]:
-        return [phash_scores(item.image) for item in items]
+        return [phash_scores(hashed_view(item.image)) for item in items]
