@@ -31,9 +31,9 @@ Method
     fenced delete, attempt rows, ``COMMIT``, ``BEGIN``, drained-job check, ``COMMIT`` — seven. (``five``
     and ``one`` complete the same way after a pre-ping.)
   - ``broker``: what a worker's ``Broker.claim`` and ``Broker.complete`` send now: the same claim, and the
-    completion in two messages — ``BEGIN; <fenced delete>`` and ``<attempt rows>; COMMIT; <drained-job
-    check>`` on an autocommit connection (``curation.broker._FENCE_FIRST``, ``_complete_tail``; a stage's
-    result rows would go between the two).
+    completion in one message on an autocommit connection — ``BEGIN; <fenced delete + attempt rows, which
+    fails unless every lease is held>; COMMIT; <drained-job check>`` (``curation.broker._complete_held``;
+    a stage's result rows would go before it, the first one carrying the ``BEGIN``).
   - ``pgmq``: a peer, **pgmq's read query on a plain table** (the pgmq extension is not installable
     here): ``WITH cte AS (SELECT msg_id ... WHERE vt <= clock_timestamp() ORDER BY msg_id LIMIT 1 FOR
     UPDATE SKIP LOCKED) UPDATE ... SET vt = clock_timestamp() + 600 s, read_ct = read_ct + 1 ...
@@ -78,7 +78,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -128,9 +127,9 @@ _PGMQ_READ = f"""
 """
 _PGMQ_DELETE = "DELETE FROM pgmq_q WHERE msg_id = %s RETURNING msg_id"
 ROUND_TRIPS = {"five": 5, "one": 2, "broker0": 1, "broker": 1, "pgmq": 1}  # of the claim
-COMPLETE_ROUND_TRIPS = {"five": 8, "one": 8, "broker0": 7, "broker": 2, "pgmq": 1}
+COMPLETE_ROUND_TRIPS = {"five": 8, "one": 8, "broker0": 7, "broker": 1, "pgmq": 1}
 CLAIM_SQL = ""  # broker_claim_sql(), set in each poller process
-FENCE_SQL = TAIL_SQL = ""  # broker_complete_sql(), likewise
+COMPLETE_SQL = ""  # broker_complete_sql(), likewise
 
 
 def broker_claim_sql() -> str:
@@ -141,12 +140,13 @@ def broker_claim_sql() -> str:
     return f"{sql}, {_SERVER_TIME}"
 
 
-def broker_complete_sql() -> tuple[str, str]:
-    """The two messages of ``Broker.complete_many`` for a task with no survivors that commits (``BEGIN;
-    <fenced delete>``, then ``<attempt rows>; COMMIT; <finish drained jobs>``), in ``%(name)s`` style."""
-    from curation.broker import _FENCE_FIRST, _complete_tail
+def broker_complete_sql() -> str:
+    """``Broker.complete_many``'s one message for tasks of one stage that are all still held, with no result
+    rows and no survivors (``BEGIN; <fenced delete + attempt rows>; COMMIT; <drained-job check>``), in
+    ``%(name)s`` style."""
+    from curation.broker import _complete_held
 
-    return _PARAM.sub(r"%(\1)s", _FENCE_FIRST.text), _PARAM.sub(r"%(\1)s", _complete_tail(False, 1).text)
+    return _PARAM.sub(r"%(\1)s", _complete_held(True, False, 1).text)
 
 
 def _setup(url: str, tasks: int) -> None:
@@ -209,7 +209,7 @@ class _Poller:
 
     async def complete(self, row) -> None:
         """What ``Broker.complete(lease, worker, lambda conn: 0)`` sends (no result rows, no survivors):
-        ``broker``: its two messages, their SQL and parameters as ``Broker.complete_many`` builds them;
+        ``broker``: its one message, SQL and parameters as ``Broker.complete_many`` builds them;
         ``broker0``/``one``/``five``: what it sent until 2026-12-01 (7 round trips, plus the pre-ping of a
         pre-pinging engine for ``one``/``five``); ``pgmq``: ``pgmq.delete``."""
         cur = self.conn.cursor()
@@ -217,39 +217,37 @@ class _Poller:
             await cur.execute(_PGMQ_DELETE, (row[0],))
             return
         task_id, job_id, stage, _, attempt, lease_id = row[:6]
+        if self.variant == "broker":  # its parameters as Broker._complete_held builds them
+            await cur.execute(COMPLETE_SQL, {
+                "stage": stage, "worker_id": self.worker_id, "n": 1, "task_ids": [task_id], "lease_ids": [lease_id],
+                "a_job_id": [job_id], "a_attempt": [attempt], "a_n_items": [len(row[6])], "a_n_ok": [0],
+                "f_job_0": job_id})
+            return
         fence = {"stage": stage, "task_ids": [task_id], "lease_ids": [lease_id]}
-        if self.variant == "broker":
-            await cur.execute(FENCE_SQL, fence)
-            cur.nextset()  # past BEGIN's result
-            claimed = dict(await cur.fetchall())
-        else:
-            if self.variant != "broker0":
-                await cur.execute("SELECT 1")
-            await cur.execute("BEGIN")
-            claimed = dict(await (await cur.execute(_OLD_DELETE, fence)).fetchall())
+        if self.variant != "broker0":
+            await cur.execute("SELECT 1")
+        await cur.execute("BEGIN")
+        claimed = dict(await (await cur.execute(_OLD_DELETE, fence)).fetchall())
         ours = task_id in claimed
         log = {"worker_id": self.worker_id, "a_task_id": [task_id], "a_job_id": [job_id], "a_stage": [stage],
                "a_attempt": [attempt], "a_lease_id": [lease_id], "a_claimed_at": [claimed.get(task_id)],
                "a_outcome": ["ok" if ours else "fenced_out"],
                "a_error": [None if ours else "complete after the lease was reclaimed"],
-               "a_n_items": [len(row[6])], "a_n_ok": [0], "f_job_ids": [job_id], "f_job_0": job_id}
-        if self.variant == "broker":
-            await cur.execute(TAIL_SQL, log)
-        else:
-            await cur.execute(_OLD_LOG, log)
-            await cur.execute("COMMIT")
-            await cur.execute("BEGIN")
-            await cur.execute(_OLD_FINISH, log)
-            await cur.execute("COMMIT")
+               "a_n_items": [len(row[6])], "a_n_ok": [0], "f_job_ids": [job_id]}
+        await cur.execute(_OLD_LOG, log)
+        await cur.execute("COMMIT")
+        await cur.execute("BEGIN")
+        await cur.execute(_OLD_FINISH, log)
+        await cur.execute("COMMIT")
 
 
 def _poller_proc(dsn: str, variant: str, first_worker: int, n: int, work_s: float, warmup_s: float,
                  duration_s: float, ready, start, out) -> None:
     import psycopg
 
-    global CLAIM_SQL, FENCE_SQL, TAIL_SQL
+    global CLAIM_SQL, COMPLETE_SQL
     CLAIM_SQL = broker_claim_sql()
-    FENCE_SQL, TAIL_SQL = broker_complete_sql()
+    COMPLETE_SQL = broker_complete_sql()
 
     async def main() -> None:
         conns = []
@@ -473,7 +471,7 @@ def main() -> None:
                     help="claim variants: five (Broker.claim before 2026-12-01: pre-ping, BEGIN, SET, claim, "
                     "COMMIT), one (the one-message claim after a pre-ping), broker0 (a worker's claim and 7-round-trip "
                     "completion until 2026-12-01), broker (a worker's Broker.claim and Broker.complete now: one "
-                    "message + two), pgmq (peer: pgmq's read query on a plain table)")
+                    "message each), pgmq (peer: pgmq's read query on a plain table)")
     ap.add_argument("--pool-size", default="4", help="PgBouncer server connections (default_pool_size); several "
                     "(4,16) make one PgBouncer route each, interleaved like the rest")
     ap.add_argument("--runs", type=int, default=3)

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
-from sqlalchemy import Connection, Engine, TextClause, text
+from sqlalchemy import Connection, Engine, TextClause, event, text
 from sqlalchemy.exc import DBAPIError
 
 from curation.config import BrokerTiming
@@ -151,12 +151,16 @@ _FINISH_JOB = text(
 )
 
 # the fence of complete_many: each row goes only when its own lease still holds it (one stage per
-# statement: the stage prunes the delete to that stage's partition)
+# statement: the stage prunes the delete to that stage's partition). _LEASED is ``state = 'leased'`` in a
+# form the planner cannot match to the partial index tasks_leased_idx (WHERE state = 'leased'): on a hot
+# queue's stale statistics that index looks like one row, and the fence scanned every leased task of the
+# stage with it (1.5 ms at 1,000 leased) instead of probing the primary key for its own.
+_LEASED = """t.state COLLATE "C" = 'leased'"""
 _DELETE_LEASED = text(
     """
     DELETE FROM tasks t
     USING unnest(CAST(:task_ids AS bigint[]), CAST(:lease_ids AS uuid[])) AS u(task_id, lease_id)
-    WHERE t.stage = :stage AND t.task_id = u.task_id AND t.lease_id = u.lease_id AND t.state = 'leased'
+    WHERE t.stage = :stage AND t.task_id = u.task_id AND t.lease_id = u.lease_id AND """ + _LEASED + """
     RETURNING t.task_id, t.claimed_at
     """
 )
@@ -210,6 +214,61 @@ def _complete_tail(enqueue: bool, jobs: int) -> TextClause:
     (``:f_job_0``...), its completion if the commit drained it."""
     return text((_ENQUEUE_MANY if enqueue else "") + _LOG_ATTEMPTS_TAIL
                 + "".join(_FINISH_JOB_TAIL.format(n=n) for n in range(jobs)))
+
+
+# --- the completion in one message (the common case: every lease still held, one stage) -------------
+# The result rows go first (their first statement carries the BEGIN: _begin_first), then one message:
+# the fenced delete of all the leases, their ``ok`` attempt rows (a data-modifying CTE: claimed_at from
+# the delete) and a check that fails the statement (so the transaction and the result rows with it) when
+# a lease is no longer held; the survivors' enqueue; COMMIT; the drained jobs' completion. With no result
+# rows (or with the BEGIN riding on their first statement) the completion is one message more than the
+# result rows: no transaction is left open across a round trip of the worker's own. A fenced-out lease or
+# a failing ``write_results`` rolls it all back, and the batch is completed again the careful way
+# (``_complete_in``: fence first, then each lease on its own).
+_FENCED_OUT = "broker: a lease of this completion is no longer held"
+_HELD = f"""
+    WITH gone AS (
+        DELETE FROM tasks t
+        USING unnest(CAST(:task_ids AS bigint[]), CAST(:lease_ids AS uuid[])) AS u(task_id, lease_id)
+        WHERE t.stage = :stage AND t.task_id = u.task_id AND t.lease_id = u.lease_id AND {_LEASED}
+        RETURNING t.task_id, t.claimed_at),
+    logged AS (
+        INSERT INTO task_attempts (task_id, job_id, stage, attempt, lease_id, worker_id, claimed_at, outcome,
+                                   error, n_items, n_ok)
+        SELECT a.task_id, a.job_id, :stage, a.attempt, a.lease_id, :worker_id, gone.claimed_at, 'ok', NULL,
+               a.n_items, a.n_ok
+        FROM unnest(CAST(:task_ids AS bigint[]), CAST(:a_job_id AS bigint[]), CAST(:a_attempt AS integer[]),
+                    CAST(:lease_ids AS uuid[]), CAST(:a_n_items AS integer[]), CAST(:a_n_ok AS integer[]))
+             AS a(task_id, job_id, attempt, lease_id, n_items, n_ok)
+        JOIN gone USING (task_id))
+    SELECT CAST(CASE WHEN count(*) = :n THEN '0' ELSE '{_FENCED_OUT}' END AS integer) FROM gone;
+"""
+
+
+@functools.lru_cache(maxsize=64)
+def _complete_held(begin: bool, enqueue: bool, jobs: int) -> TextClause:
+    """The one-message completion: [BEGIN;] fenced delete + attempt rows (all held, or an error); [enqueue;]
+    COMMIT; the completion of each of ``jobs`` jobs (``:f_job_0``...) if the commit drained it."""
+    return text(("BEGIN;" if begin else "") + _HELD + (_ENQUEUE_MANY if enqueue else "") + "COMMIT;"
+                + "".join(_FINISH_JOB_TAIL.format(n=n) for n in range(jobs)))
+
+
+_BEGIN_FIRST = "curation.broker.begin_first"  # Connection.info key: the next statement opens the transaction
+
+
+def _begin_first(conn, cursor, statement, parameters, context, executemany):
+    """``before_cursor_execute`` (retval) of a Broker's engine: while ``conn.info[_BEGIN_FIRST]`` is set, the
+    first statement sent on that connection carries the ``BEGIN`` (one message, not two)."""
+    if conn.info.pop(_BEGIN_FIRST, False):
+        if executemany:  # run once per parameter set: BEGIN goes on its own
+            cursor.execute("BEGIN")
+        else:
+            statement = "BEGIN;" + statement
+    return statement, parameters
+
+
+def _is_fenced_out(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "pgcode", None) == "22P02" and _FENCED_OUT in str(exc.orig)
 
 
 
@@ -389,13 +448,27 @@ def _finish_job_if_drained(conn: Connection, job_id: int) -> bool:
     return conn.execute(_FINISH_JOB, {"job_id": job_id}).rowcount > 0
 
 
+def _enqueue_params(enqueues: dict[tuple, list[tuple[str, list[int]]]]) -> dict[str, object]:
+    """The parameters of ``_ENQUEUE_MANY`` for ``{(job_id, NextStage, max_attempts): [(dedupe_key, ids)]}``."""
+    rows = [(job_id, nxt, max_attempts, key, ids)
+            for (job_id, nxt, max_attempts), chunks in enqueues.items() for key, ids in chunks]
+    return {
+        "e_job": [r[0] for r in rows], "e_stage": [r[1].stage for r in rows],
+        "e_version": [r[1].stage_version for r in rows], "e_ids": [_pg_array(r[4]) for r in rows],
+        "e_key": [r[3] for r in rows], "e_max_attempts": [r[2] for r in rows],
+        "e_runtime": [float(r[1].max_runtime_s) for r in rows], "e_priority": DEFAULT_PRIORITY,
+    }
+
+
 def _abort_open_transaction(conn: Connection) -> None:
     """After an error inside a transaction that an autocommit connection opened with its own ``BEGIN``:
     roll it back before the connection goes back to the pool (the driver's rollback does nothing in
-    autocommit). A connection in an unknown state is invalidated (closed, never reused)."""
-    if conn.invalidated:
+    autocommit). A connection in an unknown state is invalidated (closed, never reused). A pending
+    ``_BEGIN_FIRST`` is dropped."""
+    if conn.invalidated:  # its info went with it
         return
     try:
+        conn.info.pop(_BEGIN_FIRST, None)
         raw = conn.connection.driver_connection
         if raw.closed:
             conn.invalidate()
@@ -496,6 +569,8 @@ class Broker:
         self.engine = engine
         self.timing = timing or BrokerTiming.from_env()
         self._days_checked = float("-inf")  # when this process last made sure of the ledger's day partitions
+        if not event.contains(engine, "before_cursor_execute", _begin_first):
+            event.listen(engine, "before_cursor_execute", _begin_first, retval=True)
 
     # --- workers -----------------------------------------------------------------------------
 
@@ -610,6 +685,10 @@ class Broker:
         then reads as fenced out, as for a retried ``complete()``).
 
         Returns one outcome per completion, in order (see ``Outcome``)."""
+        if completions and len({c.lease.stage for c in completions}) == 1:
+            held = self._complete_held(completions, worker_id)
+            if held is not None:
+                return held
         outcomes: list[Outcome | None] = [None] * len(completions)
         todo = list(range(len(completions)))
         while todo:
@@ -636,6 +715,54 @@ class Broker:
                                 lease.task_id, lease.lease_id)
             break
         return outcomes  # type: ignore[return-value]
+
+    def _complete_held(self, completions: Sequence[Completion], worker_id: int) -> list[Outcome] | None:
+        """The common case in one message after the result rows (see ``_HELD``): every lease held, every
+        ``write_results`` fine. Returns None, having rolled back, when one is not: the caller completes the
+        batch the careful way. A lost connection propagates (the caller retries the flush)."""
+        stage = completions[0].lease.stage
+        order = sorted(completions, key=lambda c: c.lease.task_id)  # rows locked in task_id order
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.info[_BEGIN_FIRST] = True
+            try:
+                n_ok: list[int] = []
+                enqueues: dict[tuple, list[tuple[str, list[int]]]] = {}
+                for c in order:
+                    lease = c.lease
+                    n_ok.append(c.write_results(conn))
+                    if c.survivor_chunks is not None:
+                        chunks = [(f"{lease.dedupe_key}/{n}", list(ids)) for n, ids in enumerate(c.survivor_chunks())]
+                    else:
+                        chunks = [(lease.dedupe_key, list(c.survivors))]
+                    if c.next_stage is not None and any(ids for _, ids in chunks):
+                        key = (lease.job_id, c.next_stage, lease.max_attempts)
+                        enqueues.setdefault(key, []).extend((k, ids) for k, ids in chunks if ids)
+                for job_id, nxt, _ in enqueues:  # partitions of a new job or stage (once per process)
+                    _ensure_for_enqueue(conn, job_id, nxt.stage)
+                begun = not conn.info.pop(_BEGIN_FIRST, False)
+                jobs = sorted({c.lease.job_id for c in order})
+                params = {
+                    "stage": stage, "worker_id": worker_id, "n": len(order),
+                    "task_ids": [c.lease.task_id for c in order], "lease_ids": [c.lease.lease_id for c in order],
+                    "a_job_id": [c.lease.job_id for c in order], "a_attempt": [c.lease.attempt for c in order],
+                    "a_n_items": [len(c.lease.asset_ids) for c in order], "a_n_ok": n_ok,
+                    **{f"f_job_{n}": job_id for n, job_id in enumerate(jobs)},
+                    **(_enqueue_params(enqueues) if enqueues else {}),
+                }
+                conn.execute(_complete_held(not begun, bool(enqueues), len(jobs)), params)
+            except Exception as exc:
+                _abort_open_transaction(conn)
+                if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                    raise
+                # a lease fenced out (_is_fenced_out), or a write_results that raised: nothing was written
+                log.debug("one-message completion of %d tasks rolled back (%s); completing them one by one",
+                          len(order), "fenced out" if isinstance(exc, DBAPIError) and _is_fenced_out(exc)
+                          else exc.__class__.__name__)
+                return None
+            except BaseException:
+                _abort_open_transaction(conn)
+                raise
+        return [True] * len(completions)
 
     def _complete_in(self, conn: Connection, completions: Sequence[Completion], worker_id: int) -> list[bool]:
         """One transaction on the autocommit ``conn``: ``BEGIN`` + the fenced delete (one message per stage,
@@ -678,14 +805,7 @@ class Broker:
         if enqueues:
             for job_id, nxt, _ in enqueues:  # partitions of a new job or stage (once per process)
                 _ensure_for_enqueue(conn, job_id, nxt.stage)
-            rows_e = [(job_id, nxt, max_attempts, key, ids)
-                      for (job_id, nxt, max_attempts), chunks in enqueues.items() for key, ids in chunks]
-            params.update({
-                "e_job": [r[0] for r in rows_e], "e_stage": [r[1].stage for r in rows_e],
-                "e_version": [r[1].stage_version for r in rows_e], "e_ids": [_pg_array(r[4]) for r in rows_e],
-                "e_key": [r[3] for r in rows_e], "e_max_attempts": [r[2] for r in rows_e],
-                "e_runtime": [float(r[1].max_runtime_s) for r in rows_e], "e_priority": DEFAULT_PRIORITY,
-            })
+            params.update(_enqueue_params(enqueues))
         rows = [
             (c.lease, claimed.get(c.lease.task_id), "ok" if ours[i] else "fenced_out",
              None if ours[i] else "complete after the lease was reclaimed", len(c.lease.asset_ids),
@@ -710,8 +830,8 @@ class Broker:
         with self.engine.begin() as conn:
             row = conn.execute(
                 text(
-                    "SELECT claimed_at FROM tasks WHERE stage = :s AND task_id = :t AND lease_id = CAST(:l AS uuid) "
-                    "AND state = 'leased' FOR UPDATE"
+                    "SELECT claimed_at FROM tasks t WHERE stage = :s AND task_id = :t AND lease_id = CAST(:l AS uuid) "
+                    f"AND {_LEASED} FOR UPDATE"
                 ),
                 {"s": lease.stage, "t": lease.task_id, "l": lease.lease_id},
             ).first()
@@ -740,11 +860,11 @@ class Broker:
         with self.engine.begin() as conn:
             row = conn.execute(
                 text(
-                    """
+                    f"""
                     UPDATE tasks t SET state = 'ready', attempt = greatest(t.attempt - 1, 0), lease_id = NULL,
                         lease_owner = NULL, deadline_at = NULL, run_after = now()
-                    FROM (SELECT task_id, claimed_at FROM tasks WHERE stage = :s AND task_id = :t
-                          AND lease_id = CAST(:l AS uuid) AND state = 'leased' FOR UPDATE) old
+                    FROM (SELECT task_id, claimed_at FROM tasks t WHERE stage = :s AND task_id = :t
+                          AND lease_id = CAST(:l AS uuid) AND {_LEASED} FOR UPDATE) old
                     WHERE t.stage = :s AND t.task_id = old.task_id
                     RETURNING old.claimed_at
                     """

@@ -1,8 +1,11 @@
-"""``Broker.complete_many`` in two messages (bench/broker_pollers.py measures them as ``broker``).
+"""``Broker.complete_many`` in one message after the result rows (bench/broker_pollers.py: ``broker``).
 
-On an autocommit connection: ``BEGIN; <fenced delete>`` opens the transaction and fences the leases;
-the result rows follow in it; ``[<enqueue>;] <attempt rows>; COMMIT; [<finish drained jobs>]`` ends it.
-These tests pin what is sent, and that no error path leaves a transaction open on a pooled connection."""
+The common case (one stage, every lease still held): the result rows are written first, the first one
+carrying the ``BEGIN``; then one message: the fenced delete and the attempt rows (a statement that fails
+unless every lease is held), ``[<enqueue>;] COMMIT; <finish drained jobs>``. A fenced-out lease or a failing
+``write_results`` rolls that back and the batch is completed the careful way: ``BEGIN; <fenced delete>``,
+the result rows of the leases still held, ``[<enqueue>;] <attempt rows>; COMMIT; <finish drained jobs>``.
+These tests pin what is sent, and that no path leaves a transaction open on a pooled connection."""
 
 from __future__ import annotations
 
@@ -15,11 +18,11 @@ from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from bench.broker_pollers import broker_complete_sql
 from curation.broker import (
-    _FENCE_FIRST,
+    _FENCED_OUT,
     Broker,
     Completion,
     NextStage,
-    _complete_tail,
+    _complete_held,
     enqueue,
 )
 from tests.conftest import ALL_TABLES
@@ -48,49 +51,107 @@ def _no_open_transactions(engine) -> None:
     assert not [s for s in states if s and s.startswith("idle in transaction")], states
 
 
-def test_a_completion_is_two_messages(engine):
+def test_a_completion_with_no_result_rows_is_one_message(engine):
     make_job(engine, 4, 4)
     broker = Broker(engine, TIMING)
     w = broker.register_worker("probe", "test", 1)
     (lease,) = broker.claim(w, "probe")
     ok, sent = _sent(engine, lambda: broker.complete(lease, w, lambda conn: 0))
     assert ok is True
-    assert len(sent) == 2
-    assert sent[0].startswith("BEGIN;") and "DELETE FROM tasks" in sent[0]
-    assert "INSERT INTO task_attempts" in sent[1] and "COMMIT;" in sent[1] and "UPDATE jobs" in sent[1]
-    assert sent[1].index("COMMIT;") < sent[1].index("UPDATE jobs")  # the job check sees the commit
+    assert len(sent) == 1
+    (msg,) = sent
+    assert msg.startswith("BEGIN;") and "DELETE FROM tasks" in msg and "INSERT INTO task_attempts" in msg
+    assert msg.index("COMMIT;") < msg.index("UPDATE jobs")  # the job check sees the commit
     with engine.connect() as conn:
         assert conn.execute(text("SELECT status FROM jobs")).scalar_one() == "completed"
-        assert conn.execute(text("SELECT outcome, n_items FROM task_attempts")).one() == ("ok", 4)
+        row = conn.execute(text("SELECT outcome, n_items, n_ok, worker_id, claimed_at IS NOT NULL, lease_id::text "
+                                "FROM task_attempts")).one()
+        assert tuple(row) == ("ok", 4, 0, w, True, lease.lease_id)
         # the pooled connection is back out of autocommit, with no transaction left open
         assert conn.connection.driver_connection.autocommit is False
     _no_open_transactions(engine)
 
 
-def test_result_rows_and_the_enqueue_go_between_the_two_messages(engine):
+def test_the_first_result_row_carries_the_begin_and_the_enqueue_rides_the_last_message(engine):
     _, ids = make_job(engine, 6, 6)
     broker = Broker(engine, TIMING)
     w = broker.register_worker("probe", "test", 1)
     (lease,) = broker.claim(w, "probe")
     nxt = NextStage("resolution", "resolution@1", 60)
-    broker.complete_many([], w)
     ok, sent = _sent(engine, lambda: broker.complete(lease, w, write_probe_rows(ids, "x"), survivors=ids[:3],
                                                      next_stage=nxt))
     assert ok is True
-    # between the two: the result rows, and (a job's or stage's first enqueue in this process) the
-    # making sure of its partitions, in a savepoint of the same transaction
-    fence, *between, tail = sent
-    assert fence.startswith("BEGIN;") and len([s for s in between if "probe_results" in s]) == 1
-    assert tail.lstrip().startswith("INSERT INTO tasks") and "COMMIT;" in tail
+    # first the result rows (then, on a job's or stage's first enqueue in this process, the making sure of
+    # its partitions, in a savepoint of the same transaction), then the one message
+    first, *_, last = sent
+    assert first.startswith("BEGIN;INSERT INTO probe_results")
+    assert not last.startswith("BEGIN;") and "WITH gone AS" in last and "INSERT INTO tasks" in last
+    assert last.index("INSERT INTO tasks") < last.index("COMMIT;") < last.index("UPDATE jobs")
+    assert not [s for s in sent[1:] if s.startswith("BEGIN")]
     with engine.connect() as conn:
         row = conn.execute(text("SELECT stage, stage_version, asset_ids, state, max_runtime_s, priority, max_attempts "
                                 "FROM tasks")).one()
         assert tuple(row) == ("resolution", "resolution@1", ids[:3], "ready", 60.0, 100, 5)
         assert conn.execute(text("SELECT status FROM jobs")).scalar_one() == "running"
+        assert conn.execute(text("SELECT count(*) FROM probe_results")).scalar_one() == 6
+        assert conn.execute(text("SELECT n_ok FROM task_attempts WHERE outcome = 'ok'")).scalar_one() == 6
     # completed again (a retried flush): fenced out, nothing enqueued twice
-    assert broker.complete(lease, w, write_probe_rows(ids, "x"), survivors=ids[:3], next_stage=nxt) is False
+    assert broker.complete(lease, w, write_probe_rows(ids, "y"), survivors=ids[:3], next_stage=nxt) is False
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM tasks")).scalar_one() == 1
+        assert conn.execute(text("SELECT count(*) FROM probe_results WHERE format = 'y'")).scalar_one() == 0
+    _no_open_transactions(engine)
+
+
+def test_a_fenced_out_lease_rolls_back_the_result_rows_written_before_its_fence(engine):
+    make_job(engine, 6, 2)
+    broker = Broker(engine, TIMING)
+    zombie = broker.register_worker("probe", "zombie", 1)
+    other = broker.register_worker("probe", "other", 2)
+    leases = broker.claim(zombie, "probe", 3)
+    with engine.begin() as conn:  # lease 1 was reclaimed and handed to another worker meanwhile
+        conn.execute(text("UPDATE tasks SET lease_id = gen_random_uuid(), lease_owner = :w WHERE task_id = :t"),
+                     {"w": other, "t": leases[1].task_id})
+    calls: list[int] = []
+
+    def writer(lease):
+        def write(conn):
+            calls.append(lease.task_id)
+            return write_probe_rows(lease.asset_ids, "z")(conn)
+        return write
+
+    ok, sent = _sent(engine, lambda: broker.complete_many([Completion(l, writer(l)) for l in leases], zombie))
+    assert ok == [True, False, True]
+    assert any(_FENCED_OUT in s for s in sent) and any(s.startswith("BEGIN;") and "DELETE" in s for s in sent)
+    with engine.connect() as conn:
+        written = set(conn.execute(text("SELECT asset_id FROM probe_results")).scalars())
+        assert written == set(leases[0].asset_ids) | set(leases[2].asset_ids)
+        attempts = dict(conn.execute(text("SELECT task_id, outcome FROM task_attempts")).all())
+        assert attempts == {leases[0].task_id: "ok", leases[1].task_id: "fenced_out", leases[2].task_id: "ok"}
+        assert conn.execute(text("SELECT task_id FROM tasks")).scalars().all() == [leases[1].task_id]
+    # the careful way ran the held ones' writes again, not the fenced-out one's
+    assert sorted(calls) == sorted([l.task_id for l in leases] + [leases[0].task_id, leases[2].task_id])
+    _no_open_transactions(engine)
+
+
+def test_a_lease_reclaimed_while_its_results_are_written_is_fenced_out(engine):
+    """The fence is checked after the result rows now: a reclaim that commits in between fences it out."""
+    _, ids = make_job(engine, 2, 2)
+    broker = Broker(engine, TIMING)
+    zombie = broker.register_worker("probe", "zombie", 1)
+    (lease,) = broker.claim(zombie, "probe")
+
+    def write(conn):
+        n = write_probe_rows(ids, "z")(conn)
+        with engine.begin() as other:  # the sweep reclaims it while the rows are being written
+            other.execute(text("UPDATE tasks SET state = 'scheduled', lease_id = NULL, lease_owner = NULL"))
+        return n
+
+    assert broker.complete(lease, zombie, write) is False
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM probe_results")).scalar_one() == 0
+        assert conn.execute(text("SELECT state FROM tasks")).scalar_one() == "scheduled"
+        assert conn.execute(text("SELECT outcome FROM task_attempts")).scalars().all() == ["fenced_out"]
     _no_open_transactions(engine)
 
 
@@ -163,12 +224,10 @@ def test_two_last_completions_of_a_job_finish_it(engine):
             assert conn.execute(text("SELECT status FROM jobs WHERE job_id = :j"), {"j": job}).scalar_one() == "completed"
 
 
-def test_bench_sends_the_brokers_completion_messages():
-    fence, tail = broker_complete_sql()
-    assert fence.startswith("BEGIN;") and "%(stage)s" in fence and ":stage" not in fence
-    assert "%(a_lease_id)s" in tail and "COMMIT;" in tail and "%(f_job_0)s" in tail
-    assert fence == _PARAM.sub(r"%(\1)s", _FENCE_FIRST.text)
-    assert tail == _PARAM.sub(r"%(\1)s", _complete_tail(False, 1).text)
+def test_bench_sends_the_brokers_completion_message():
+    sql = broker_complete_sql()
+    assert sql.startswith("BEGIN;") and "%(stage)s" in sql and ":stage" not in sql and "%(f_job_0)s" in sql
+    assert sql == _PARAM.sub(r"%(\1)s", _complete_held(True, False, 1).text)
 
 
 def test_one_flush_finishes_each_job_it_drains(engine):
@@ -185,7 +244,7 @@ def test_one_flush_finishes_each_job_it_drains(engine):
     last_of_c = next(l for l in leases if l.job_id == job_c)
     ok, sent = _sent(engine, lambda: broker.complete_many([Completion(l, lambda conn: 0) for l in leases
                                                            if l is not last_of_c], w))
-    assert ok == [True] * 3 and len(sent) == 2 and sent[1].count("UPDATE jobs") == 3
+    assert ok == [True] * 3 and len(sent) == 1 and sent[0].count("UPDATE jobs") == 3
     with engine.connect() as conn:
         status = dict(conn.execute(text("SELECT job_id, status FROM jobs")).all())
     assert status == {job_a: "completed", job_b: "completed", job_c: "running"}
