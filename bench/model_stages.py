@@ -12,16 +12,19 @@ variants of the others (clip, TOPIQ, Q-Align, watermark):
              PostgreSQL, media read and decoded by the runtime, results, provenance and the next task
              written in one transaction per task); the probe ran beforehand, not timed
 
-and prints images/s of each and the ratios platform / direct and platform / model.
+and prints images/s of each and the ratios platform / direct and platform / model, and CPU ms per image of
+this process (the worker's threads included, not the database server's): under load the CPU ratio is the steadier one.
 
-  python bench/model_stages.py [--photos 48] [--stages quality,text]
+  python bench/model_stages.py [--photos 48] [--stages quality,text] [--runs 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -54,9 +57,10 @@ def candidates() -> dict[str, tuple[str, dict]]:
     return out
 
 
-def direct(stage, uris: list[str], batch: int, *, decoded: list | None = None) -> float:
-    """Seconds for read + decode + process of ``uris`` in batches (or process only, on ``decoded``)."""
-    start = time.perf_counter()
+def direct(stage, uris: list[str], batch: int, *, decoded: list | None = None) -> tuple[float, float]:
+    """(wall s, CPU s of this process) for read + decode + process of ``uris`` in batches (or process
+    only, on ``decoded``)."""
+    start, cpu = time.perf_counter(), time.process_time()
     images = decoded
     if images is None:
         images = []
@@ -68,43 +72,50 @@ def direct(stage, uris: list[str], batch: int, *, decoded: list | None = None) -
     items = [StageItem(i, f"photo-{i}", image=img) for i, img in enumerate(images)]
     for i in range(0, len(items), batch):
         stage.process(items[i:i + batch])
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def platform(db_url: str, engine, folder: Path, ref: str, params: dict, batch: int) -> tuple[float, dict]:
+def platform(server, run: int, folder: Path, ref: str, params: dict, batch: int) -> tuple[float, float, dict]:
+    """(wall s, CPU s of this process — the worker's threads included, not the database server's, counters)
+    of a ``StageWorker`` draining a job of the photos in ``folder``, on a database of its own (results are
+    keyed by configuration: a second job on the same photos in one database would reuse them)."""
     from sqlalchemy import text
 
+    from curation.db import make_engine, upgrade
     from tests.helpers import submit_spec
     from workers.runtime import StageWorker
 
-    with engine.begin() as conn:
-        conn.execute(text("DELETE FROM tasks"))
-    submit_spec(engine, {"name": f"bench-{ref}", "modality": "image",
-                         "source": {"uri": str(folder), "name": "bench"},
-                         "stages": [{"name": "probe"}, {"name": ref, "params": params, "batch_size": batch}],
-                         "chunk_size": 64})
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the worker configured logging; keep the migrations quiet
+    name = f"bench_{ref}_{run}"
+    admin = make_engine(server.url, pool_size=1)
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    db_url = server.url.rsplit("/", 1)[0] + f"/{name}"
+    engine = make_engine(db_url, pool_size=2)
+    upgrade(engine)
+    job_id = submit_spec(engine, {"name": f"bench-{ref}", "modality": "image",
+                                  "source": {"uri": str(folder), "name": "bench"},
+                                  "stages": [{"name": "probe"}, {"name": ref, "params": params, "batch_size": batch}],
+                                  "chunk_size": 64})
     StageWorker(db_url, "probe").run(idle_exit_s=0.3)
     worker = StageWorker(db_url, ref)
-    worker._stage_instance(worker._plan(_last_job(engine)), ref)  # models load before the clock starts
-    start = time.perf_counter()
+    worker._stage_instance(worker._plan(job_id), ref)  # models load before the clock starts
+    start, cpu = time.perf_counter(), time.process_time()
     stats = worker.run(idle_exit_s=0.01)
-    return time.perf_counter() - start, stats
-
-
-def _last_job(engine) -> int:
-    from sqlalchemy import text
-
-    with engine.connect() as conn:
-        return conn.execute(text("SELECT max(job_id) FROM jobs")).scalar_one()
+    elapsed = time.perf_counter() - start, time.process_time() - cpu
+    engine.dispose()
+    return *elapsed, stats
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--photos", type=int, default=48)
     ap.add_argument("--stages", default="", help="comma-separated names (default: all)")
+    ap.add_argument("--runs", type=int, default=1, help="interleaved runs of direct, model and platform; medians")
     args = ap.parse_args()
     os.environ["CURATION_ALLOW_TINY_MODELS"] = "1"  # a benchmark, not a job: the tiny variants are timed too
-    from curation.db import make_engine, upgrade
     from curation.embedded import EmbeddedPostgres
     from curation.sample_media import build_demo_folder
     from models.registry import pull
@@ -122,29 +133,39 @@ def main() -> None:
     server = EmbeddedPostgres(scratch / "pg")
     server.start()
     try:
-        engine = make_engine(server.url, pool_size=2)
-        upgrade(engine)
         wanted = {s.strip() for s in args.stages.split(",") if s.strip()}
         print(f"{len(uris)} real photos, one process; images/s (ratio platform / direct, platform / model)")
         for name, (ref, params) in candidates().items():
             if wanted and ref not in wanted:
                 continue
             cls = get_stage(ref)
+            threads = limit_model_threads(cls.resources.cpus)  # what the runtime gives one actor, before loading
             stage = cls(cls.Params.model_validate(params))
             stage.setup()
-            threads = limit_model_threads(cls.resources.cpus)  # what the runtime gives one actor
+            limit_model_threads(cls.resources.cpus)  # model loaders set their own counts (as the runtime does)
             batch = cls.batch_size
             direct(stage, uris[:2], batch)  # warm-up
-            t_direct = direct(stage, uris, batch)
             decoded = [decode_image(storage.read_bytes(u), draft_size=stage.image_draft_size) for u in uris]
-            t_model = direct(stage, uris, batch, decoded=decoded)
+            runs: dict[str, list[tuple[float, float]]] = {"direct": [], "model": [], "platform": []}
+            stats: dict = {}
+            for _ in range(args.runs):  # interleaved, so that a change of load hits all three alike
+                runs["direct"].append(direct(stage, uris, batch))
+                runs["model"].append(direct(stage, uris, batch, decoded=decoded))
+                wall, cpu, stats = platform(server, len(runs["platform"]), folder, ref, params, batch)
+                runs["platform"].append((wall, cpu))
+                if stats["items_ok"] + stats["item_errors"] != len(uris):
+                    raise SystemExit(f"{name}: the platform run scored {stats['items_ok']} of {len(uris)} photos")
             stage.teardown()
-            t_platform, stats = platform(server.url, engine, folder, ref, params, batch)
+            (t_direct, c_direct), (t_model, c_model), (t_platform, c_platform) = (
+                (statistics.median(w for w, _ in runs[k]), statistics.median(c for _, c in runs[k]))
+                for k in ("direct", "model", "platform"))
             n = len(uris)
             print(f"{name:<17} threads {threads}, batch {batch:>3}: direct {n / t_direct:6.1f}, model {n / t_model:6.1f}, "
                   f"platform {n / t_platform:6.1f}  ({t_direct / t_platform:.2f}×, {t_model / t_platform:.2f}×)"
                   f"  [{stats['items_ok']} ok, {stats['item_errors']} errors]")
-        engine.dispose()
+            print(f"{'':<17} CPU ms/image: direct {1000 * c_direct / n:7.1f}, model {1000 * c_model / n:7.1f}, "
+                  f"platform {1000 * c_platform / n:7.1f}  (direct / platform {c_direct / c_platform:.2f}×)  "
+                  f"load {os.getloadavg()[0]:.1f}")
     finally:
         server.stop("immediate")
         shutil.rmtree(scratch, ignore_errors=True)
