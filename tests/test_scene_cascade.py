@@ -1,7 +1,8 @@
-"""The scenes stage's cascade (scenes@3, the default detector): a cheap proposer on TransNetV2's 48x27 frames
-says where a fade or a dissolve may be, and the network runs only there. Real media: clips built from the
-registry's sample footage with known transitions (``curation.transition_clips``) and the sample clips as
-they are. No wall-clock assertions: the work saved is counted in frames."""
+"""The scenes stage's cascade (the default detector, scenes@3; scenes@4: the proposer's hysteresis): a cheap
+proposer on TransNetV2's 48x27 frames says where a fade or a dissolve may be, and the network runs only
+there. Real media: clips built from the registry's sample footage with known transitions
+(``curation.transition_clips``) and the sample clips as they are. No wall-clock assertions: the work saved
+is counted in frames."""
 
 from __future__ import annotations
 
@@ -73,10 +74,30 @@ def test_the_proposer_flags_every_built_fade_and_dissolve_and_little_else(built,
         flagged += int(found[away].sum())
         outside += int(away.sum())
     assert flagged / outside < 0.05, (flagged, outside)  # measured 0.7 %: sub-second shots, hand-held motion
-    # real footage with no fade: a fixed CCTV camera and a swaying tree give no candidate at all
-    for stem in ("vtest", "tree"):
+    # real footage with no fade: a fixed CCTV camera, a swaying tree and fast motion give no candidate at all
+    # (bikes.mp4's 0.2 s of weak candidates, change 11.6, cost a TransNetV2 window before scenes@4)
+    for stem in ("vtest", "tree", "bikes"):
         small, fps = small_frames(clips[stem])
         assert not gradual_candidates(small, step_differences(small), fps, p).any(), stem
+
+
+def test_weak_candidates_stand_only_next_to_a_strong_one():
+    """Hysteresis (scenes@4): a slow blend whose change is just above ``proposal_change`` is no proposal alone;
+    a clear one is, its weaker edge frames with it."""
+    p = ScenesParams()
+    fps, n = 10.0, 100
+    levels = np.full(n, 20.0)
+    levels[10:30] += np.arange(20) * 4.0  # weak: 16 across 2k = 4 frames, 4 the largest step -> change 12
+    levels[30:] += 80.0
+    levels[60:80] += np.arange(20) * 6.0  # strong: change 24 - 6 = 18
+    levels[80:] += 120.0
+    small = np.broadcast_to(levels[:, None, None, None], (n, 27, 48, 3)).astype(np.uint8).copy()
+    steps = step_differences(small)
+    loose = gradual_candidates(small, steps, fps, p.model_copy(update={"proposal_strong_change": 0.0}))
+    found = gradual_candidates(small, steps, fps, p)
+    assert loose[12:28].all() and loose[62:78].all()
+    assert not found[:50].any() and found[62:78].all()
+    assert np.array_equal(found[50:], loose[50:])  # the strong run keeps all its frames
 
 
 def test_the_cascade_runs_the_full_pass_windows_only_where_asked(built):
@@ -137,7 +158,7 @@ def test_unclear_cuts_and_the_scored_frames():
 
 
 def test_the_default_detector_declares_transnetv2():
-    assert ScenesParams().detector == "cascade" and ScenesStage.version == "3"
+    assert ScenesParams().detector == "cascade" and ScenesStage.version == "4"
     assert ScenesStage.models_for(ScenesParams()) == ("transnetv2",)
 
 

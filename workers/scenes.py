@@ -21,7 +21,8 @@ RGB that TransNetV2 reads.
 - ``cascade`` (the default, scenes@3): ``fused``, with TransNetV2 run only where a cheap signal on its
   48x27 frames says a transition may be (``gradual_candidates``: twin comparison — frames ``t - k`` and
   ``t + k`` differ much more than any single step between them — and a dissolve's signature — frame
-  ``t`` is close to the mean of those two; ``k`` = ``proposal_half_s``) and around the content cuts that
+  ``t`` is close to the mean of those two; ``k`` = ``proposal_half_s``; scenes@4: a run of such frames
+  only when one of them is a strong candidate, ``proposal_strong_change``) and around the content cuts that
   are not clean (``unclear_cuts``: the steps next to the cut are more than ``cut_isolation`` of the
   cut's own, e.g. a fast pan). It runs the same 100-frame windows as the full pass, so where it runs its
   probabilities are the full pass's; elsewhere ContentDetector's cuts stand alone.
@@ -113,6 +114,12 @@ class ScenesParams(BaseModel):
                                    "between them, for a gradual candidate")
     proposal_linearity: float = Field(0.35, gt=0, description="cascade: a gradual candidate's frame t differs from "
                                       "the mean of frames t - k and t + k by at most this share of their difference")
+    proposal_strong_change: float = Field(13.0, ge=0, le=255, description="cascade: a run of gradual candidates "
+                                          "is proposed only when one of its frames changes by more than this beyond "
+                                          "the largest step, that step being under proposal_step_share of the change "
+                                          "across (hysteresis: weak candidates stand only next to a strong one)")
+    proposal_step_share: float = Field(0.5, gt=0, le=1, description="cascade: a strong candidate's largest single "
+                                       "step is under this share of the change across (a blend is many small steps)")
     proposal_margin_s: float = Field(0.2, ge=0, le=5, description="cascade: frames scored around each candidate "
                                      "(a span grows over its edges)")
     cut_isolation: float = Field(0.5, ge=0, description="cascade: a content cut whose neighbouring steps exceed "
@@ -227,11 +234,16 @@ def gradual_candidates(small: np.ndarray, steps: np.ndarray, fps: float, params:
     candidate when frames ``t - k`` and ``t + k`` differ by more than ``proposal_change`` beyond the largest
     single step between them (twin comparison: a change made of small steps, not one cut) and frame *t*
     is within ``proposal_linearity`` of their mean (a blend, not motion: a dissolve or a fade is linear in
-    time). Measured on the built clips: every true fade and dissolve gives a candidate (change 15-139,
-    linearity 0.01-0.29); within real shots 0-10 % of frames are candidates (fast hand-held motion)."""
+    time). Candidates are kept by hysteresis (scenes@4): a run of them (gaps under ``k`` frames bridged)
+    stands only when one of its frames is strong — change above ``proposal_strong_change`` and the largest
+    step under ``proposal_step_share`` of the change across. Measured on the built clips: every true fade
+    and dissolve gives a strong candidate (change 14.9-139, largest step 0.25-0.39 of the change); the
+    false runs in real shots (bikes.mp4's fast motion, 0.2 s) peak at change 11.6, and a cut next to
+    motion at a 0.67 share."""
     n = len(small)
     k = max(2, round(params.proposal_half_s * fps))
     out = np.zeros(n, bool)
+    strong = np.zeros(n, bool)
     if n <= 2 * k:
         return out
     from numpy.lib.stride_tricks import sliding_window_view
@@ -244,7 +256,14 @@ def gradual_candidates(small: np.ndarray, steps: np.ndarray, fps: float, params:
         before, mid, after = x[:b - a], x[k:k + b - a], x[2 * k:]
         across = np.abs(after - before).mean(axis=(1, 2, 3))
         off_blend = np.abs(mid - (before + after) / 2).mean(axis=(1, 2, 3))
-        out[a:b] = (across - biggest[a:b] > params.proposal_change) & (off_blend < params.proposal_linearity * across)
+        change = across - biggest[a:b]
+        out[a:b] = (change > params.proposal_change) & (off_blend < params.proposal_linearity * across)
+        strong[a:b] = out[a:b] & (change > params.proposal_strong_change) & (
+            biggest[a:b] < params.proposal_step_share * across)
+    bridged = np.convolve(out, np.ones(k, np.int32), mode="full")[:n] > 0  # a run and the k frames after it
+    for a, b in _runs(bridged):
+        if not strong[a:b].any():
+            out[a:b] = False
     return out
 
 
@@ -416,7 +435,9 @@ def constrain_segments(segments: Sequence[tuple[int, int]], times: Sequence[floa
 class ScenesStage(Stage[ScenesParams, ScenesResult]):
     name = "scenes"
     view_columns = (ViewColumns("curated_scenes", "sp", (), of="a.parent_id"),)
-    version = "3"  # 2: the transnetv2 and fused detectors, gradual transitions left out of scenes; 3: cascade default
+    # 2: the transnetv2 and fused detectors, gradual transitions left out of scenes; 3: cascade default;
+    # 4: the cascade's proposer keeps a run of gradual candidates only next to a strong one (hysteresis)
+    version = "4"
     modalities = frozenset({"video"})
     result_type = ScenesResult
     result_table = "scene_split_results"
