@@ -20,7 +20,8 @@ Scene splitting, frames/s = decoded frames / wall seconds, same detector (Conten
 Each system's cut lists are compared (they should agree within a frame).
 
 The throughput part also times the stage's default ``cascade`` detector (ContentDetector + TransNetV2
-where a cheap signal proposes a transition) on the same clips, in the same interleaved runs.
+where a cheap signal proposes a transition) on the same clips, in the same interleaved runs, and how
+many frames (100-frame windows) TransNetV2 scored in one cascade run (both parts).
 
 Transitions (``--part transitions``): clips built from the same real footage with known hard cuts, shots
 under a second, cross-fades and fades to black, at 10 and 50 fps (``curation.transition_clips``). For the
@@ -54,6 +55,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from curation.sample_media import ClipPart, build_demo_videos, sample_clips, write_clip  # noqa: E402
@@ -84,12 +87,32 @@ def build_clips(dest: Path) -> list[Path]:
 _STAGES: dict[str, ScenesStage] = {}
 
 
+class CountingModel:
+    """The stage's TransNetV2, counting the frames it scored and the 100-frame windows that took."""
+
+    def __init__(self, model):
+        self.model, self.weights_sha256 = model, model.weights_sha256
+        self.frames = self.windows = 0
+        self.last = None
+
+    def predict(self, frames, only=None):
+        from models.transnet import CONTEXT, WINDOW
+
+        self.last = self.model.predict(frames, only=only)
+        scored = self.last.scored if self.last.scored is not None else np.ones(len(frames), bool)
+        self.frames += int(scored.sum())
+        self.windows += int(scored[::WINDOW - 2 * CONTEXT].sum())
+        return self.last
+
+
 def ours(path: Path, detector: str = "content") -> tuple[list[int], int]:
     from workers.video_probe import VideoProbeStage
 
     if detector not in _STAGES:  # an actor sets its stage (and model) up once: not timed past the first clip
         _STAGES[detector] = ScenesStage(ScenesParams(detector=detector))
         _STAGES[detector].setup()
+        if _STAGES[detector].model is not None:
+            _STAGES[detector].model = CountingModel(_STAGES[detector].model)
     probe = VideoProbeStage().process([StageItem(0, str(path), path=str(path))])[0]
     result = _STAGES[detector].process([StageItem(0, str(path), path=str(path), prior={"video_probe": probe})])[0]
     return result.cut_frames, result.frames
@@ -260,17 +283,9 @@ def transitions(folder: Path, runs: int, fused_runs: int) -> None:
     seconds: dict[str, list[float]] = {}
     stages = {d: ScenesStage(ScenesParams(detector=d)) for d in ("content", "cascade", "fused")}
     stages["cascade"].setup()  # the model loads once per actor: not timed
-    probabilities = {}
-
-    class Spy:  # fused's TransNetV2, keeping its last probabilities for the transnetv2 row
-        def __init__(self, model):
-            self.model, self.weights_sha256 = model, model.weights_sha256
-
-        def predict(self, frames, only=None):
-            probabilities["last"] = self.model.predict(frames, only=only)
-            return probabilities["last"]
-
-    stages["fused"].model = Spy(stages["cascade"].model)
+    # fused's TransNetV2 keeps its last probabilities for the transnetv2 row; the cascade's counts its windows
+    stages["fused"].model = CountingModel(stages["cascade"].model)
+    stages["cascade"].model = CountingModel(stages["cascade"].model)
     print(f"uptime before: {uptime()}", flush=True)
     for run in range(runs):  # interleaved: the machine is shared, so each run's ratios are of the same moment
         for detector in ("content", "cascade", "fused"):
@@ -284,7 +299,7 @@ def transitions(folder: Path, runs: int, fused_runs: int) -> None:
                 r = stage.process([StageItem(0, str(path), path=str(path), prior={"video_probe": probes[c]})])[0]
                 out[c] = (r.cut_frames, list(zip(r.gradual_starts or [], r.gradual_ends or [])))
                 if detector == "fused":
-                    pr = probabilities["last"]
+                    pr = stage.model.last
                     cuts, gradual = transitions_from_probabilities(pr.single, pr.many, probes[c].fps, stage.params)
                     learned[c] = (spaced(cuts, min_gap_frames(stage.params.min_cut_gap_s, probes[c].fps)), gradual)
             seconds.setdefault(detector, []).append(time.perf_counter() - started)
@@ -300,6 +315,9 @@ def transitions(folder: Path, runs: int, fused_runs: int) -> None:
         seconds.setdefault("scenedetect CLI", []).append(time.perf_counter() - started)
         print(f"  run {run + 1} scenedetect CLI: {seconds['scenedetect CLI'][-1]:.1f} s", flush=True)
     print(f"uptime after: {uptime()}", flush=True)
+    counted = stages["cascade"].model
+    print(f"cascade: TransNetV2 scored {counted.frames // runs:,} of {total:,} frames a run "
+          f"({counted.windows // runs} windows of 100 frames)")
 
     for title, subset in (("all clips", clips),
                           ("built, tuned on (a-c)", [c for c in clips if c.startswith("transitions")]),
@@ -356,6 +374,9 @@ def main() -> None:
         ratios = sorted(a / b for a, b in zip(r, cli_rates))  # each run against the CLI of the same run
         span = f"{statistics.median(r):,.0f} ({min(r):,.0f}-{max(r):,.0f})"
         print(f"{name:<34}{span:>22}{statistics.median(ratios):>14.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})")
+    counted = _STAGES["cascade"].model
+    print(f"cascade: TransNetV2 scored {counted.frames // args.runs:,} of {sum(probe_video(c).frames for c in clips):,} "
+          f"frames a run ({counted.windows // args.runs} windows of 100 frames)")
     print(f"cut lists of ours and the library agree within 1 frame on {len(agree)} of {len(clips)} clips")
     for c in clips:
         a, b = cut_lists["ours (PyAV + ContentDetector)"][c.name], cut_lists["scenedetect.detect (library)"][c.name]
