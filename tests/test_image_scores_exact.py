@@ -1,9 +1,10 @@
 """The fused pass's cheaper computations give what their definitions give, on the real demo photos (issue 14
 §1): the probe's one parse and decode (``decode_with_header``) is ``read_header`` + ``decode_image``; phash@4's
-one greyscale conversion, one 32x32 resize and one matrix DCT hash exactly as the definition (scipy's DCT of
-the bilinear 32x32 input) of the hashed view, of its mirror and of its centre, and within a bit or so of
-``imagehash.phash`` on the same view; edges@2 is the integer Sobel formula, and differs from edges@1 (kornia)
-only on pixels lying exactly on the threshold."""
+shared greyscale conversion, one 32x32 resize and one matrix DCT hash exactly as the definition (scipy's DCT
+of the bilinear 32x32 input) of the hashed pixels, of their mirror and of their centre, and within a bit or
+so of ``imagehash.phash`` of the same pixels; edges@2 is the integer Sobel formula of the same pixels as
+before the shared conversion, and differs from edges@1 (kornia) only on pixels lying exactly on the
+threshold."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from PIL import Image, ImageOps
 from curation.media import MediaError, decode_image, decode_with_header, read_header
 from curation.sample_media import write_broken_files
 from tests.test_media import _stored_sideways
-from workers.edges import SOBEL_SCALE, EdgeScores, edge_grey, edge_scores
-from workers.phash import CENTER, DARK_LUMA, PhashStage, hashed_view, phash_scores
+from workers.edges import SOBEL_SCALE, EdgeScores, EdgesStage, edge_grey, edge_scores
+from workers.media_fetch import grey_of
+from workers.phash import CENTER, COLOUR_SAMPLE, DARK_LUMA, PhashStage, hashed_grey, phash_scores
 from workers.stage import StageItem, reduced_view
 
 
@@ -65,27 +67,30 @@ def _imagehash_bits(img) -> str:
     return "".join("1" if b else "0" for b in imagehash.phash(img, hash_size=8).hash.flatten())
 
 
-def _reference_phash(image) -> tuple:
-    """phash@4 as defined: the hash of the image, of its mirror and of its central 80 %; colourfulness and
-    border fill by their formulas."""
+def _reference_phash(view) -> tuple:
+    """phash@4 as defined: the hash of the view's greyscale box-reduced to about 64 px, of its mirror and of
+    its central 80 %; colourfulness (of a nearest-neighbour sample of the view) and border fill (of the
+    hashed pixels) by their formulas."""
+    image = reduced_view(view.convert("L"), 64)
     w, h = image.size
     dx, dy = round(w * (1 - CENTER) / 2), round(h * (1 - CENTER) / 2)
     centre = image.crop((dx, dy, max(dx + 1, w - dx), max(dy + 1, h - dy)))
-    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
+    sample = view.convert("RGB").resize((COLOUR_SAMPLE, COLOUR_SAMPLE), Image.Resampling.NEAREST)
+    rgb = np.asarray(sample, dtype=np.int16)
     colour = np.abs(rgb[..., 0] - rgb[..., 1]).mean() + np.abs(rgb[..., 1] - rgb[..., 2]).mean()
-    grey = np.asarray(image.convert("L"))
+    grey = np.asarray(image)
     ring = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
     return (_definition_bits(image), _definition_bits(ImageOps.mirror(image)), _definition_bits(centre),
             round(float(colour), 3), round(float((ring <= DARK_LUMA).mean()), 4))
 
 
-def test_phash_scores_are_their_definition_on_the_hashed_view_its_mirror_and_its_centre(decoded):
-    views = {name: hashed_view(reduced_view(full, 256)) for name, full in decoded.items()}
+def test_phash_scores_are_their_definition_on_the_hashed_pixels_their_mirror_and_their_centre(decoded):
+    views = {name: reduced_view(full, 256) for name, full in decoded.items()}
     apart = []
-    for name, image in views.items():
-        s = phash_scores(image)
-        assert (s.phash, s.phash_mirror, s.phash_center, s.colourfulness, s.border_fill) == _reference_phash(image), name
-        apart.append(sum(a != b for a, b in zip(s.phash, _imagehash_bits(image))))
+    for name, view in views.items():
+        s = phash_scores(view)
+        assert (s.phash, s.phash_mirror, s.phash_center, s.colourfulness, s.border_fill) == _reference_phash(view), name
+        apart.append(sum(a != b for a, b in zip(s.phash, _imagehash_bits(hashed_grey(view)))))
     # the bilinear 32x32 input instead of imagehash's Lanczos: the same bits on most photos, about a bit apart
     assert np.median(apart) == 0 and np.mean(apart) < 1.5, apart
 
@@ -93,7 +98,7 @@ def test_phash_scores_are_their_definition_on_the_hashed_view_its_mirror_and_its
 def test_phash_of_flat_and_mirror_symmetric_images_is_exact_not_rounding_noise(decoded):
     flat = phash_scores(Image.new("RGB", (640, 480), (90, 140, 30)))  # every AC coefficient is 0
     assert flat.phash == flat.phash_mirror == flat.phash_center == "1" + "0" * 63
-    photo = decoded["chelsea.png"]
+    photo = decoded["chelsea.png"].crop((0, 0, 448, 300))  # 896 px wide: box-reduced by 4, still symmetric
     symmetric = Image.new("RGB", (2 * photo.width, photo.height))  # a photo and its mirror side by side
     symmetric.paste(photo, (0, 0))
     symmetric.paste(ImageOps.mirror(photo), (photo.width, 0))
@@ -101,17 +106,18 @@ def test_phash_of_flat_and_mirror_symmetric_images_is_exact_not_rounding_noise(d
     assert s.phash_mirror == s.phash != flat.phash
 
 
-def test_the_phash_stage_hashes_the_64_px_view_of_the_256_px_view(decoded):
-    """phash@4 takes edges' view (one reduction of the full decode serves both in a fused pass) and reduces it
-    again: for a photo with a short side under 512 px that is the very 64 px view phash@3 hashed."""
-    stage = PhashStage()
-    assert stage.image_draft_size == 256 and stage.takes_reduced_view()
-    for name, full in decoded.items():
+def test_phash_and_edges_share_one_view_and_its_greyscale_conversion(decoded):
+    """phash@4 takes edges' view (one reduction of the full decode serves both in a fused pass) and the
+    greyscale conversion of it that edges uses (``grey_of``: made once per image object)."""
+    phash, edges = PhashStage(), EdgesStage()
+    assert phash.image_draft_size == edges.image_draft_size == 256 and phash.takes_reduced_view()
+    for name, full in list(decoded.items())[:20]:
         view = reduced_view(full, 256)
-        (got,) = stage.process([StageItem(0, name, image=view)])
-        assert got == phash_scores(hashed_view(view)), name
-        if min(full.size) < 512:
-            assert hashed_view(view).tobytes() == reduced_view(full, 64).tobytes(), name
+        (got,) = phash.process([StageItem(0, name, image=view)])
+        grey = grey_of(view)
+        assert got == phash_scores(view) and grey_of(view) is grey, name
+        assert grey.tobytes() == view.convert("L").tobytes(), name
+    assert grey_of(view.copy()) is not grey  # another image object (equal pixels): converted anew
 
 
 def _integer_sobel(image, short_side: int, threshold: float) -> tuple[float, float]:
@@ -141,6 +147,8 @@ def sobel_edges(image, short_side: int, threshold: float) -> EdgeScores:
 def test_edges_are_the_integer_sobel_formula_and_differ_from_edges_1_only_on_the_threshold(decoded):
     for name, full in decoded.items():
         view = reduced_view(full, 256)
+        size = edge_grey(view, 256).size  # the shared greyscale conversion: the very pixels edges@2 resized
+        assert edge_grey(view, 256).tobytes() == view.convert("L").resize(size, Image.Resampling.BILINEAR).tobytes()
         got = edge_scores(view, 256, 0.1)
         density, mean = _integer_sobel(view, 256, 0.1)
         assert got.edge_density == density, name

@@ -26,6 +26,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from workers.columns import ViewColumns
+from workers.media_fetch import grey_of
 from workers.stage import ItemFailure, Resources, Stage, StageItem
 
 
@@ -45,11 +46,12 @@ SOBEL_SCALE = 8 * 255  # the integer Sobel kernels sum to 8 in absolute value; p
 
 
 def edge_grey(image: Image.Image, short_side: int) -> Image.Image:
-    """The greyscale image, bilinear-resized so its short side is ``short_side`` px."""
+    """The greyscale image, bilinear-resized so its short side is ``short_side`` px (the conversion is
+    ``grey_of``'s: in a fused pass, the one phash made of the same view)."""
     w, h = image.size
     scale = short_side / min(w, h)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return image.convert("L").resize(size, Image.Resampling.BILINEAR)
+    return grey_of(image).resize(size, Image.Resampling.BILINEAR)
 
 
 def edge_scores(image: Image.Image, short_side: int, threshold: float) -> EdgeScores:

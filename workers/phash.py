@@ -1,20 +1,22 @@
 """phash — perceptual hash for deduplication (report §4.2: "an image perceptual hash is calculated
 for each image ... identifies and removes exact duplicates and images that are visually very similar").
 
-Scores (of the upright image, EXIF orientation applied, box-reduced — ``hashed_view``: the 64 px view of the
-256 px view that edges also takes, so a fused pass makes one reduction of the full decode for both):
+Scores (of the upright image, EXIF orientation applied; the runtime hands phash the 256 px view edges also
+takes, so a fused pass makes one reduction of the full decode for both, and the two share its greyscale
+conversion; the hashes and the fill are of ``hashed_grey``, that greyscale box-reduced to about 64 px):
 
 - ``phash``: the 64-bit DCT perceptual hash (``imagehash.phash``'s: 32x32 greyscale, 2-D DCT-II, the 8x8
   low-frequency block thresholded at its median; but the 32x32 input is a bilinear resize, not Lanczos,
   and the coefficients are rounded to 1e-4 so that those that are zero, as in a flat image, are zero),
-  stored as ``bit(64)``. Hamming distance 0..64; 0 for a
-  resized or re-encoded copy of the same photo, ~20-40 for unrelated photos. Greyscale copies hash alike.
+  stored as ``bit(64)``. Hamming distance 0..64; 0 for a resized or re-encoded copy of the same photo,
+  ~20-40 for unrelated photos. Greyscale copies hash alike.
 - ``phash_mirror``: the same hash of the horizontally mirrored image — a flipped copy's ``phash`` equals
   the original's ``phash_mirror``.
 - ``phash_center``: the hash of the central 80 % (each side cut by 10 %), which small rotations (a few
   degrees: new corners) and borders move much less than the full hash (``bench/near_duplicates.py``).
-- ``colourfulness``: mean spread between the colour channels (|R-G| + |G-B|) over the hashed view's pixels,
-  0..510 (0 for a greyscale copy stored as RGB, > 10 for most colour photos): the keep-one rule prefers colour.
+- ``colourfulness``: mean spread between the colour channels (|R-G| + |G-B|) over a 64x64 nearest-neighbour
+  sample of the view, 0..510 (0 for a greyscale copy stored as RGB, > 10 for most colour photos): the
+  keep-one rule prefers colour.
 - ``border_fill``: the share (0..1) of the image's outermost ring of pixels that is near black (luma <=
   16): a copy rotated without enlarging the canvas gains black corners there (a 3° rotation: +2 % or more
   of the ring on 94 % of 136 real photos; a resize, JPEG re-encode or mirror moves it by more than 2 % on
@@ -43,14 +45,15 @@ Default ``colour,framing,quality,pixels,bytes`` (phash@3); ``colour_pixels_bytes
 ``pixels_bytes`` (phash@1's) are the same syntax (``_`` or ``,`` between names).
 
 phash@4 (issue 14 §1: the fused pass's CPU time) against phash@3, which was ``imagehash.phash`` bit for bit:
-the view is reduced from edges' 256 px view instead of from the full decode (the same pixels for photos with
-a short side under 512 px, a box-rounding apart for larger ones); the 32x32 hash input is Pillow's bilinear
-(triangle filter) resize, 0.07 ms, instead of Lanczos, 0.2-0.3 ms, twice per image (the same bits as
-imagehash on the same view for half the demo photos, 0.7 bits apart on average); the DCT is one matrix
-product and the
-mirrored hash negates its odd columns (mirroring negates them exactly); colourfulness is taken over the
-view's pixels instead of a 64x64 bicubic thumbnail of it. Near-duplicate recall and false pairs on derived
-copies of real photos, against phash@3 and imagehash: docs/fused-stages.md.
+the hashed pixels are the greyscale of edges' 256 px view box-reduced to about 64 px, instead of the full
+decode box-reduced to about 64 px and then converted (a rounding apart); the 32x32 hash input is Pillow's
+bilinear (triangle filter) resize, 0.07 ms, instead of Lanczos, 0.2-0.3 ms, twice per image (of the 140
+demo photos, 101 get imagehash's bits of the same pixels, 136 are within 2 bits of them, 0.7 bits apart on
+average); the DCT is one matrix product and the mirrored hash negates its odd columns (mirroring negates
+them exactly); colourfulness is the mean over a nearest-neighbour sample of the view instead of over a
+64x64 bicubic thumbnail. Near-duplicate recall and false pairs on derived copies of real photos, against
+phash@3 and imagehash, are in docs/fused-stages.md; the keep rule's tolerances above were measured under
+phash@3 (the groups of real photos in tests/test_configs.py are decided alike under phash@4).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from workers.columns import Bits64, ViewColumns
+from workers.media_fetch import grey_of
 from workers.stage import ItemFailure, Resources, Stage, StageItem, reduced_view
 
 DEFAULT_MAX_DISTANCE = 8
@@ -119,14 +123,16 @@ class PhashScores:
     border_fill: float | None = None  # NULL for hashes written by phash@1 and @2
 
 
-HASHED_VIEW = 64  # phash hashes ``reduced_view(image, 64)`` of the 256 px view the runtime hands it
+HASHED_VIEW = 64  # phash hashes its view's greyscale box-reduced to a short side of at least this
 EDGES_VIEW = 256  # edges' ``image_draft_size``: one box reduction of the full decode serves both stages
+COLOUR_SAMPLE = 64  # colourfulness: a COLOUR_SAMPLE x COLOUR_SAMPLE nearest-neighbour sample of the view
 
 
-def hashed_view(image):
-    """The pixels phash@4 scores: ``image`` (the runtime's ``reduced_view`` at ``EDGES_VIEW``) box-reduced
-    again to about 64 px (``reduced_view``: a factor of 8, 4 or 2 that keeps the short side >= 64)."""
-    return reduced_view(image, HASHED_VIEW)
+def hashed_grey(image):
+    """The pixels phash@4 hashes: the greyscale of ``image`` (the runtime's ``reduced_view`` at
+    ``EDGES_VIEW``; ``grey_of``: converted once for phash and edges) box-reduced again (``reduced_view``:
+    by 8, 4 or 2, keeping the short side >= 64)."""
+    return reduced_view(grey_of(image), HASHED_VIEW)
 
 
 def phash_bits(image) -> str:
@@ -167,8 +173,10 @@ def center_crop(image, share: float = CENTER):
 
 
 def colourfulness(image) -> float:
-    """Mean of |R-G| + |G-B| over the pixels of ``image`` (0 for greyscale; exact sums: OpenCV's mean)."""
-    r, g, b = cv2.split(np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
+    """Mean of |R-G| + |G-B| over a 64x64 nearest-neighbour sample of ``image`` (0 for greyscale): a mean over
+    4096 pixels, without a pass over all of them."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    r, g, b = cv2.split(np.asarray(rgb.resize((COLOUR_SAMPLE, COLOUR_SAMPLE), Image.Resampling.NEAREST)))
     return cv2.mean(cv2.absdiff(r, g))[0] + cv2.mean(cv2.absdiff(g, b))[0]
 
 
@@ -183,12 +191,12 @@ def _ring_fill(a: np.ndarray, level: int) -> float:
 
 
 def phash_scores(image) -> PhashScores:
-    """Every score of ``image`` (the stage passes ``hashed_view``) from one greyscale conversion, one 32x32
-    resize of it and one of its centre (cropping commutes with the conversion): the mirrored hash negates the
+    """Every score of ``image`` (the runtime's 256 px view) from ``hashed_grey``, one 32x32 resize of it and one
+    of its centre (cropping commutes with the conversion): the mirrored hash negates the
     odd DCT columns of the full hash — the DCT of the mirrored input, exactly (bilinear weights are symmetric,
     so the mirrored image's 32x32 input is this one mirrored). ``tests/test_image_scores_exact.py`` checks
     each against its definition on the image, its mirror and its centre."""
-    grey = image.convert("L")
+    grey = hashed_grey(image)
     dct = _dct8(_hash_input(grey))
     return PhashScores(phash=_bits(dct), phash_mirror=_bits(dct * _MIRRORED),
                        phash_center=_bits(_dct8(_hash_input(center_crop(grey)))),
@@ -200,7 +208,7 @@ class PhashStage(Stage[PhashParams, PhashScores]):
     name = "phash"
     view_columns = (ViewColumns("curated_images", "h", ("h.phash", "h.colourfulness", "h.border_fill"),
                                thresholds="th"),)
-    version = "4"  # 2: mirrored and centre hashes, colourfulness; 3: border_fill; 4: hashed_view, matrix DCT
+    version = "4"  # 2: mirrored and centre hashes, colourfulness; 3: border_fill; 4: hashed_grey, bilinear, matrix DCT
     result_type = PhashScores
     result_table = "phash_results"
     Params = PhashParams
@@ -209,8 +217,8 @@ class PhashStage(Stage[PhashParams, PhashScores]):
     batch_size = 64
     needs_image = True
     requires = ("probe",)
-    image_draft_size = EDGES_VIEW  # edges' view, reduced again (``hashed_view``): one reduction of the full decode
+    image_draft_size = EDGES_VIEW  # edges' view (``hashed_grey``): one reduction and one conversion per pass
     near_duplicate_column = "phash"
 
     def process(self, items: Sequence[StageItem]) -> list[PhashScores | ItemFailure]:
-        return [phash_scores(hashed_view(item.image)) for item in items]
+        return [phash_scores(item.image) for item in items]
