@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import os
 import random
@@ -219,8 +220,8 @@ class _Poller:
         task_id, job_id, stage, _, attempt, lease_id = row[:6]
         if self.variant == "broker":  # its parameters as Broker._complete_held builds them
             await cur.execute(COMPLETE_SQL, {
-                "stage": stage, "worker_id": self.worker_id, "n": 1, "task_ids": [task_id], "lease_ids": [lease_id],
-                "a_job_id": [job_id], "a_attempt": [attempt], "a_n_items": [len(row[6])], "a_n_ok": [0],
+                "stage": stage, "worker_id": self.worker_id, "n": 1, "task_ids": [task_id],
+                "leases": json.dumps({str(task_id): lease_id}), "n_oks": json.dumps({str(task_id): 0}),
                 "f_job_0": job_id})
             return
         fence = {"stage": stage, "task_ids": [task_id], "lease_ids": [lease_id]}

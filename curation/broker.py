@@ -12,7 +12,10 @@
   worker's last claim is charged with its crash: its older leases were finished and held for a batched
   flush, and go back to ready with the attempt refunded.
 - ``complete()`` deletes the task, writes the stage's result rows, enqueues the survivors for the next
-  stage and logs the attempt in **one** transaction: at-least-once execution, exactly-once effect.
+  stage and logs the attempt in **one** transaction: at-least-once execution, exactly-once effect. On the
+  wire: the result rows (the first carrying the ``BEGIN``), then one message (fenced delete + attempt rows,
+  enqueue, ``COMMIT``, job check); a lease found fenced out there rolls it all back and the careful path
+  (fence first) runs instead.
   ``complete_many()`` does the same for several leases in one transaction (one commit for a run of
   small tasks); each lease is still fenced on its own: a fenced-out lease adds nothing, and it does not
   undo the others. A drained job is marked completed right after that commit (no lock on the job row
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import re
 import time
@@ -165,16 +169,17 @@ _DELETE_LEASED = text(
     """
 )
 
-# --- the completion in two messages (``complete_many``) ----------------------------------------------
-# On an autocommit connection: ``BEGIN; <fenced delete>`` opens the transaction and fences the leases in one
-# message; the stage's result rows follow (``write_results``, in that transaction); then ``<enqueue>; <attempt
-# rows>; COMMIT; <finish drained jobs>`` in one more. PostgreSQL runs a multi-statement simple-query message
-# statement by statement: BEGIN opens an explicit transaction block that outlives the message, COMMIT ends it,
-# and what follows COMMIT runs as its own implicit transaction, with a snapshot taken after the commit (of
-# two last completions of a job, the one that commits second sees both deletes). psycopg2 binds parameters
-# client-side, so each message is one round trip; through PgBouncer (transaction mode) the server connection
-# is held from BEGIN to COMMIT, as for any transaction. Before: BEGIN, delete, attempt rows, COMMIT, BEGIN,
-# finish, COMMIT (+ the enqueue) = 7-8 round trips besides the result rows; now 2.
+# --- the careful completion (``_complete_in``): two messages besides the result rows ------------------
+# Used when the one-message completion below cannot be (a lease fenced out, a failing write_results, leases
+# of several stages). On an autocommit connection: ``BEGIN; <fenced delete>`` opens the transaction and
+# fences the leases in one message; the result rows of the leases still held follow; then ``[<enqueue>;]
+# <attempt rows>; COMMIT; <finish drained jobs>`` in one more. PostgreSQL runs a multi-statement simple-query
+# message statement by statement: BEGIN opens an explicit transaction block that outlives the message,
+# COMMIT ends it, and what follows COMMIT runs as its own implicit transaction, with a snapshot taken after
+# the commit (of two last completions of a job, the one that commits second sees both deletes). psycopg2
+# binds parameters client-side, so each message is one round trip; through PgBouncer (transaction mode) the
+# server connection is held from BEGIN to COMMIT, as for any transaction. Until 2026-12-01 every completion
+# was BEGIN, delete, attempt rows, COMMIT, BEGIN, finish, COMMIT (+ the enqueue): 7-8 round trips.
 _FENCE_FIRST = text("BEGIN;" + _DELETE_LEASED.text)
 
 _ENQUEUE_MANY = """
@@ -229,20 +234,22 @@ _FENCED_OUT = "broker: a lease of this completion is no longer held"
 _HELD = f"""
     WITH gone AS (
         DELETE FROM tasks t
-        USING unnest(CAST(:task_ids AS bigint[]), CAST(:lease_ids AS uuid[])) AS u(task_id, lease_id)
-        WHERE t.stage = :stage AND t.task_id = u.task_id AND t.lease_id = u.lease_id AND {_LEASED}
-        RETURNING t.task_id, t.claimed_at),
+        WHERE t.stage = :stage AND t.task_id = ANY(CAST(:task_ids AS bigint[]))
+          AND t.lease_id = CAST(CAST(:leases AS jsonb) ->> CAST(t.task_id AS text) AS uuid) AND {_LEASED}
+        RETURNING t.task_id, t.job_id, t.attempt, t.lease_id, t.claimed_at, cardinality(t.asset_ids) AS n_items),
     logged AS (
         INSERT INTO task_attempts (task_id, job_id, stage, attempt, lease_id, worker_id, claimed_at, outcome,
                                    error, n_items, n_ok)
-        SELECT a.task_id, a.job_id, :stage, a.attempt, a.lease_id, :worker_id, gone.claimed_at, 'ok', NULL,
-               a.n_items, a.n_ok
-        FROM unnest(CAST(:task_ids AS bigint[]), CAST(:a_job_id AS bigint[]), CAST(:a_attempt AS integer[]),
-                    CAST(:lease_ids AS uuid[]), CAST(:a_n_items AS integer[]), CAST(:a_n_ok AS integer[]))
-             AS a(task_id, job_id, attempt, lease_id, n_items, n_ok)
-        JOIN gone USING (task_id))
+        SELECT task_id, job_id, :stage, attempt, lease_id, :worker_id, claimed_at, 'ok', NULL, n_items,
+               CAST(CAST(:n_oks AS jsonb) ->> CAST(task_id AS text) AS integer)
+        FROM gone)
     SELECT CAST(CASE WHEN count(*) = :n THEN '0' ELSE '{_FENCED_OUT}' END AS integer) FROM gone;
 """
+# Each lease is matched by a lookup of its task id in a JSON object ({task_id: lease_id}), not by a join with
+# unnest(task_ids, lease_ids): on the hot queue's stale statistics (no task looks leased) the planner ran such
+# a join as a nested loop over every row of the partition times every lease of the batch (960 ms for a batch
+# of 1,024); the rows come from the primary key (task_id = ANY) or one scan, and the attempt row's job,
+# attempt and item count from the deleted row itself (what the lease was claimed with, while it holds).
 
 
 @functools.lru_cache(maxsize=64)
@@ -725,11 +732,11 @@ class Broker:
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.info[_BEGIN_FIRST] = True
             try:
-                n_ok: list[int] = []
+                n_ok: dict[int, int] = {}
                 enqueues: dict[tuple, list[tuple[str, list[int]]]] = {}
-                for c in order:
+                for c in completions:  # written in the caller's order, as the careful path does
                     lease = c.lease
-                    n_ok.append(c.write_results(conn))
+                    n_ok[lease.task_id] = c.write_results(conn)
                     if c.survivor_chunks is not None:
                         chunks = [(f"{lease.dedupe_key}/{n}", list(ids)) for n, ids in enumerate(c.survivor_chunks())]
                     else:
@@ -743,9 +750,9 @@ class Broker:
                 jobs = sorted({c.lease.job_id for c in order})
                 params = {
                     "stage": stage, "worker_id": worker_id, "n": len(order),
-                    "task_ids": [c.lease.task_id for c in order], "lease_ids": [c.lease.lease_id for c in order],
-                    "a_job_id": [c.lease.job_id for c in order], "a_attempt": [c.lease.attempt for c in order],
-                    "a_n_items": [len(c.lease.asset_ids) for c in order], "a_n_ok": n_ok,
+                    "task_ids": [c.lease.task_id for c in order],
+                    "leases": json.dumps({str(c.lease.task_id): c.lease.lease_id for c in order}),
+                    "n_oks": json.dumps({str(t): n for t, n in n_ok.items()}),
                     **{f"f_job_{n}": job_id for n, job_id in enumerate(jobs)},
                     **(_enqueue_params(enqueues) if enqueues else {}),
                 }
