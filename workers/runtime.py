@@ -56,6 +56,7 @@ from curation.schema import Base
 from curation.spec import JobSpec
 from curation.storage import StorageError
 from workers.groups import fused_refs, task_runtime_s
+from workers.allocator import keep_large_blocks
 from workers.media_fetch import Media, decode_upright, read_media
 from workers.scene_frames import SceneDecode, shared_decodes
 from workers.stage import (
@@ -275,6 +276,7 @@ class StageWorker:
             what="register worker",
         )
         self.threads = limit_model_threads(actor_cpus(self.stage_cls.resources.cpus))
+        keep_large_blocks()  # no page faults per image for blocks a model allocates and frees (workers/allocator.py)
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, args=(sweep,), daemon=True)
         self._heartbeat.start()
 
