@@ -19,18 +19,6 @@ from curation.storage import StorageError
 from workers.stage import ItemFailure, Stage, StageItem, reduced_view
 
 
-_TAKES_VIEW: "weakref.WeakKeyDictionary[Stage, tuple[Any, Any, bool]]" = weakref.WeakKeyDictionary()
-
-
-def takes_reduced_view(stage: Stage) -> bool:
-    """``stage.takes_reduced_view()``, worked out once per stage instance and params: it builds the stage's
-    default params (about 0.1 ms), which a pass would otherwise pay per file and stage."""
-    known = _TAKES_VIEW.get(stage)
-    if known is None or known[0] is not stage.params or known[1] != stage.image_draft_size:
-        known = _TAKES_VIEW[stage] = (stage.params, stage.image_draft_size, stage.takes_reduced_view())
-    return known[2]
-
-
 _GREYS: dict[int, tuple[weakref.ref, Any]] = {}  # id(image) -> (the image, weakly; its "L" conversion)
 
 
@@ -95,7 +83,7 @@ class Media:
             return None
         draft = stage.image_draft_size
         try:
-            if not takes_reduced_view(stage):  # a JPEG draft decode of its own (not in a fused pass today)
+            if not stage.takes_reduced_view():  # a JPEG draft decode of its own (not in a fused pass today)
                 item.image = decode_upright(data, probe, draft, item.asset_id, item.uri)
                 return None
             if self.full is None:

@@ -55,8 +55,8 @@ from curation.result_tables import result_table
 from curation.schema import Base
 from curation.spec import JobSpec
 from curation.storage import StorageError
-from workers.groups import fused_refs, task_runtime_s
 from workers.allocator import keep_large_blocks
+from workers.groups import fused_refs, task_runtime_s
 from workers.media_fetch import Media, decode_upright, read_media
 from workers.scene_frames import SceneDecode, shared_decodes
 from workers.stage import (

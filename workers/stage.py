@@ -257,8 +257,13 @@ class Stage(ABC, Generic[P, R]):
         """Whether the runtime hands this stage ``reduced_view(full decode, image_draft_size)`` — a model-free
         CPU stage that asks for less than full size, in fused and unfused runs alike, so that a fused pass
         shares one decode and writes what separate tasks write — instead of a JPEG draft decode of its own
-        (model stages). Recorded in the configuration (``image_view``)."""
-        return self.image_draft_size is not None and self.model_free(self.params)
+        (model stages). Recorded in the configuration (``image_view``). Worked out once per params object
+        and draft size (``model_free`` builds the class's default params, ~0.1 ms: the runtime asks per file)."""
+        known = self.__dict__.get("_takes_reduced_view")
+        if known is None or known[0] is not self.params or known[1] != self.image_draft_size:
+            answer = self.image_draft_size is not None and self.model_free(self.params)
+            known = self._takes_reduced_view = (self.params, self.image_draft_size, answer)
+        return known[2]
 
     @classmethod
     def model_free(cls, params: BaseModel) -> bool:
