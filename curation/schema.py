@@ -179,7 +179,7 @@ class Task(Base):
         Index("tasks_ready_idx", "stage", "priority", "task_id", postgresql_where=text("state = 'ready'")),
         Index("tasks_leased_idx", "lease_owner", postgresql_where=text("state = 'leased'")),
         Index("tasks_scheduled_idx", "run_after", postgresql_where=text("state = 'scheduled'")),
-        Index("tasks_job_idx", "job_id"),
+        Index("tasks_job_idx", "job_id", "task_id"),
         {"postgresql_partition_by": "LIST (stage)"},
     )
 

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, ProgrammingError
 from bench.broker_pollers import broker_complete_sql
 from curation.broker import (
     _FENCED_OUT,
+    _FINISH_JOB_TAIL,
     Broker,
     Completion,
     NextStage,
@@ -251,3 +252,30 @@ def test_one_flush_finishes_each_job_it_drains(engine):
     assert broker.complete(last_of_c, w, lambda conn: 0)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT status FROM jobs WHERE job_id = :j"), {"j": job_c}).scalar_one() == "completed"
+
+
+def _blocks(plan: dict) -> int:
+    return plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0)
+
+
+def test_the_drained_job_check_probes_the_jobs_newest_task_not_the_dead_head(engine):
+    # A hot queue's heap starts with the tasks already completed (deleted, not yet vacuumed). The check "has
+    # the job a task left" asks for the job's newest task through tasks_job_idx (job_id, task_id), backwards
+    # (migration 0024): a few pages, where the first row of a sequential scan (what the planner made of
+    # NOT EXISTS for a job of many tasks) read every page of the dead head first.
+    job, _ = make_job(engine, 5000, 1)
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE tasks"))
+    broker = Broker(engine, TIMING)
+    w = broker.register_worker("probe", "test", 1)
+    leases = broker.claim(w, "probe", 4000)
+    assert broker.complete_many([Completion(lease, lambda conn: 0) for lease in leases], w) == [True] * 4000
+    check = text("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + _FINISH_JOB_TAIL.format(n=0).strip().rstrip(";"))
+    with engine.begin() as conn:
+        (plan,) = conn.execute(check, {"f_job_0": job}).scalar_one()
+        assert conn.execute(text("SELECT status FROM jobs")).scalar_one() == "running"
+    assert _blocks(plan["Plan"]) < 40, plan
+    rest = broker.claim(w, "probe", 1000)
+    assert broker.complete_many([Completion(lease, lambda conn: 0) for lease in rest], w) == [True] * 1000
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM jobs")).scalar_one() == "completed"
