@@ -9,7 +9,8 @@ process, one core's worth of work (OpenCV held to one thread, as the workers' ac
                read the file again and decode it in JPEG draft mode at the size they need
   fused        the same stages as one fused pass runs them (``workers.media_fetch.Media``): one read, the
                probe's full decode, one reduced view of it for phash and edges, and one greyscale
-               conversion of that view (phash@4 box-reduces it again for its hashes; docs/fused-stages.md)
+               conversion of that view (phash@4 box-reduces it again for its hashes, edges@3 blurs and resizes
+               it to 256 px; docs/fused-stages.md)
 and prints images/s, the ratios to decode-only, and the share of time spent reading+decoding vs in stage
 compute; then the same three in ``--processes`` processes (default 2), each on its share of the files.
 ``--profile`` prints, instead, the fused pass's CPU milliseconds per image part by part.
@@ -126,6 +127,7 @@ def profile(uris: list[str], runs: int) -> None:
 
     from curation.media import decode_with_header
     from workers.edges import edge_scores
+    from workers.media_fetch import grey_of
     from workers.phash import phash_scores
     from workers.stage import reduced_view
 
@@ -144,7 +146,8 @@ def profile(uris: list[str], runs: int) -> None:
             _, full = timed("probe: decode_with_header", decode_with_header, data)
             timed("probe: sha256", lambda: hashlib.sha256(data).digest())
             view = timed("reduced_view 256 (phash, edges)", reduced_view, full, 256)
-            timed("phash_scores (+ the view's grey)", phash_scores, view)  # grey_of: converted here, once
+            timed("grey_of (the view's, phash + edges)", grey_of, view)  # converted once, for both
+            timed("phash_scores", phash_scores, view)
             timed("edge_scores", edge_scores, view, 256, 0.1)
     n = runs * len(uris)
     for name, seconds in parts.items():

@@ -2,12 +2,14 @@
 §1): the probe's one parse and decode (``decode_with_header``) is ``read_header`` + ``decode_image``; phash@4's
 shared greyscale conversion, one 32x32 resize and one matrix DCT hash exactly as the definition (scipy's DCT
 of the bilinear 32x32 input) of the hashed pixels, of their mirror and of their centre, and within a bit or
-so of ``imagehash.phash`` of the same pixels; edges@2 is the integer Sobel formula of the same pixels as
-before the shared conversion, and differs from edges@1 (kornia) only on pixels lying exactly on the
-threshold."""
+so of ``imagehash.phash`` of the same pixels; edges@3 is the integer Sobel formula of its pixels, which differ
+from edges@2's (Pillow's bilinear resize) by a grey level or so (a blur that makes up the antialiasing, then
+OpenCV's bilinear interpolation), so that its scores are within a few hundredths of edges@2's; and the Sobel
+differs from edges@1 (kornia) only on pixels lying exactly on the threshold."""
 
 from __future__ import annotations
 
+import cv2
 import imagehash
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from PIL import Image, ImageOps
 from curation.media import MediaError, decode_image, decode_with_header, read_header
 from curation.sample_media import write_broken_files
 from tests.test_media import _stored_sideways
-from workers.edges import SOBEL_SCALE, EdgeScores, EdgesStage, edge_grey, edge_scores
+from workers.edges import SOBEL_SCALE, EdgeScores, EdgesStage, edge_grey, edge_scores, edge_size
 from workers.media_fetch import grey_of
 from workers.phash import CENTER, COLOUR_SAMPLE, DARK_LUMA, PhashStage, hashed_grey, phash_scores
 from workers.stage import StageItem, reduced_view
@@ -120,10 +122,10 @@ def test_phash_and_edges_share_one_view_and_its_greyscale_conversion(decoded):
     assert grey_of(view.copy()) is not grey  # another image object (equal pixels): converted anew
 
 
-def _integer_sobel(image, short_side: int, threshold: float) -> tuple[float, float]:
-    """edges@2 as defined: the 3x3 Sobel gradients of the 8-bit greyscale pixels (border replicated) in
+def _integer_sobel(pixels: np.ndarray, threshold: float) -> tuple[float, float]:
+    """The Sobel scores as defined: the 3x3 Sobel gradients of the 8-bit greyscale pixels (border replicated) in
     integers; a pixel is an edge when its magnitude exceeds the threshold exactly."""
-    p = np.pad(np.asarray(edge_grey(image, short_side), dtype=np.int64), 1, mode="edge")
+    p = np.pad(pixels.astype(np.int64), 1, mode="edge")
     rows = p[:-2] + 2 * p[1:-1] + p[2:]
     cols = p[:, :-2] + 2 * p[:, 1:-1] + p[:, 2:]
     gx, gy = rows[:, 2:] - rows[:, :-2], cols[2:] - cols[:-2]
@@ -132,27 +134,68 @@ def _integer_sobel(image, short_side: int, threshold: float) -> tuple[float, flo
     return round(density, 6), float(np.sqrt(squared).mean()) / SOBEL_SCALE
 
 
-def sobel_edges(image, short_side: int, threshold: float) -> EdgeScores:
-    """edges@1's formula (kornia's normalised Sobel in float32), the reference edges@2 is compared with."""
+def _pillow_pixels(image, short_side: int) -> np.ndarray:
+    """edges@2's pixels: the greyscale conversion resized by Pillow's bilinear filter (antialiased)."""
+    grey = image.convert("L")
+    return np.asarray(grey.resize(edge_size(grey.size, short_side), Image.Resampling.BILINEAR))
+
+
+def sobel_edges(pixels: np.ndarray, threshold: float) -> EdgeScores:
+    """edges@1's Sobel (kornia's normalised Sobel in float32), the reference the integer Sobel is compared with."""
     import kornia
     import torch
 
-    grey = np.asarray(edge_grey(image, short_side), dtype=np.float32) / 255.0
+    grey = pixels.astype(np.float32) / 255.0
     with torch.inference_mode():
         magnitude = kornia.filters.sobel(torch.from_numpy(grey)[None, None], normalized=True, eps=0.0)
         return EdgeScores(edge_density=round(float((magnitude > threshold).float().mean()), 6),
                           edge_mean=round(float(magnitude.mean()), 6))
 
 
-def test_edges_are_the_integer_sobel_formula_and_differ_from_edges_1_only_on_the_threshold(decoded):
+def test_edges_are_the_integer_sobel_of_their_pixels_and_differ_from_edges_1_only_on_the_threshold(decoded):
     for name, full in decoded.items():
         view = reduced_view(full, 256)
-        size = edge_grey(view, 256).size  # the shared greyscale conversion: the very pixels edges@2 resized
-        assert edge_grey(view, 256).tobytes() == view.convert("L").resize(size, Image.Resampling.BILINEAR).tobytes()
+        pixels = edge_grey(view, 256)
+        assert pixels.dtype == np.uint8 and pixels.shape[::-1] == edge_size(view.size, 256), name
         got = edge_scores(view, 256, 0.1)
-        density, mean = _integer_sobel(view, 256, 0.1)
+        density, mean = _integer_sobel(pixels, 0.1)
         assert got.edge_density == density, name
         assert abs(got.edge_mean - mean) <= 6e-7, name
-        before = sobel_edges(view, 256, 0.1)  # edges@1: ties at the threshold went either way
+        before = sobel_edges(pixels, 0.1)  # edges@1's float Sobel: ties at the threshold went either way
         assert -1e-6 <= before.edge_density - got.edge_density <= 1e-4, name
         assert abs(before.edge_mean - got.edge_mean) <= 1.5e-6, name  # one step of the 6th decimal
+
+
+def test_edges_3_resize_is_pillows_antialiased_bilinear_within_a_grey_level_and_scores_alike(decoded):
+    """edges@3's resize against edges@2's (Pillow's bilinear, antialiased): pixels under a grey level apart (line art
+    a few), much
+    closer than OpenCV's bilinear interpolation without the blur (aliased); the scores of the 256 px views, as
+    the runtime gives them, within what docs/fused-stages.md reports; complexity's larger images (shrunk by 2
+    or more: a box reduction first) and images grown to 256 px alike."""
+    cases = [(name, reduced_view(full, 256)) for name, full in decoded.items()]
+    cases += [(f"{name} at 1024", full.resize((1024, round(1024 * full.height / full.width))))
+              for name, full in list(decoded.items())[::10]]
+    cases += [(f"{name} at 200", full.resize((200, round(200 * full.height / full.width))))
+              for name, full in list(decoded.items())[::20]]
+    apart, plain, density, mean = [], [], [], []
+    for name, image in cases:
+        ours, pillow = edge_grey(image, 256).astype(np.int16), _pillow_pixels(image, 256).astype(np.int16)
+        apart.append(np.abs(ours - pillow).mean())
+        aliased = cv2.resize(np.asarray(image.convert("L")), edge_size(image.size, 256), interpolation=cv2.INTER_LINEAR)
+        plain.append(np.abs(aliased.astype(np.int16) - pillow).mean())
+        got, before = edge_scores(image, 256, 0.1), _integer_sobel(pillow.astype(np.uint8), 0.1)
+        density.append(got.edge_density - before[0])
+        mean.append(got.edge_mean - before[1])
+    apart, plain = np.array(apart), np.array(plain)
+    assert apart.max() < 4 and apart.mean() < 0.5 and np.median(apart) < 0.3, apart.max()  # 3.7: pic2, line art
+    grown = np.array([name.endswith("at 200") for name, _ in cases])
+    assert (apart[~grown] <= plain[~grown]).mean() > 0.95 and apart[~grown].mean() < 0.6 * plain[~grown].mean()
+    assert np.abs(density).max() < 0.03 and np.abs(density).mean() < 0.002, np.abs(density).max()
+    assert np.abs(mean).max() < 0.004 and np.abs(mean).mean() < 0.0005, np.abs(mean).max()
+    assert EdgesStage.version == "3"
+
+
+def test_edges_of_a_flat_image_are_zero_at_every_scale():
+    for size in ((800, 600), (512, 512), (3000, 2000), (200, 150)):
+        got = edge_scores(Image.new("RGB", size, (120, 160, 200)), 256, 0.1)
+        assert (got.edge_density, got.edge_mean) == (0.0, 0.0), size

@@ -6,7 +6,8 @@ Scores:
 - ``mask_count`` (>= 0) and ``mask_coverage`` (0..1): masks SAM 2's automatic generator keeps on the image
   (long side scaled to ``max_side``, default 1024; a ``points_per_side`` grid, default 16) and the share
   of the image their union covers.
-- ``edge_density`` / ``edge_mean``: the Sobel scores of the ``edges`` stage (same defaults).
+- ``edge_density`` / ``edge_mean``: the Sobel scores of the ``edges`` stage (same defaults and formula:
+  complexity@3 has edges@3's).
 - ``complexity`` = ``mask_weight`` · min(1, ln(1 + mask_count) / ln(1 + mask_saturation))
   + (1 − ``mask_weight``) · min(1, edge_density / ``edge_saturation``), in 0..1. Defaults: mask_weight 0.5,
   mask_saturation 64 masks, edge_saturation 0.2 (the busiest scikit-image photos: astronaut 0.14, camera
@@ -77,7 +78,7 @@ class ComplexityStage(Stage[ComplexityParams, ComplexityScores]):
     view_columns = (ViewColumns("curated_images", "cx", ("cx.complexity", "cx.mask_count", "cx.mask_coverage",
                                                      "(cx.complexity < (tcx.params->>'simple_threshold')::float8) AS too_simple"),
                                thresholds="tcx"),)
-    version = "2"  # 2: the Sobel half is edges@2's exact integer formula
+    version = "3"  # 2: the Sobel half is edges@2's exact integer formula; 3: edges@3's (its resize)
     result_type = ComplexityScores
     result_table = "complexity_results"
     Params = ComplexityParams
