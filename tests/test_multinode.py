@@ -110,6 +110,14 @@ def test_a_job_survives_losing_a_ray_worker_node(engine, db_url, ray_nodes, fort
                     killed["at"] = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
                 killed.update(task=task_id, worker=worker_id, node=node_of_worker[worker_id], done=done, left=left,
                               processes=ray_nodes.kill_node(node_of_worker[worker_id]), t=time.monotonic())
+                # the victim may have been completed between the look-up and the kill: follow a task that the
+                # dead node's workers still hold after it, if there is one (the checks below are about it)
+                with engine.connect() as conn:
+                    held = [(t, w) for t, w in conn.execute(text(
+                        "SELECT task_id, lease_owner FROM tasks WHERE job_id = :j AND state = 'leased' "
+                        "ORDER BY task_id"), {"j": job}) if node_of_worker.get(w) == killed["node"]]
+                if held and (task_id, worker_id) not in held:
+                    killed.update(task=held[0][0], worker=held[0][1])
             time.sleep(0.2)
         t_end = time.monotonic()
         proc.send_signal(signal.SIGTERM)

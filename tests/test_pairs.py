@@ -139,6 +139,8 @@ def test_mining_finds_the_derived_pairs_with_every_score(engine, db_url, image_j
 
     for emb in load_job(engine, sub.job_id).spec.pairs.embeddings:
         with engine.begin() as conn:
+            # statistics as of now, not whatever autovacuum caught mid-job (rows=1 estimates made the plan flip)
+            conn.execute(text(f"ANALYZE job_assets, {get_stage(emb.stage).result_table}"))
             conn.execute(text("SET LOCAL enable_seqscan = off"))
             conn.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
             plan = "\n".join(conn.execute(text("EXPLAIN " + knn_query(emb).text),
