@@ -110,6 +110,7 @@ class CountingModel:
 
 def window_ms(counted: CountingModel) -> str:
     backend = getattr(counted.model, "backend", "torch")  # a model before scenes@5 has no backend: torch
+    backend += f" ({getattr(counted.model, 'precision', 'fp32')})"  # before scenes@6: fp32
     if not counted.windows:
         return f"none run, by {backend}"
     return f"{1000 * counted.seconds / counted.windows:,.0f} ms a window by {backend}"
@@ -239,7 +240,7 @@ def score(truth: ClipTruth, cuts: list[int], gradual: list[tuple[int, int]]) -> 
             "gradual_spans_right": sum(1 for x, y in gradual if any(x < b and a < y for a, b in truth.gradual))}
 
 
-DETECTORS = ("content", "cascade", "transnetv2", "fused", "scenedetect CLI")
+DETECTORS = ("content", "cascade", "cascade fp32", "transnetv2", "fused", "scenedetect CLI")
 
 
 def table(title: str, clips: list[str], built, results, seconds: dict[str, list[float]]) -> None:
@@ -292,13 +293,17 @@ def transitions(folder: Path, runs: int, fused_runs: int) -> None:
     results: dict[str, dict[str, tuple[list[int], list[tuple[int, int]]]]] = {}
     seconds: dict[str, list[float]] = {}
     stages = {d: ScenesStage(ScenesParams(detector=d)) for d in ("content", "cascade", "fused")}
-    stages["cascade"].setup()  # the model loads once per actor: not timed
-    # fused's TransNetV2 keeps its last probabilities for the transnetv2 row; the cascade's counts its windows
+    # the default cascade (TransNetV2 in int8 by ONNX Runtime, scenes@6) and the same with scenes@5's fp32 model
+    stages["cascade fp32"] = ScenesStage(ScenesParams(detector="cascade", transnet_precision="fp32"))
+    for name in ("cascade", "cascade fp32"):
+        stages[name].setup()  # the model loads once per actor: not timed
+    # fused's TransNetV2 keeps its last probabilities for the transnetv2 row; the cascades count their windows
     stages["fused"].model = CountingModel(stages["cascade"].model)
-    stages["cascade"].model = CountingModel(stages["cascade"].model)
+    for name in ("cascade", "cascade fp32"):
+        stages[name].model = CountingModel(stages[name].model)
     print(f"uptime before: {uptime()}", flush=True)
     for run in range(runs):  # interleaved: the machine is shared, so each run's ratios are of the same moment
-        for detector in ("content", "cascade", "fused"):
+        for detector in ("content", "cascade", "cascade fp32", "fused"):
             if detector == "fused" and run >= fused_runs:
                 continue
             stage = stages[detector]
@@ -325,9 +330,10 @@ def transitions(folder: Path, runs: int, fused_runs: int) -> None:
         seconds.setdefault("scenedetect CLI", []).append(time.perf_counter() - started)
         print(f"  run {run + 1} scenedetect CLI: {seconds['scenedetect CLI'][-1]:.1f} s", flush=True)
     print(f"uptime after: {uptime()}", flush=True)
-    counted = stages["cascade"].model
-    print(f"cascade: TransNetV2 scored {counted.frames // runs:,} of {total:,} frames a run "
-          f"({counted.windows // runs} windows of 100 frames, {window_ms(counted)})")
+    for name in ("cascade", "cascade fp32"):
+        counted = stages[name].model
+        print(f"{name}: TransNetV2 scored {counted.frames // runs:,} of {total:,} frames a run "
+              f"({counted.windows // runs} windows of 100 frames, {window_ms(counted)})")
 
     for title, subset in (("all clips", clips),
                           ("built, tuned on (a-c)", [c for c in clips if c.startswith("transitions")]),

@@ -43,6 +43,7 @@ INPUT_HW = (27, 48)
 WINDOW = 100
 CONTEXT = 25  # frames of context either side of the 50 that each window scores
 BACKENDS = ("onnxruntime", "torch")
+PRECISIONS = ("int8", "fp32")  # ONNX Runtime's model: int8 quantized (models.transnet_int8) or the fp32 export
 EXPORTER = "planar-1"  # _planar_net's formulation and the export settings: a change makes another cache key
 OPSET = 17
 DILATIONS = (1, 2, 4, 8)  # the four branches of a DilatedDCNNV2 block, in the package's order
@@ -87,18 +88,27 @@ def onnx_cache_path(weights_sha256: str, folder: Path) -> Path:
     return folder / f"transnetv2-{key.hexdigest()[:20]}.onnx"
 
 
-def cached_or_exported(weights_sha256: str, folders: list[Path]) -> tuple[Path, bool]:
-    """The first complete export of these weights in ``folders``, else a new one written to the first folder
-    that can be written: (its path, whether it was exported now). Raises ``OSError`` naming every folder
-    when none can."""
-    paths = [onnx_cache_path(weights_sha256, folder) for folder in folders]
-    for path in paths:
+def cached_or_exported(weights_sha256: str, folders: list[Path], precision: str = "fp32") -> tuple[Path, bool]:
+    """The first complete export of these weights at ``precision`` in ``folders``, else a new one written to
+    the first folder that can be written: (its path, whether it was made now). ``int8`` is quantized from
+    the fp32 export in the same folder (``models.transnet_int8``), made first where missing. Raises
+    ``OSError`` naming every folder when none can be written."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown TransNetV2 precision {precision!r}; one of {', '.join(PRECISIONS)}")
+    from models.transnet_int8 import int8_cache_path, quantize
+
+    fp32 = [onnx_cache_path(weights_sha256, folder) for folder in folders]
+    wanted = fp32 if precision == "fp32" else [int8_cache_path(path) for path in fp32]
+    for path in wanted:
         if _cached_export(path):
             return path, False
     errors = []
-    for path in paths:
+    for source, path in zip(fp32, wanted):
         try:
-            export_onnx(path)
+            if not _cached_export(source):
+                _write_with_digest(source, export_onnx)
+            if path != source:
+                _write_with_digest(path, lambda tmp, source=source: quantize(source, tmp))
             return path, True
         except OSError as exc:
             errors.append(f"{path.parent}: {exc}")
@@ -126,40 +136,45 @@ def _cached_export(path: Path) -> bool:
         return False
 
 
-def export_onnx(path: Path) -> None:
-    """Exports the packaged network, as ``_planar_net``, to ``path`` (and its sha256 beside it), atomically."""
+def export_onnx(tmp: str) -> None:
+    """Exports the packaged network, as ``_planar_net``, to the file ``tmp``."""
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     planar = _planar_net(_package_net("cpu")).eval()
     frames = torch.zeros((1, WINDOW, *INPUT_HW, 3), dtype=torch.uint8)
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # the tracer's notes on the package's shape checks
+        torch.onnx.export(planar, (frames,), tmp, dynamo=False, input_names=["frames"],
+                          output_names=["single", "many"], opset_version=OPSET)
 
-    def write(tmp: str) -> None:
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")  # the tracer's notes on the package's shape checks
-            torch.onnx.export(planar, (frames,), tmp, dynamo=False, input_names=["frames"],
-                              output_names=["single", "many"], opset_version=OPSET)
 
+def _write_with_digest(path: Path, write) -> None:
+    """``write(tmp)`` to ``path`` atomically, then its sha256 beside it (``_cached_export`` checks the pair)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomically(path, write)
     digest = sha256_of(path)
-    # a reader that finds the model before its sidecar re-exports (the same bytes), never reads half a file
+    # a reader that finds the model before its sidecar makes it again (the same bytes), never reads half a file
     _write_atomically(path.with_name(path.name + ".sha256"), lambda tmp: Path(tmp).write_text(digest + "\n"))
 
 
 class TransNetV2Model:
     """The packaged TransNetV2: ``backend="onnxruntime"`` (the default) runs it by ONNX Runtime on
     ``threads`` CPU threads unless the device is a GPU, where torch runs it; ``backend="torch"``: torch
-    always."""
+    always. ``precision``: ONNX Runtime's model, ``int8`` (the default) or ``fp32``; torch runs fp32.
+    ``self.precision`` is the one that runs."""
 
     def __init__(self, device: str | None = None, threads: int | None = None, backend: str = "onnxruntime",
-                 cache_dir: Path | None = None):
+                 cache_dir: Path | None = None, precision: str = "int8"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown TransNetV2 backend {backend!r}; one of {', '.join(BACKENDS)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown TransNetV2 precision {precision!r}; one of {', '.join(PRECISIONS)}")
         st = require("transnetv2")  # verified against the registry's sha256 (MissingWeights otherwise)
         self.weights_sha256 = files_digest(st)
         self.device = device or torch_device()
         self.threads = threads or cpu_threads()
         self.backend = backend if self.device == "cpu" else "torch"
+        self.precision = precision if self.backend == "onnxruntime" else "fp32"
         self.exported = False  # whether this instance exported the ONNX file (else it was cached)
         self.net = self.session = None
         if self.backend == "torch":
@@ -168,7 +183,7 @@ class TransNetV2Model:
         import onnxruntime as ort
 
         self.onnx_path, self.exported = cached_or_exported(
-            self.weights_sha256, [cache_dir] if cache_dir else export_folders())
+            self.weights_sha256, [cache_dir] if cache_dir else export_folders(), self.precision)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1

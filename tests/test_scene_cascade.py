@@ -1,5 +1,5 @@
 """The scenes stage's cascade (the default detector since scenes@3; scenes@4: the proposer's hysteresis;
-scenes@5: TransNetV2 by ONNX Runtime on a CPU): a cheap
+scenes@5: TransNetV2 by ONNX Runtime on a CPU; scenes@6: in int8): a cheap
 proposer on TransNetV2's 48x27 frames says where a fade or a dissolve may be, and the network runs only
 there. Real media: clips built from the registry's sample footage with known transitions
 (``curation.transition_clips``) and the sample clips as they are. No wall-clock assertions: the work saved
@@ -159,7 +159,7 @@ def test_unclear_cuts_and_the_scored_frames():
 
 
 def test_the_default_detector_declares_transnetv2():
-    assert ScenesParams().detector == "cascade" and ScenesStage.version == "5"
+    assert ScenesParams().detector == "cascade" and ScenesStage.version == "6"
     assert ScenesStage.models_for(ScenesParams()) == ("transnetv2",)
 
 
