@@ -73,6 +73,21 @@ def _package_net(device: str):
         torch.use_deterministic_algorithms(deterministic)
 
 
+def runtime_identity(backend: str, precision: str, device: str | None = None) -> str:
+    """What runs the network for these settings on ``device`` (default: this process's), as a stage
+    configuration records it beside the weights' digest: the backend and precision that ``TransNetV2Model``
+    picks there, with the versions that make its numbers (the int8 recipe included), e.g.
+    ``onnxruntime-1.32.0-int8-skimage-pans-1-qdq-minmax-1-planar-1`` or ``torch-2.14.1-fp32-cuda``."""
+    device = device or torch_device()
+    if backend == "onnxruntime" and device == "cpu":
+        if precision == "int8":
+            from models.transnet_int8 import CALIBRATION, QUANTIZER
+
+            return f"onnxruntime-{version('onnxruntime')}-int8-{CALIBRATION}-{QUANTIZER}-{EXPORTER}"
+        return f"onnxruntime-{version('onnxruntime')}-fp32-{EXPORTER}"
+    return f"torch-{version('torch')}-fp32-{device}"
+
+
 def export_folders() -> list[Path]:
     """Where an export is looked for, and written, in this order: the weights folder's ``derived/`` (an
     operator can fill it ahead of time), then ``$CURATION_CACHE_DIR`` (default ``~/.cache/curation``), for

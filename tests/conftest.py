@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -179,7 +180,9 @@ def s3_server(tmp_path_factory):
 
 @pytest.fixture
 def s3_bucket(s3_server, request):
-    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    """A new bucket for the test: its name plus a random suffix, since the S3 server on 127.0.0.1:8333 may be
+    another test session's (``s3_server`` reuses one already listening), running the same test."""
+    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
     s3_server.create_bucket(Bucket=name)
     return name
 

@@ -149,6 +149,15 @@ def test_the_backend_and_precision_are_params_of_the_configuration():
     assert default.config().params["transnet_backend"] == "onnxruntime"
     assert default.config().params["transnet_precision"] == "int8"
     assert len({default.config().config_id, torch.config().config_id, fp32.config().config_id}) == 3
+    # what runs the network is recorded beside the weights: here (a CPU) ONNX Runtime in int8 with its recipe
+    runtime = default.config().models["transnetv2-runtime"]
+    assert runtime.startswith("onnxruntime-") and "-int8-skimage-pans-1-" in runtime
+    assert "-fp32-" in fp32.config().models["transnetv2-runtime"]
+    assert torch.config().models["transnetv2-runtime"].startswith("torch-") and torch.config().models["transnetv2-runtime"].endswith("-cpu")
+    from models.transnet import runtime_identity
+    # a GPU worker runs torch in fp32 whatever the params say, and records it: its results are its own
+    assert runtime_identity("onnxruntime", "int8", device="cuda").endswith("-fp32-cuda")
+    assert "transnetv2-runtime" not in ScenesStage(ScenesParams(detector="content")).config().models
     with pytest.raises(ValueError, match="unknown TransNetV2 backend"):
         TransNetV2Model(device="cpu", backend="tensorrt")
     for hostile in ("int4", "fp32; DROP TABLE tasks", "", "../fp32"):

@@ -36,6 +36,9 @@ runs it either way. ``torch``: scenes@4's network as it was.
 (``models.transnet_int8``: calibrated on frames made from scikit-image's bundled photos, cached beside the
 fp32 export), 2.7-3x faster per window than fp32 on a CPU with VNNI, probabilities within ~0.02 of fp32's;
 ``fp32``: scenes@5's model. Ignored where torch runs the network (``transnet_backend: torch``, a GPU).
+The configuration records what ran the network in the worker's process (``models["transnetv2-runtime"]``,
+``models.transnet.runtime_identity``), so results from a GPU worker (torch, fp32) and a CPU one (int8)
+are kept apart.
 
 A cut at frame *k* means frame *k* is the first frame of a new scene. Gradual transitions are spans
 ``[start, end)`` that **belong to no scene** (half of each frame is another shot: not usable training
@@ -66,6 +69,7 @@ could run, even when no frame needed it).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -79,7 +83,7 @@ import numpy as np
 from curation.media import DecodeTimeout, MediaError
 from curation.video import DEFAULT_VIDEO_TIMEOUT_S, iter_frames
 from workers.columns import ViewColumns
-from workers.stage import ItemFailure, Resources, Span, Stage, StageItem
+from workers.stage import ItemFailure, Resources, Span, Stage, StageConfig, StageItem
 
 MIN_SCENE_S = 2.0  # report §4.4
 MAX_SCENE_S = 60.0  # report §4.4
@@ -473,6 +477,18 @@ class ScenesStage(Stage[ScenesParams, ScenesResult]):
     @classmethod
     def models_for(cls, params: BaseModel) -> tuple[str, ...]:
         return ("transnetv2",) if getattr(params, "detector", None) in LEARNED else ()
+
+    def config(self) -> StageConfig:
+        """With a learned detector, also what runs TransNetV2 in this process (``runtime_identity``: ONNX
+        Runtime in int8 or fp32 on a CPU, torch on a GPU whatever the params say): their probabilities
+        differ in the second decimal, so a GPU worker's results are not another worker's."""
+        config = super().config()
+        if self.params.detector not in LEARNED:
+            return config
+        from models.transnet import runtime_identity
+
+        runtime = runtime_identity(self.params.transnet_backend, self.params.transnet_precision)
+        return dataclasses.replace(config, models={**config.models, "transnetv2-runtime": runtime})
 
     def setup(self) -> None:
         if self.params.detector in LEARNED and self.model is None:
