@@ -131,6 +131,16 @@ def cached_or_exported(weights_sha256: str, folders: list[Path], precision: str 
                   "writable one, or transnet_backend: torch): " + "; ".join(errors))
 
 
+def prepare_derived(folder: Path | None = None) -> list[Path]:
+    """Makes (or finds complete) every file the ONNX Runtime backend derives from the weights: the fp32 export
+    and its int8 model, in ``folder`` (default: the weights folder's ``derived/``, where every worker looks
+    first). ``curation models pull transnetv2`` runs it, so that workers on read-only weights volumes
+    load them instead of exporting on their first video."""
+    folder = folder or export_folders()[0]
+    digest = files_digest(require("transnetv2"))
+    return [cached_or_exported(digest, [folder], precision)[0] for precision in ("fp32", "int8")]
+
+
 def _write_atomically(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

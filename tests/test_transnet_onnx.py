@@ -195,3 +195,35 @@ def test_a_read_only_weights_folder_exports_to_the_cache_folder(cache, tmp_path,
     with pytest.raises(OSError, match="CURATION_CACHE_DIR") as err:
         TransNetV2Model(device="cpu", threads=1)
     assert str(blocked / "weights" / "derived") in str(err.value) and str(blocked / "cache" / "derived") in str(err.value)
+
+
+def test_models_pull_makes_the_derived_files_that_workers_then_load(tmp_path, monkeypatch):
+    """``curation models pull transnetv2`` (from any folder) leaves the fp32 export and the int8 model in the
+    weights folder's derived/, where a worker finds them without exporting; a folder it cannot write is a
+    clear error, exit 1."""
+    import subprocess
+    import sys
+
+    from models.transnet import TransNetV2Model
+
+    weights = tmp_path / "weights"
+    env = dict(os.environ, CURATION_WEIGHTS_DIR=str(weights), COLUMNS="200")
+    proc = subprocess.run([sys.executable, "-m", "curation.cli", "models", "pull", "transnetv2"], cwd=tmp_path,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    made = sorted(p.name for p in (weights / "derived").iterdir())
+    assert len(made) == 4 and sum(n.endswith(".onnx") for n in made) == 2 and any("int8" in n for n in made)
+    assert proc.stdout.count("transnetv2: derived ") == 2
+    monkeypatch.setenv("CURATION_WEIGHTS_DIR", str(weights))
+    monkeypatch.setenv("CURATION_CACHE_DIR", str(tmp_path / "cache"))
+    for precision in ("int8", "fp32"):
+        model = TransNetV2Model(device="cpu", threads=1, precision=precision)
+        assert not model.exported and model.onnx_path.parent == weights / "derived"
+    assert not (tmp_path / "cache").exists()
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "derived").write_text("a file in the way")
+    env["CURATION_WEIGHTS_DIR"] = str(blocked)
+    proc = subprocess.run([sys.executable, "-m", "curation.cli", "models", "pull", "transnetv2"], cwd=tmp_path,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 1 and "cannot write the derived files" in proc.stdout + proc.stderr
