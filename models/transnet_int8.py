@@ -6,8 +6,9 @@ faster per 100-frame window than the fp32 export on a VNNI CPU (bench/README.md)
 The activation ranges are calibrated on ``calibration_windows()``: frames made on the spot from the photos
 that ship inside scikit-image (a project dependency, so the same frames everywhere, offline), as a video
 cut would show them: slow pans and zooms across each photo, hard cuts, cross-fades, fades to and from
-black. The same weights, exporter, calibration and quantizer versions give the same file; its cache key
-(``int8_cache_path``) names all four.
+black. The same weights, exporter, calibration and quantizer versions give the same file on one machine
+(tested); its cache key (``int8_cache_path``) names all four. Another CPU may sum the calibration's float
+activations in another order, so its ranges, and the file, can differ in the last bits.
 """
 
 from __future__ import annotations
