@@ -5,6 +5,8 @@
 | ``CURATION_DATABASE_URL``        | (embedded)         | DSN of an external PostgreSQL >= 15 with pgvector >= 0.8 |
 | ``CURATION_HOME``                | see ``find_home``  | state folder: embedded database, logs                 |
 | ``CURATION_RAY_ADDRESS``         | (local Ray)        | same as ``--address``                                 |
+| ``CURATION_WEIGHTS_DIR``         | HOME/weights       | model weights (``models.registry.weights_dir``)       |
+| ``CURATION_CACHE_DIR``           | ~/.cache/curation  | derived model files where the weights folder is read-only |
 | ``CURATION_HEARTBEAT_S``         | 10                 | worker heartbeat period                               |
 | ``CURATION_WORKER_TIMEOUT_S``    | 60                 | a worker whose heartbeat is older is dead             |
 | ``CURATION_SWEEP_S``             | 15                 | reclaim sweep period                                  |

@@ -3,7 +3,7 @@ licence and the stages that use it. ``curation models list`` shows each model an
 are present and verified; ``curation models pull NAME`` fetches and verifies them where the source can
 be reached. A job whose stages need weights that are absent is refused at submission with that command.
 
-Weights live in ``$CURATION_WEIGHTS_DIR`` (default ``./.curation/weights/<model>/``), except for models
+Weights live in ``$CURATION_WEIGHTS_DIR`` (default ``<state folder>/weights/<model>/``: ``weights_dir``), except for models
 that ship inside a Python package, which are found in the installed package.
 """
 
@@ -312,7 +312,15 @@ def check_model(value: str, family: str, *, what: str, tiny: str | None = None,
 
 
 def weights_dir() -> Path:
-    return Path(os.environ.get("CURATION_WEIGHTS_DIR") or ".curation/weights").resolve()
+    """``$CURATION_WEIGHTS_DIR``, else ``weights/`` in the state folder: ``$CURATION_HOME``, or the nearest
+    ``.curation`` holding the embedded database in the working folder or above it
+    (``curation.config.find_home``), so that a command run from a subfolder finds the weights ``models pull``
+    put beside that database (until 2026-12-02: ``./.curation/weights`` of whatever folder it ran in)."""
+    if os.environ.get("CURATION_WEIGHTS_DIR"):
+        return Path(os.environ["CURATION_WEIGHTS_DIR"]).resolve()
+    from curation.config import Settings
+
+    return Settings.from_env().home / "weights"
 
 
 def sha256_of(path: Path) -> str:
