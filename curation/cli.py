@@ -873,23 +873,20 @@ def models_list() -> None:
 
 @models_app.command("pull")
 def models_pull(name: str = typer.Argument(..., help="model name (see `curation models list`)")) -> None:
-    """Fetch a model's weights from its source and verify their sha256; for transnetv2, also make the files
-    its ONNX Runtime backend derives from them (fp32 export, int8 model) in the weights folder's derived/."""
-    from models.registry import MissingWeights, pull
+    """Fetch a model's weights from its source and verify their sha256; then make the files its runtime
+    derives from them, where it has some (transnetv2: the ONNX export and its int8 model, in derived/)."""
+    from models.registry import MissingWeights, derive, pull
 
     try:
         st = pull(name)
     except (KeyError, MissingWeights) as exc:
         _fail(str(exc.args[0] if exc.args else exc), 1)
     console.print(f"{name}: verified in {st.where}")
-    if name == "transnetv2":
-        from models.transnet import prepare_derived
-
-        try:
-            for path in prepare_derived():
-                console.print(f"{name}: derived {path}", highlight=False, soft_wrap=True)
-        except OSError as exc:
-            _fail(f"{name}: cannot write the derived files: {exc}", 1)
+    try:
+        for path in derive(name):
+            console.print(f"{name}: derived {path}", highlight=False, soft_wrap=True)
+    except OSError as exc:
+        _fail(f"{name}: cannot write the derived files: {exc}", 1)
 
 
 # --- database ---------------------------------------------------------------------------------

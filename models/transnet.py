@@ -84,13 +84,21 @@ def runtime_identity(backend: str, precision: str, device: str | None = None) ->
     picks there, with the versions that make its numbers (the int8 recipe included), e.g.
     ``onnxruntime-1.32.0-int8-skimage-pans-1-qdq-minmax-1-planar-1`` or ``torch-2.14.1-fp32-cuda``."""
     device = device or torch_device()
-    if backend == "onnxruntime" and device == "cpu":
-        if precision == "int8":
-            from models.transnet_int8 import CALIBRATION, QUANTIZER
+    backend, precision = what_runs(backend, precision, device)
+    if backend == "torch":
+        return f"torch-{version('torch')}-fp32-{device}"
+    if precision == "int8":
+        from models.transnet_int8 import CALIBRATION, QUANTIZER
 
-            return f"onnxruntime-{version('onnxruntime')}-int8-{CALIBRATION}-{QUANTIZER}-{EXPORTER}"
-        return f"onnxruntime-{version('onnxruntime')}-fp32-{EXPORTER}"
-    return f"torch-{version('torch')}-fp32-{device}"
+        return f"onnxruntime-{version('onnxruntime')}-int8-{CALIBRATION}-{QUANTIZER}-{EXPORTER}"
+    return f"onnxruntime-{version('onnxruntime')}-fp32-{EXPORTER}"
+
+
+def what_runs(backend: str, precision: str, device: str) -> tuple[str, str]:
+    """The (backend, precision) that run for these settings on ``device``: torch wherever there is a GPU
+    (the CPU build of ONNX Runtime has no CUDA), and torch runs fp32."""
+    backend = backend if device == "cpu" else "torch"
+    return backend, precision if backend == "onnxruntime" else "fp32"
 
 
 def export_folders() -> list[Path]:
@@ -139,8 +147,8 @@ def cached_or_exported(weights_sha256: str, folders: list[Path], precision: str 
 def prepare_derived(folder: Path | None = None) -> list[Path]:
     """Makes (or finds complete) every file the ONNX Runtime backend derives from the weights: the fp32 export
     and its int8 model, in ``folder`` (default: the weights folder's ``derived/``, where every worker looks
-    first). ``curation models pull transnetv2`` runs it, so that workers on read-only weights volumes
-    load them instead of exporting on their first video."""
+    first). The registry's ``derive`` runs it for ``curation models pull transnetv2``, so that workers on
+    read-only weights volumes load them instead of exporting on their first video."""
     folder = folder or export_folders()[0]
     digest = files_digest(require("transnetv2"))
     return [cached_or_exported(digest, [folder], precision)[0] for precision in ("fp32", "int8")]
@@ -203,8 +211,7 @@ class TransNetV2Model:
         self.weights_sha256 = files_digest(st)
         self.device = device or torch_device()
         self.threads = threads or cpu_threads()
-        self.backend = backend if self.device == "cpu" else "torch"
-        self.precision = precision if self.backend == "onnxruntime" else "fp32"
+        self.backend, self.precision = what_runs(backend, precision, self.device)
         self.exported = False  # whether this instance exported the ONNX file (else it was cached)
         self.net = self.session = None
         if self.backend == "torch":
